@@ -1,0 +1,33 @@
+"""qlib: the reference library of the neural-network quantization course.
+
+Modules, one idea each:
+
+* :mod:`qlib.linear`: integer ranges, scale and zero point, quantize, dequantize (chapter 3)
+* :mod:`qlib.granularity`: per-tensor, per-channel and per-group quantization (chapters 3-4)
+* :mod:`qlib.rounding`: rounding modes, named by their tie rule
+* :mod:`qlib.data`: the digits data set with its fixed split
+* :mod:`qlib.models`: the digits CNN and MLP with pretrained FP32 checkpoints
+* :mod:`qlib.weights`: fake-quantizing the weights of a whole model
+* :mod:`qlib.grading`: checks that the labs' test cells call
+"""
+from qlib.granularity import (
+    dequantize_per_channel,
+    dequantize_per_group,
+    fake_quantize_tensor,
+    quantize_per_channel,
+    quantize_per_group,
+)
+from qlib.linear import (
+    asymmetric_qparams,
+    dequantize,
+    fake_quantize,
+    integer_range,
+    quantize,
+    symmetric_qparams,
+)
+
+__all__ = [
+    "asymmetric_qparams", "dequantize", "dequantize_per_channel", "dequantize_per_group",
+    "fake_quantize", "fake_quantize_tensor", "integer_range", "quantize", "quantize_per_channel",
+    "quantize_per_group", "symmetric_qparams",
+]
