@@ -38,6 +38,17 @@ def blocked(names):
         _blocked.difference_update(added)
 
 
+@contextmanager
+def allowed(names):
+    """Lift the block on ``names`` inside the ``with`` block (the grader's stand-ins use it)."""
+    lifted = set(names) & _blocked
+    _blocked.difference_update(lifted)
+    try:
+        yield
+    finally:
+        _blocked.update(lifted)
+
+
 def blocked_names() -> frozenset[str]:
     """The names blocked right now (the grader checks this set was not tampered with)."""
     return frozenset(_blocked)

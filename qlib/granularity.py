@@ -63,6 +63,7 @@ def quantize_per_channel(x, axis: int, qmin: int, qmax: int, symmetric: bool = F
 
 def dequantize_per_channel(q, scale, zero_point, axis: int) -> torch.Tensor:
     """``scale[c] * (q - zero_point[c])`` along ``axis``, as float32."""
+    refuse_if_blocked("dequantize_per_channel")
     q = torch.as_tensor(q)
     axis = check_axis(q, axis)
     shape = channel_shape(q.ndim, axis, q.shape[axis])
@@ -129,6 +130,7 @@ def fake_quantize_tensor(x, bits: int = 8, granularity: str = "tensor", axis: in
     ``granularity`` is ``"tensor"``, ``"channel"`` (one pair per index of ``axis``)
     or ``"group"`` (groups of ``group_size`` along ``axis``). Rounding: half to even.
     """
+    refuse_if_blocked("fake_quantize_tensor")
     x = as_float_tensor(x).to(torch.float32)
     qmin, qmax = integer_range(bits, signed=signed, narrow=narrow)
     if granularity == "tensor":

@@ -12,6 +12,7 @@ import copy
 import torch
 from torch import nn
 
+from qlib._reference import refuse_if_blocked
 from qlib.granularity import fake_quantize_tensor
 
 QUANTIZED_LAYERS = (nn.Linear, nn.Conv2d)
@@ -25,6 +26,7 @@ def quantized_layers(model: nn.Module):
 @torch.no_grad()
 def fake_quantize_weights(model: nn.Module, bits: int, per_channel: bool) -> nn.Module:
     """A copy of ``model`` whose layer weights are fake-quantized (the original is untouched)."""
+    refuse_if_blocked("fake_quantize_weights")
     model = copy.deepcopy(model)
     granularity = "channel" if per_channel else "tensor"
     for _, layer in quantized_layers(model):

@@ -1,0 +1,317 @@
+"""Tests of qlib.granularity: per-tensor, per-channel and per-group quantization.
+
+Oracles: ``torch.fake_quantize_per_channel_affine`` and ``torch.fake_quantize_per_tensor_affine``
+(PyTorch's C++ kernels), ``torch.ao.quantization`` observers for the scale and zero point, and
+small examples worked by hand.
+"""
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import pytest
+import torch
+
+from qlib.granularity import (
+    GRANULARITIES,
+    dequantize_per_channel,
+    dequantize_per_group,
+    fake_quantize_tensor,
+    quantize_per_channel,
+    quantize_per_group,
+)
+from qlib.linear import integer_range
+
+SILENCE_AO = pytest.mark.filterwarnings(
+    "ignore:.*deprecat:DeprecationWarning",
+    "ignore:.*deprecat:UserWarning",
+    "ignore:.*deprecat:FutureWarning",
+)
+
+
+@pytest.fixture(scope="module")
+def ao():
+    """``torch.ao.quantization``, or skip the test if this PyTorch no longer has it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pytest.importorskip("torch.ao.quantization")
+
+
+def _tensor(shape, seed):
+    """Random float32 tensor whose channels along every axis differ in range and sign."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen)
+    # a different spread and offset for every element index, so channels are not alike
+    return x * (0.1 + 3 * torch.rand(shape, generator=gen)) + torch.randn(shape, generator=gen)
+
+
+def _special_channels(x, axis):
+    """Make channel 0 all zero, channel 1 all positive, channel 2 all negative (along ``axis``)."""
+    x = x.clone()
+    x.select(axis, 0).zero_()
+    x.select(axis, 1).abs_()
+    x.select(axis, 2).abs_().neg_()
+    return x
+
+
+CASES = [  # (shape, axis)
+    ((6, 10), 0),
+    ((6, 10), 1),
+    ((6, 10), -1),
+    ((8, 3, 3, 3), 0),
+    ((8, 3, 3, 3), 1),
+    ((8, 3, 3, 3), -1),
+    ((4, 5, 6, 7), -3),
+]
+
+
+# --- per-channel ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("bits, signed", [(2, True), (4, True), (4, False), (8, True), (8, False), (16, True)])
+@pytest.mark.parametrize("shape, axis", CASES)
+def test_per_channel_bit_exact_vs_torch(shape, axis, bits, signed, symmetric):
+    qmin, qmax = integer_range(bits, signed=signed)
+    x = _special_channels(_tensor(shape, seed=len(shape) * 100 + axis + bits), axis)
+    q, scale, zero_point = quantize_per_channel(x, axis, qmin, qmax, symmetric=symmetric)
+    assert q.shape == x.shape and q.dtype == torch.int64
+    assert scale.shape == zero_point.shape == (x.shape[axis],)
+    assert scale.dtype == torch.float32
+
+    expected = torch.fake_quantize_per_channel_affine(
+        x, scale, zero_point.to(torch.int32), axis % x.ndim, qmin, qmax)  # torch wants axis >= 0
+    got = dequantize_per_channel(q, scale, zero_point, axis)
+    assert torch.equal(got, expected), f"{int((got != expected).sum())} values differ"
+    assert torch.equal(fake_quantize_tensor(x, bits, "channel", axis=axis, symmetric=symmetric, signed=signed),
+                       expected)
+
+    # integers recovered from torch's output: q = round(out / scale) + zero_point
+    shape_c = [1] * x.ndim
+    shape_c[axis] = -1
+    s, z = scale.reshape(shape_c).double(), zero_point.reshape(shape_c)
+    assert torch.equal(q, torch.round(expected.double() / s).to(torch.int64) + z)
+
+
+@pytest.mark.parametrize("shape, axis", CASES)
+def test_per_channel_uses_each_channels_own_range(shape, axis):
+    x = _tensor(shape, seed=5)
+    q, scale, zero_point = quantize_per_channel(x, axis, 0, 255)
+    for c in range(x.shape[axis]):
+        xc = x.select(axis, c)
+        lo, hi = min(xc.min().item(), 0.0), max(xc.max().item(), 0.0)
+        assert scale[c].item() == pytest.approx((hi - lo) / 255, rel=1e-6)
+        # the channel's extremes reach the ends of the integer range
+        assert q.select(axis, c).min().item() == 0 or xc.min().item() > 0
+        assert q.select(axis, c).max().item() == 255 or xc.max().item() < 0
+
+
+@SILENCE_AO
+@pytest.mark.parametrize("shape, axis", CASES)
+@pytest.mark.parametrize("dtype, qmin, qmax", [("quint8", 0, 255), ("qint8", -128, 127), ("qint8", -8, 7),
+                                               ("quint8", 0, 3), ("qint32", -32768, 32767)])
+def test_per_channel_asymmetric_qparams_vs_observer(ao, shape, axis, dtype, qmin, qmax):
+    x = _special_channels(_tensor(shape, seed=11), axis)
+    obs = ao.PerChannelMinMaxObserver(ch_axis=axis % x.ndim, dtype=getattr(torch, dtype),
+                                      qscheme=torch.per_channel_affine, quant_min=qmin, quant_max=qmax)
+    obs(x)
+    exp_scale, exp_zp = obs.calculate_qparams()
+    _, scale, zero_point = quantize_per_channel(x, axis, qmin, qmax, symmetric=False)
+    assert torch.equal(scale, exp_scale)
+    assert torch.equal(zero_point, exp_zp.to(torch.int64))
+
+
+@SILENCE_AO
+@pytest.mark.parametrize("shape, axis", CASES)
+@pytest.mark.parametrize("bits", [2, 4, 8, 16])
+def test_per_channel_symmetric_qparams_vs_observer(ao, shape, axis, bits):
+    # torch's symmetric scale is amax / ((qmax - qmin) / 2): equal to qlib's amax / qmax on [-qmax, qmax]
+    qmin, qmax = integer_range(bits, signed=True, narrow=True)
+    x = _special_channels(_tensor(shape, seed=12), axis)
+    obs = ao.PerChannelMinMaxObserver(ch_axis=axis % x.ndim, dtype=torch.qint8 if bits <= 8 else torch.qint32,
+                                      qscheme=torch.per_channel_symmetric, quant_min=qmin, quant_max=qmax)
+    obs(x)
+    exp_scale, exp_zp = obs.calculate_qparams()
+    _, scale, zero_point = quantize_per_channel(x, axis, qmin - 1, qmax, symmetric=True)
+    assert torch.equal(scale, exp_scale)
+    assert torch.equal(zero_point, exp_zp.to(torch.int64)) and not bool(zero_point.any())
+
+
+def test_per_channel_of_the_lecture_matrix_along_columns():
+    # axis=1: one scale per column, max |w| of each column
+    w = torch.tensor([[2.09, -0.98, 1.48, 0.09],
+                      [0.05, -0.14, -1.08, 2.12],
+                      [-0.91, 1.92, 0.0, -1.03],
+                      [1.87, 0.0, 1.53, 1.49]])
+    q, scale, _ = quantize_per_channel(w, 1, -2, 1, symmetric=True)
+    assert scale.tolist() == pytest.approx([2.09, 1.92, 1.53, 2.12])
+    assert q.tolist() == [[1, -1, 1, 0], [0, 0, -1, 1], [0, 1, 0, 0], [1, 0, 1, 1]]
+
+
+# --- per-group --------------------------------------------------------------------------------
+
+def test_per_group_symmetric_hand_example():
+    # 3-bit signed [-4, 3], groups of 2 along axis 1; group scale = max|x| / 3, all powers of two.
+    x = torch.tensor([[1.5, -0.75, 0.375, 0.1],
+                      [6.0, 5.0, -0.75, 0.0]])
+    q, scale, zero_point = quantize_per_group(x, 1, 2, -4, 3, symmetric=True)
+    assert scale.tolist() == [[0.5, 0.125], [2.0, 0.25]]
+    assert zero_point.tolist() == [[0, 0], [0, 0]]
+    # -0.75 / 0.5 = -1.5 -> -2 and 5.0 / 2.0 = 2.5 -> 2: ties to even; 0.1 / 0.125 = 0.8 -> 1
+    assert q.tolist() == [[3, -2, 3, 1], [3, 2, -3, 0]]
+    assert dequantize_per_group(q, scale, zero_point, 1, 2).tolist() == [[1.5, -1.0, 0.375, 0.125],
+                                                                         [6.0, 4.0, -0.75, 0.0]]
+
+
+def test_per_group_asymmetric_hand_example():
+    # 2-bit unsigned [0, 3], groups of 2 along axis 0 (the only axis).
+    # group [-1, 2]:    scale 3/3 = 1,     zero point 0 - round(-1) = 1, q = [-1+1, 2+1] = [0, 3]
+    # group [0.75, 1.5]: range widened to [0, 1.5], scale 0.5, zero point 0, q = [round(1.5), 3] = [2, 3]
+    x = torch.tensor([-1.0, 2.0, 0.75, 1.5])
+    q, scale, zero_point = quantize_per_group(x, 0, 2, 0, 3, symmetric=False)
+    assert scale.tolist() == [1.0, 0.5]
+    assert zero_point.tolist() == [1, 0]
+    assert q.tolist() == [0, 3, 2, 3]
+    assert dequantize_per_group(q, scale, zero_point, 0, 2).tolist() == [-1.0, 2.0, 1.0, 1.5]
+
+
+def _groups(shape, axis, group_size):
+    """Index tuples of every group: one position in the other dimensions, a slice along ``axis``."""
+    axis %= len(shape)
+    others = [range(n) for i, n in enumerate(shape) if i != axis]
+    for pos in itertools.product(*others):
+        for g in range(shape[axis] // group_size):
+            index = list(pos)
+            index.insert(axis, slice(g * group_size, (g + 1) * group_size))
+            yield g, tuple(index)
+
+
+@SILENCE_AO
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("shape, axis, group_size", [((8, 32), 1, 8), ((32, 5), 0, 4), ((3, 12, 4), 1, 3),
+                                                     ((3, 4, 12), -1, 6), ((2, 6), 1, 6), ((2, 6), 1, 1)])
+def test_per_group_equals_per_tensor_torch_on_each_group(ao, shape, axis, group_size, symmetric):
+    """Each group, cut out by hand, quantized by torch's per-tensor observer and fake-quant kernel."""
+    bits = 4
+    qmin, qmax = integer_range(bits, signed=True, narrow=symmetric)
+    x = _tensor(shape, seed=21 + group_size)
+    q, scale, zero_point = quantize_per_group(x, axis, group_size, qmin, qmax, symmetric=symmetric)
+    got = dequantize_per_group(q, scale, zero_point, axis, group_size)
+    assert torch.equal(got, fake_quantize_tensor(x, bits, "group", axis=axis, group_size=group_size,
+                                                 symmetric=symmetric, narrow=symmetric))
+    expected_shape = list(shape)
+    expected_shape[axis] //= group_size
+    assert list(scale.shape) == list(zero_point.shape) == expected_shape
+
+    expected = torch.empty_like(x)
+    n_groups = 0
+    for g, index in _groups(shape, axis, group_size):
+        piece = x[index]
+        obs = ao.MinMaxObserver(dtype=torch.qint8, quant_min=qmin, quant_max=qmax,
+                                qscheme=torch.per_tensor_symmetric if symmetric else torch.per_tensor_affine)
+        obs(piece)
+        s, z = obs.calculate_qparams()
+        expected[index] = torch.fake_quantize_per_tensor_affine(piece, s, z, qmin, qmax)
+        group_index = list(index)
+        group_index[axis % len(shape)] = g
+        assert torch.equal(scale[tuple(group_index)], s[0])
+        assert zero_point[tuple(group_index)].item() == z.item()
+        n_groups += 1
+    assert n_groups == x.numel() // group_size
+    assert torch.equal(got, expected), f"{int((got != expected).sum())} values differ"
+
+
+def test_per_group_with_one_group_per_slice_is_per_channel_of_the_other_axis():
+    # Groups spanning the whole of axis 1 of a 2-D tensor are the rows: per-channel along axis 0.
+    x = _tensor((5, 12), seed=3)
+    q_g, s_g, z_g = quantize_per_group(x, 1, 12, -8, 7)
+    q_c, s_c, z_c = quantize_per_channel(x, 0, -8, 7)
+    assert torch.equal(q_g, q_c)
+    assert torch.equal(s_g.squeeze(1), s_c) and torch.equal(z_g.squeeze(1), z_c)
+
+
+@pytest.mark.parametrize("group_size", [5, 7, 13, 24])
+def test_group_size_not_dividing_the_axis_is_refused(group_size):
+    with pytest.raises(ValueError, match=f"group_size {group_size} does not divide"):
+        quantize_per_group(torch.ones(3, 12), 1, group_size, -8, 7)
+    with pytest.raises(ValueError, match="group_size"):
+        fake_quantize_tensor(torch.ones(3, 12), 4, "group", axis=1, group_size=group_size)
+
+
+@pytest.mark.parametrize("group_size", [0, -2, 2.0, True, None])
+def test_bad_group_size_is_refused(group_size):
+    with pytest.raises(ValueError, match="group_size"):
+        quantize_per_group(torch.ones(3, 12), 1, group_size, -8, 7)
+
+
+def test_group_granularity_needs_a_group_size():
+    with pytest.raises(ValueError, match="needs a group_size"):
+        fake_quantize_tensor(torch.ones(3, 12), 4, "group", axis=1)
+
+
+# --- axes -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("axis", [2, -3, 10])
+def test_axis_out_of_range_is_refused(axis):
+    x = torch.ones(3, 4)
+    with pytest.raises(ValueError, match=f"axis {axis} is out of range"):
+        quantize_per_channel(x, axis, -8, 7)
+    with pytest.raises(ValueError, match="axis"):
+        quantize_per_group(x, axis, 1, -8, 7)
+    with pytest.raises(ValueError, match="axis"):
+        fake_quantize_tensor(x, 4, "channel", axis=axis)
+    with pytest.raises(ValueError, match="axis"):
+        dequantize_per_channel(torch.ones(3, 4, dtype=torch.int64), torch.ones(4), torch.zeros(4), axis)
+
+
+@pytest.mark.parametrize("axis", [1.0, True, "0", None])
+def test_non_integer_axis_is_refused(axis):
+    with pytest.raises(TypeError, match="axis must be an integer"):
+        quantize_per_channel(torch.ones(3, 4), axis, -8, 7)
+
+
+def test_negative_axis_equals_positive_axis():
+    x = _tensor((4, 5, 6), seed=8)
+    for neg, pos in ((-1, 2), (-2, 1), (-3, 0)):
+        for a, b in zip(quantize_per_channel(x, neg, -8, 7), quantize_per_channel(x, pos, -8, 7)):
+            assert torch.equal(a, b)
+
+
+# --- fake_quantize_tensor: granularity names --------------------------------------------------
+
+def test_granularity_names():
+    assert GRANULARITIES == ("tensor", "channel", "group")
+
+
+@SILENCE_AO
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_fake_quantize_tensor_per_tensor_vs_torch(ao, bits):
+    x = _tensor((16, 9), seed=bits)
+    qmin, qmax = integer_range(bits, signed=True)
+    # symmetric (the default): torch observer on the narrow range, fake-quant kernel on the full range
+    obs = ao.MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=qmin + 1, quant_max=qmax)
+    obs(x)
+    s, z = obs.calculate_qparams()
+    expected = torch.fake_quantize_per_tensor_affine(x, s, z, qmin, qmax)
+    assert torch.equal(fake_quantize_tensor(x, bits, "tensor"), expected)
+    # asymmetric, unsigned
+    obs = ao.MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0, quant_max=2**bits - 1)
+    obs(x)
+    s, z = obs.calculate_qparams()
+    expected = torch.fake_quantize_per_tensor_affine(x, s, z, 0, 2**bits - 1)
+    assert torch.equal(fake_quantize_tensor(x, bits, "tensor", symmetric=False, signed=False), expected)
+
+
+def test_fake_quantize_tensor_granularities_differ_as_expected():
+    x = _tensor((4, 8), seed=2)
+    per_tensor = fake_quantize_tensor(x, 3, "tensor")
+    per_channel = fake_quantize_tensor(x, 3, "channel", axis=0)
+    per_group = fake_quantize_tensor(x, 3, "group", axis=1, group_size=2)
+    err = [torch.linalg.norm(x - y).item() for y in (per_tensor, per_channel, per_group)]
+    assert err[0] > err[1] > err[2] > 0  # finer granularity, smaller error on this tensor
+    assert len(torch.unique(per_tensor)) <= 2**3
+
+
+@pytest.mark.parametrize("name", ["per_tensor", "Tensor", "channels", "row", ""])
+def test_unknown_granularity_is_refused(name):
+    with pytest.raises(ValueError, match="granularity must be one of"):
+        fake_quantize_tensor(torch.ones(2, 2), 4, name)
