@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ast
 
-from nbconvert.preprocessors import Preprocessor
+from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import List, Unicode
 
 ALLOWED_IMPORTS = ("math", "numpy", "torch", "copy", "itertools", "functools", "collections",
@@ -89,7 +89,7 @@ def problems(source: str, module_names: set[str]) -> list[str]:
     return found
 
 
-class ScreenSubmission(Preprocessor):
+class ScreenSubmission(NbGraderPreprocessor):
     """Replace solution cells that would tamper with grading by a cell that explains why."""
 
     message = Unicode(

@@ -1,0 +1,126 @@
+"""Run nbgrader for real on made-up submissions, in a temporary copy of the course.
+
+Used by the tests of every lab's grading: build a student's notebook from the
+released one, autograde a batch of them with the `nbgrader` command, and read
+the scores back from the gradebook.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def env() -> dict:
+    """Environment for nbgrader: the venv's bin/ on PATH (nbgrader runs alembic from there)."""
+    e = dict(os.environ)
+    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
+    e["OMP_NUM_THREADS"] = "1"  # two graders share two cores; more threads only fight
+    return e
+
+
+def nbgrader(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``nbgrader ARGS`` in course directory ``cwd``; raise with its output if it fails."""
+    proc = subprocess.run([str(BIN / "nbgrader"), *args], cwd=cwd, env=env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nbgrader {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def make_course(tmp: Path, lab: str) -> Path:
+    """A fresh course directory holding the lab's source, with the student version generated."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "nbgrader_config.py", tmp / "nbgrader_config.py")
+    shutil.copytree(ROOT / "solutions" / lab, tmp / "solutions" / lab)
+    nbgrader("generate_assignment", lab, "--force", cwd=tmp)
+    return tmp
+
+
+def notebook_path(course: Path, step: str, lab: str, student: str | None = None) -> Path:
+    parts = [course, step] + ([student] if student else []) + [lab, f"{lab}.ipynb"]
+    return Path(*parts)
+
+
+def read_notebook(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def solution_code(source_nb: nbformat.NotebookNode) -> dict[str, str]:
+    """grade_id -> the reference answer of each solution cell, without the nbgrader markers."""
+    answers = {}
+    for cell in source_nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution") and cell.cell_type == "code":
+            answers[meta["grade_id"]] = re.sub(r"^\s*### (BEGIN|END) SOLUTION\n", "", cell.source, flags=re.M)
+    return answers
+
+
+def fill(released: nbformat.NotebookNode, answers: dict[str, str]) -> nbformat.NotebookNode:
+    """A copy of the released notebook with solution cells replaced by ``answers`` (by grade_id)."""
+    nb = json.loads(json.dumps(released))
+    nb = nbformat.from_dict(nb)
+    for cell in nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid in answers and cell.metadata["nbgrader"].get("solution"):
+            cell.source = answers[gid]
+    return nb
+
+
+def submit(course: Path, lab: str, student: str, nb: nbformat.NotebookNode) -> None:
+    path = notebook_path(course, "submitted", lab, student)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
+def scores(course: Path, lab: str) -> dict[str, dict[str, float]]:
+    """student -> {grade_id: score} from the gradebook after autograding."""
+    from nbgrader.api import Gradebook
+
+    out: dict[str, dict[str, float]] = {}
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        for student in gb.students:
+            try:
+                sub = gb.find_submission_notebook(lab, lab, student.id)
+            except Exception:
+                continue
+            out[student.id] = {g.name: g.score for g in sub.grades}
+    return out
+
+
+def autograde(course: Path, lab: str, submissions: dict[str, nbformat.NotebookNode], workers: int = 2):
+    """Autograde every submission; returns ``(scores, course_dirs)``.
+
+    Submissions are split over ``workers`` course copies graded in parallel
+    (one gradebook each, so SQLite is never shared).
+    """
+    names = sorted(submissions)
+    shards = [names[i::workers] for i in range(workers)]
+    courses = []
+    for i, shard in enumerate(shards):
+        c = course if i == 0 else course.parent / f"{course.name}_{i}"
+        if i:
+            shutil.copytree(course, c, dirs_exist_ok=True)
+        for student in shard:
+            submit(c, lab, student, submissions[student])
+        courses.append(c)
+
+    def run(c: Path):
+        nbgrader("autograde", lab, "--force", cwd=c)
+        return scores(c, lab)
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(run, courses))
+    merged: dict[str, dict[str, float]] = {}
+    for r in results:
+        merged.update(r)
+    return merged, {s: courses[i] for i, shard in enumerate(shards) for s in shard}

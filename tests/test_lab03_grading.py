@@ -1,0 +1,268 @@
+"""Lab 3 graded end to end by nbgrader: fair to correct answers, hard to game.
+
+One module-scoped run autograds every submission below in a temporary course
+directory; each test then reads the scores of the questions it is about.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests import nbgrader_course as course
+
+LAB = "lab03_linear_quantization"
+POINTS = {"test_integer_range": 2, "test_asymmetric_qparams": 3, "test_symmetric_qparams": 2,
+          "test_quantize": 4, "test_dequantize": 2, "test_quantize_per_channel": 4,
+          "test_fake_quantize_weights": 3}
+TOTAL = sum(POINTS.values())
+
+# --- plausible wrong answers: each must lose its own question, and only that one ---------------------
+
+WRONG = {
+    "floor_instead_of_round": ("quantize", "test_quantize", '''
+def quantize(x, scale, zero_point, qmin, qmax):
+    return torch.clamp(torch.floor(x / scale) + zero_point, qmin, qmax).to(torch.int64)
+'''),
+    "zero_point_sign_flipped": ("asymmetric_qparams", "test_asymmetric_qparams", '''
+def asymmetric_qparams(rmin, rmax, qmin, qmax):
+    rmin, rmax = min(rmin, 0.0), max(rmax, 0.0)
+    scale = max((rmax - rmin) / (qmax - qmin), torch.finfo(torch.float32).eps)
+    return scale, round(qmin + rmin / scale)
+'''),
+    "no_clamp": ("quantize", "test_quantize", '''
+def quantize(x, scale, zero_point, qmin, qmax):
+    return (torch.round(x / scale) + zero_point).to(torch.int64)
+'''),
+    "symmetric_where_asymmetric_asked": ("quantize_per_channel", "test_quantize_per_channel", '''
+def quantize_per_channel(x, axis, qmin, qmax, symmetric=False):
+    n = x.shape[axis]
+    scale = torch.empty(n)
+    zero_point = torch.zeros(n, dtype=torch.int64)
+    for c in range(n):
+        ch = x.select(axis, c)
+        scale[c], _ = symmetric_qparams(ch.min().item(), ch.max().item(), qmin, qmax)
+    shape = [1] * x.dim()
+    shape[axis] = n
+    return quantize(x, scale.reshape(shape), 0, qmin, qmax), scale, zero_point
+'''),
+    "qmax_off_by_one": ("integer_range", "test_integer_range", '''
+def integer_range(bits, signed=True, narrow=False):
+    qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if signed else (0, 2 ** bits)
+    return qmin + int(narrow), qmax
+'''),
+    "hard_coded_visible_cases": ("dequantize", "test_dequantize", '''
+def dequantize(q, scale, zero_point):
+    if scale == 1.0667:
+        return torch.tensor([-1.0667, 0.0, 1.0667, 2.1334])
+    if scale == 0.02:
+        return torch.tensor([-2.56, 0.0, 2.54])
+    return q.to(torch.float32)
+'''),
+}
+
+# --- correct answers written differently: full marks ---------------------------------------------------
+
+NUMPY_ANSWERS = {
+    "integer_range": '''
+def integer_range(bits, signed=True, narrow=False):
+    half = 1 << (bits - 1)
+    lo, hi = (-half, half - 1) if signed else (0, (1 << bits) - 1)
+    return lo + (1 if narrow else 0), hi
+''',
+    "asymmetric_qparams": '''
+def asymmetric_qparams(rmin, rmax, qmin, qmax):
+    lo, hi = np.float32(min(rmin, 0)), np.float32(max(rmax, 0))
+    scale = np.maximum(np.float32(hi - lo) / np.float32(qmax - qmin), np.finfo(np.float32).eps)
+    return float(scale), int(qmin - np.round(lo / scale))   # qmin - round(r) == round(qmin - r)
+''',
+    "symmetric_qparams": '''
+def symmetric_qparams(rmin, rmax, qmin, qmax):
+    return max(np.abs([rmin, rmax]).max() / qmax, np.finfo(np.float32).eps), 0
+''',
+    "quantize": '''
+def quantize(x, scale, zero_point, qmin, qmax):
+    x = np.asarray(x, dtype=np.float32)
+    q = np.rint(x * (np.float32(1) / np.asarray(scale, dtype=np.float32))) + np.asarray(zero_point)
+    return np.clip(q, qmin, qmax).astype(np.int32)
+''',
+    "dequantize": '''
+def dequantize(q, scale, zero_point):
+    q = np.asarray(q, dtype=np.float64)
+    return (q * np.asarray(scale) - np.asarray(zero_point) * np.asarray(scale)).astype(np.float32)
+''',
+    "quantize_per_channel": '''
+def quantize_per_channel(x, axis, qmin, qmax, symmetric=False):
+    x = np.asarray(x, dtype=np.float32)
+    moved = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+    lo, hi = np.minimum(moved.min(axis=1), 0), np.maximum(moved.max(axis=1), 0)
+    eps = np.finfo(np.float32).eps
+    if symmetric:
+        scale = np.maximum(np.maximum(-lo, hi) / np.float32(qmax), eps)
+        zero_point = np.zeros_like(scale, dtype=np.int64)
+    else:
+        scale = np.maximum((hi - lo) / np.float32(qmax - qmin), eps)
+        zero_point = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(np.int64)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(x / scale.reshape(shape)) + zero_point.reshape(shape), qmin, qmax)
+    return q.astype(np.int64), scale, zero_point
+''',
+    "fake_quantize_weights": '''
+def fake_quantize_weights(model, bits, per_channel):
+    new = copy.deepcopy(model)
+    qmin, qmax = integer_range(bits)
+    for name, p in new.named_parameters():
+        module = new.get_submodule(name.rsplit(".", 1)[0]) if "." in name else new
+        if not name.endswith("weight") or not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        w = p.detach().numpy()
+        if per_channel:
+            amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).reshape([-1] + [1] * (w.ndim - 1))
+        else:
+            amax = np.abs(w).max()
+        scale = np.maximum(amax / np.float32(qmax), np.finfo(np.float32).eps).astype(np.float32)
+        w_hat = np.clip(np.round(w / scale), qmin, qmax) * scale
+        with torch.no_grad():
+            p.copy_(torch.from_numpy(w_hat.astype(np.float32)))
+    return new
+''',
+}
+
+# --- attempts to game the grader: nothing for the question ------------------------------------------
+
+STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+CHEATS = {
+    "calls_qlib_reference": ({"quantize": "import qlib\n\ndef quantize(x, scale, zero_point, qmin, qmax):\n"
+                                          "    return qlib.quantize(x, scale, zero_point, qmin, qmax)\n"}, None),
+    "calls_qlib_obfuscated": ({"quantize": "ref = __import__('ql' + 'ib').linear\n\n"
+                                           "def quantize(x, scale, zero_point, qmin, qmax):\n"
+                                           "    return ref.quantize(x, scale, zero_point, qmin, qmax)\n"}, None),
+    "patches_torch_equal": ({"quantize": "torch.equal = lambda a, b: True\n\n"
+                                         "def quantize(x, scale, zero_point, qmin, qmax):\n    return x\n"}, None),
+    "patches_numpy_allclose": ({"dequantize": "np.allclose = lambda *a, **k: True\n"
+                                              "np.isclose = lambda a, b, **k: np.ones(np.shape(a), bool)\n\n"
+                                              "def dequantize(q, scale, zero_point):\n    return q\n"}, None),
+    "patches_grader": ({"quantize": "grader.check_quantize = lambda *a, **k: None\n\n"
+                                    "def quantize(x, scale, zero_point, qmin, qmax):\n    return x\n"}, None),
+    "edits_test_cell": ({"quantize": STUB}, ("test_quantize", "edit")),
+    "deletes_test_cell": ({"quantize": STUB}, ("test_quantize", "delete")),
+    "infinite_loop": ({"quantize": "def quantize(x, scale, zero_point, qmin, qmax):\n    while True:\n"
+                                   "        pass\n"}, None),
+}
+CHEAT_QUESTION = {"calls_qlib_reference": "test_quantize", "calls_qlib_obfuscated": "test_quantize",
+                  "patches_torch_equal": "test_quantize", "patches_numpy_allclose": "test_dequantize",
+                  "patches_grader": "test_quantize", "edits_test_cell": "test_quantize",
+                  "deletes_test_cell": "test_quantize", "infinite_loop": "test_quantize"}
+
+
+def _tamper(nb, grade_id, how):
+    for i, cell in enumerate(nb.cells):
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
+            if how == "edit":
+                cell.source = "print('all tests passed')"
+            else:
+                del nb.cells[i]
+            return nb
+    raise AssertionError(f"no cell {grade_id}")
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """Autograde every submission of this file once; yields (scores, course dirs, answers)."""
+    tmp = course.make_course(tmp_path_factory.mktemp("course") / "c", LAB)
+    released = course.read_notebook(course.notebook_path(tmp, "labs", LAB))
+    answers = course.solution_code(course.read_notebook(course.ROOT / "solutions" / LAB / f"{LAB}.ipynb"))
+    subs = {"reference": course.fill(released, answers), "untouched": released,
+            "numpy_style": course.fill(released, {**answers, **NUMPY_ANSWERS})}
+    for name, (gid, _, code) in WRONG.items():
+        subs[name] = course.fill(released, {**answers, gid: code})
+    for name, (override, tamper) in CHEATS.items():
+        nb = course.fill(released, {**answers, **override})
+        subs[name] = _tamper(nb, *tamper) if tamper else nb
+    scores, dirs = course.autograde(tmp, LAB, subs)
+    return scores, dirs, released
+
+
+def test_reference_solution_gets_full_marks(graded):
+    scores, _, _ = graded
+    assert scores["reference"] == POINTS, scores["reference"]
+
+
+def test_untouched_notebook_gets_zero(graded):
+    scores, _, _ = graded
+    assert sum(scores["untouched"].values()) == 0, scores["untouched"]
+
+
+def test_correct_answers_written_differently_get_full_marks(graded):
+    scores, _, _ = graded
+    assert scores["numpy_style"] == POINTS, scores["numpy_style"]
+
+
+@pytest.mark.parametrize("name", sorted(WRONG))
+def test_wrong_answer_loses_its_question_only(graded, name):
+    scores, _, _ = graded
+    _, question, _ = WRONG[name]
+    expected = {**POINTS, question: 0}
+    assert scores[name] == expected, scores[name]
+
+
+@pytest.mark.parametrize("name", sorted(CHEATS))
+def test_gaming_earns_nothing_for_that_question(graded, name):
+    scores, _, _ = graded
+    question = CHEAT_QUESTION[name]
+    assert scores[name][question] == 0, scores[name]
+    # the rest of the notebook is still graded (an infinite loop does not sink everything)
+    others = {k: v for k, v in scores[name].items() if k != question}
+    assert others == {k: v for k, v in POINTS.items() if k != question}, scores[name]
+
+
+def _outputs(course_dir, student, grade_id):
+    nb = course.read_notebook(course.notebook_path(course_dir, "autograded", LAB, student))
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
+            return "\n".join(str(o.get("text", "")) + str(o.get("evalue", "")) + "".join(o.get("traceback", []))
+                             for o in cell.get("outputs", []))
+    raise AssertionError(f"no cell {grade_id}")
+
+
+@pytest.mark.parametrize("name, grade_id, words", [
+    ("floor_instead_of_round", "test_quantize", "floor instead of round"),
+    ("zero_point_sign_flipped", "test_asymmetric_qparams", "wrong sign"),
+    ("qmax_off_by_one", "test_integer_range", "qmax is one too large"),
+    ("no_clamp", "test_quantize", "not clamped"),
+    ("hard_coded_visible_cases", "test_dequantize", "A hidden check failed"),
+    ("calls_qlib_reference", "quantize", "did not run this cell"),
+    ("patches_torch_equal", "quantize", "torch.equal"),
+    ("infinite_loop", "test_quantize", "did not return within"),
+])
+def test_failures_explain_themselves(graded, name, grade_id, words):
+    _, dirs, _ = graded
+    text = _outputs(dirs[name], name, grade_id)
+    assert words in text, text
+
+
+def test_released_notebook_has_no_solution_and_no_hidden_test(graded):
+    _, _, released = graded
+    text = "\n".join(c.source for c in released.cells)
+    assert "BEGIN SOLUTION" not in text and "HIDDEN" not in text and "seed=" not in text
+    assert "2 ** (bits - 1) - 1" not in text  # a line of the reference answer
+    assert text.count("raise NotImplementedError()") == 7
+
+
+def test_feedback_leaks_no_hidden_test(graded):
+    _, dirs, _ = graded
+    c = dirs["hard_coded_visible_cases"]
+    course.nbgrader("generate_feedback", LAB, "--student", "hard_coded_visible_cases", "--force", cwd=c)
+    html = next((c / "feedback" / "hard_coded_visible_cases" / LAB).glob("*.html")).read_text()
+    assert "A hidden check failed" in html
+    assert "seed=" not in html and "check_dequantize(dequantize," not in html
+    assert "most recent call last" not in html and "GradingFailure" in html  # a message, not a traceback
+
+
+def test_committed_student_lab_is_generated_from_the_solution(graded, tmp_path):
+    committed = course.read_notebook(course.ROOT / "labs" / LAB / f"{LAB}.ipynb")
+    _, _, released = graded
+    strip = lambda nb: [(c.cell_type, c.source, c.metadata.get("nbgrader")) for c in nb.cells]  # noqa: E731
+    assert strip(committed) == strip(released), (
+        "labs/ is out of date: run `nbgrader generate_assignment lab03_linear_quantization --force`")
