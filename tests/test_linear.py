@@ -139,8 +139,8 @@ def _scale(kind: str, gen: torch.Generator) -> float:
     """A float32 scale: a power of two (every tie is exact) or a random value over 5 decades."""
     if kind == "pow2":
         return 2.0 ** int(torch.randint(-12, 3, (1,), generator=gen))
-    log_s = math.log(1e-4) + (math.log(10.0) - math.log(1e-4)) * float(torch.rand(1, generator=gen, dtype=torch.float64))
-    return float(torch.tensor(math.exp(log_s), dtype=torch.float32))
+    u = float(torch.rand(1, generator=gen, dtype=torch.float64))
+    return float(torch.tensor(10.0 ** (-4 + 5 * u), dtype=torch.float32))  # 1e-4 .. 10
 
 
 def _inputs(scale, zero_point, qmin, qmax, gen, n=1000):
@@ -251,6 +251,7 @@ def _range_cases():
         "lecture": torch.tensor([-1.08, 2.12]),
         "zp_tie_u8": torch.tensor([-2.5, 252.5]),   # scale 1, -rmin/scale = 2.5
         "zp_tie_2bit": torch.tensor([-1.5, 7.5]),   # 2-bit: scale 3, -rmin/scale = 0.5
+        "zp_tie_scale7": torch.tensor([-45.5, 1739.5]),  # 8-bit: scale 7, -rmin/scale = 6.5
     }
 
 
@@ -317,6 +318,10 @@ def test_qparams_hand_values():
     # [-1.5, 7.5] onto 2-bit signed [-2, 1]: scale 3, zero point -2 - round(-0.5) = -2.
     scale, zp = asymmetric_qparams(-1.5, 7.5, -2, 1)
     assert scale.item() == 3.0 and zp.item() == -2
+    # [-45.5, 1739.5] onto [0, 255]: scale 7, -rmin / scale = 6.5 exactly, zero point 6.
+    # (rmin * (1/scale) in float32 is -6.5000005 and would give 7: torch's observers divide, and so does qlib.)
+    scale, zp = asymmetric_qparams(-45.5, 1739.5, 0, 255)
+    assert scale.item() == 7.0 and zp.item() == 6
     # All positive: the range widens to [0, rmax], so zero point = qmin.
     scale, zp = asymmetric_qparams(1.0, 2.55, 0, 255)
     assert scale.item() == pytest.approx(0.01) and zp.item() == 0
