@@ -15,6 +15,8 @@ All three compute the range of each slice and hand it to the same formula of
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from qlib._checks import as_float_tensor, check_axis
@@ -74,8 +76,9 @@ def dequantize_per_channel(q, scale, zero_point, axis: int) -> torch.Tensor:
 
 def _grouped(x: torch.Tensor, axis: int, group_size: int) -> torch.Tensor:
     """View ``x`` as ``[..., n_groups, group_size]`` with the grouped axis moved last."""
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+    if isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral) or group_size < 1:
         raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+    group_size = int(group_size)
     length = x.shape[axis]
     if length % group_size:
         raise ValueError(f"group_size {group_size} does not divide the length {length} of axis {axis}")

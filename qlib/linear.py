@@ -83,7 +83,7 @@ def asymmetric_qparams(rmin, rmax, qmin: int, qmax: int) -> tuple[torch.Tensor, 
     refuse_if_blocked("asymmetric_qparams")
     check_integer_range(qmin, qmax)
     rmin, rmax = _real_range(rmin, rmax)
-    scale = torch.clamp((rmax - rmin) / float(qmax - qmin), min=MIN_SCALE)
+    scale = _finite_scale(torch.clamp((rmax - rmin) / float(qmax - qmin), min=MIN_SCALE))
     zero_point = torch.clamp(qmin - torch.round(rmin / scale), qmin, qmax).to(torch.int64)
     return scale, zero_point
 
@@ -104,7 +104,7 @@ def symmetric_qparams(rmin, rmax, qmin: int, qmax: int) -> tuple[torch.Tensor, t
         raise ValueError(f"symmetric quantization needs qmin <= 0 < qmax, got [{qmin}, {qmax}]")
     rmin, rmax = _real_range(rmin, rmax)
     absmax = torch.maximum(rmin.abs(), rmax.abs())
-    scale = torch.clamp(absmax / float(qmax), min=MIN_SCALE)
+    scale = _finite_scale(torch.clamp(absmax / float(qmax), min=MIN_SCALE))
     return scale, torch.zeros_like(scale, dtype=torch.int64)
 
 
@@ -112,6 +112,14 @@ def _scale_tensor(scale) -> torch.Tensor:
     scale = as_float_tensor(scale, "scale").to(torch.float32)
     if bool((scale <= 0).any()):
         raise ValueError("scale must be positive")
+    if not bool(torch.isfinite(torch.reciprocal(scale)).all()):
+        raise ValueError("scale is too small: 1 / scale overflows float32 (scale must be at least about 3e-39)")
+    return scale
+
+
+def _finite_scale(scale: torch.Tensor) -> torch.Tensor:
+    if not bool(torch.isfinite(scale).all()):
+        raise ValueError("the range is too wide: (rmax - rmin) overflows float32, so no float32 scale spans it")
     return scale
 
 

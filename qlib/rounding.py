@@ -21,12 +21,13 @@ def round_half_to_even(x: torch.Tensor) -> torch.Tensor:
 
 
 def round_half_away_from_zero(x: torch.Tensor) -> torch.Tensor:
-    """Nearest integer; ties go away from zero: sign(x) * floor(|x| + 1/2).
+    """Nearest integer; ties go away from zero: trunc(x) + sign(x) * [|x - trunc(x)| >= 1/2].
 
-    ``|x| + 0.5`` is computed in float64 so that it is exact for every float32 ``x``.
+    Exact for every float input (``x - trunc(x)`` is exact in floating point,
+    whereas ``floor(|x| + 0.5)`` rounds the sum first and gets 0.49999999999999994 wrong).
     """
-    x64 = x.to(torch.float64)
-    return (torch.sign(x64) * torch.floor(x64.abs() + 0.5)).to(x.dtype)
+    t = torch.trunc(x)
+    return t + torch.sign(x) * ((x - t).abs() >= 0.5).to(x.dtype)
 
 
 ROUNDING_MODES = {

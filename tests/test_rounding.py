@@ -81,8 +81,6 @@ def test_half_away_from_zero_vs_decimal(dtype):
     np.testing.assert_array_equal(got.double().numpy(), _decimal_round_half_away(x))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: for float64 input, floor(|x| + 0.5) is itself rounded: "
-                                       "0.49999999999999994 -> 1 and 2**52 + 1 -> 2**52 + 2")
 def test_half_away_from_zero_on_float64_edge_values():
     # float64 values where |x| + 0.5 is not exact in float64 (float32 inputs are all exact)
     x = np.array([np.nextafter(0.5, 0.0), -np.nextafter(0.5, 0.0), 2.0**52 + 1, -(2.0**52 + 1), 2.0**53 - 1])
