@@ -257,7 +257,9 @@ def test_feedback_leaks_no_hidden_test(graded):
     html = next((c / "feedback" / "hard_coded_visible_cases" / LAB).glob("*.html")).read_text()
     assert "A hidden check failed" in html
     assert "seed=" not in html and "check_dequantize(dequantize," not in html
-    assert "most recent call last" not in html and "GradingFailure" in html  # a message, not a traceback
+    # the hidden check failed with a message, not a traceback that would show its code
+    hidden_output = _outputs(c, "hard_coded_visible_cases", "test_dequantize")
+    assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
 
 
 def test_committed_student_lab_is_generated_from_the_solution(graded, tmp_path):
