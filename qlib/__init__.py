@@ -2,6 +2,11 @@
 
 Modules, one idea each:
 
+* :mod:`qlib.integers`: unsigned, sign-magnitude and two's complement bit strings (chapter 1)
+* :mod:`qlib.fixed_point`: <w, f> fixed point, rounding and saturation (chapter 1)
+* :mod:`qlib.floating_point`: any binary float format, bit-exact encode/decode; FP32 ... FP4, E8M0 (chapter 1)
+* :mod:`qlib.microscaling`: OCP MX blocks with a shared E8M0 scale (chapters 1 and 4)
+* :mod:`qlib.cost`: energy per operation at 45 nm, model size, bandwidth bounds (chapter 1)
 * :mod:`qlib.linear`: integer ranges, scale and zero point, quantize, dequantize (chapter 3)
 * :mod:`qlib.granularity`: per-tensor, per-channel and per-group quantization (chapters 3-4)
 * :mod:`qlib.rounding`: rounding modes, named by their tie rule

@@ -124,3 +124,25 @@ def autograde(course: Path, lab: str, submissions: dict[str, nbformat.NotebookNo
     for r in results:
         merged.update(r)
     return merged, {s: courses[i] for i, shard in enumerate(shards) for s in shard}
+
+
+def tamper(nb: nbformat.NotebookNode, grade_id: str, how: str) -> nbformat.NotebookNode:
+    """Edit (``how="edit"``) or delete (``"delete"``) the cell ``grade_id`` of a submission."""
+    for i, cell in enumerate(nb.cells):
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
+            if how == "edit":
+                cell.source = "print('all tests passed')"
+            else:
+                del nb.cells[i]
+            return nb
+    raise AssertionError(f"no cell {grade_id}")
+
+
+def cell_output(course_dir: Path, lab: str, student: str, grade_id: str) -> str:
+    """Text of everything the cell ``grade_id`` printed when ``student``'s notebook was autograded."""
+    nb = read_notebook(notebook_path(course_dir, "autograded", lab, student))
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
+            return "\n".join(str(o.get("text", "")) + str(o.get("evalue", "")) + "".join(o.get("traceback", []))
+                             for o in cell.get("outputs", []))
+    raise AssertionError(f"no cell {grade_id}")

@@ -156,17 +156,6 @@ CHEAT_QUESTION = {"calls_qlib_reference": "test_quantize", "calls_qlib_obfuscate
                   "deletes_test_cell": "test_quantize", "infinite_loop": "test_quantize"}
 
 
-def _tamper(nb, grade_id, how):
-    for i, cell in enumerate(nb.cells):
-        if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
-            if how == "edit":
-                cell.source = "print('all tests passed')"
-            else:
-                del nb.cells[i]
-            return nb
-    raise AssertionError(f"no cell {grade_id}")
-
-
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     """Autograde every submission of this file once; yields (scores, course dirs, answers)."""
@@ -179,7 +168,7 @@ def graded(tmp_path_factory):
         subs[name] = course.fill(released, {**answers, gid: code})
     for name, (override, tamper) in CHEATS.items():
         nb = course.fill(released, {**answers, **override})
-        subs[name] = _tamper(nb, *tamper) if tamper else nb
+        subs[name] = course.tamper(nb, *tamper) if tamper else nb
     scores, dirs = course.autograde(tmp, LAB, subs)
     return scores, dirs, released
 
@@ -217,15 +206,6 @@ def test_gaming_earns_nothing_for_that_question(graded, name):
     assert others == {k: v for k, v in POINTS.items() if k != question}, scores[name]
 
 
-def _outputs(course_dir, student, grade_id):
-    nb = course.read_notebook(course.notebook_path(course_dir, "autograded", LAB, student))
-    for cell in nb.cells:
-        if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
-            return "\n".join(str(o.get("text", "")) + str(o.get("evalue", "")) + "".join(o.get("traceback", []))
-                             for o in cell.get("outputs", []))
-    raise AssertionError(f"no cell {grade_id}")
-
-
 @pytest.mark.parametrize("name, grade_id, words", [
     ("floor_instead_of_round", "test_quantize", "floor instead of round"),
     ("zero_point_sign_flipped", "test_asymmetric_qparams", "wrong sign"),
@@ -238,7 +218,7 @@ def _outputs(course_dir, student, grade_id):
 ])
 def test_failures_explain_themselves(graded, name, grade_id, words):
     _, dirs, _ = graded
-    text = _outputs(dirs[name], name, grade_id)
+    text = course.cell_output(dirs[name], LAB, name, grade_id)
     assert words in text, text
 
 
@@ -258,7 +238,7 @@ def test_feedback_leaks_no_hidden_test(graded):
     assert "A hidden check failed" in html
     assert "seed=" not in html and "check_dequantize(dequantize," not in html
     # the hidden check failed with a message, not a traceback that would show its code
-    hidden_output = _outputs(c, "hard_coded_visible_cases", "test_dequantize")
+    hidden_output = course.cell_output(c, LAB, "hard_coded_visible_cases", "test_dequantize")
     assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
 
 

@@ -127,6 +127,16 @@ def _earlier_tasks_replaced(fn, stand_ins: dict):
                 namespace[name] = value
 
 
+@contextmanager
+def time_limit(seconds: float, what: str = "this cell"):
+    """Stop ``what`` with a clear error if it runs longer than ``seconds`` (for ungraded cells too)."""
+    try:
+        with _time_limit(seconds):
+            yield
+    except _TimeLimit:
+        fail(f"{what} did not finish within {seconds:g} s; one of your functions may loop forever.")
+
+
 def run_submission(task: str, fn, *args, blocked=(), stand_ins=None, seconds: float = 20.0, **kwargs):
     """Call the student's ``fn(*args, **kwargs)`` the way every check does.
 

@@ -26,6 +26,7 @@ from qlib.grading.harness import (
     fail,
     fmt,
     run_submission,
+    time_limit,
 )
 
 #: The qlib functions that this lab asks students to write; unavailable while their code runs.

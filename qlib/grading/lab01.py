@@ -1,0 +1,361 @@
+"""Checks for lab01_number_formats, called by the lab's test cells.
+
+Same contract as :mod:`qlib.grading.lab03`: without ``seed`` the visible cases,
+explained in full; with ``seed`` the hidden cases (every code of the small
+formats, fixed-seed random values, exact ties, subnormals, overflow), whose
+failures name the kind of input and the likely mistake but never the input.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from qlib import fixed_point as ref_fixed
+from qlib import floating_point as ref_float
+from qlib import integers as ref_int
+from qlib import microscaling as ref_mx
+from qlib.grading.harness import as_integers, fail, run_submission, time_limit  # noqa: F401 (used by the lab)
+
+REFERENCES = (
+    "encode_integer", "decode_integer", "encode_fixed", "decode_fixed", "decode_float", "encode_float",
+    "decode_floats", "encode_floats", "round_to_format", "mx_quantize", "mx_dequantize", "mx_shared_exponent",
+    "mx_fake_quantize",
+)
+EARLIER_TASKS = {"mx_quantize": ("encode_float", "decode_float")}
+_REFERENCE_OF = {"encode_float": ref_float.encode_float, "decode_float": ref_float.decode_float}
+HIDDEN = "A hidden check failed"
+
+
+def _run(task, fn, *args, seconds=20.0):
+    stand_ins = {name: _REFERENCE_OF[name] for name in EARLIER_TASKS.get(task, ())}
+    return run_submission(task, fn, *args, blocked=REFERENCES, stand_ins=stand_ins, seconds=seconds)
+
+
+def _passed(task, seed, n_cases):
+    print(f"{task}: {n_cases} visible cases passed" if seed is None else f"{task}: hidden checks passed")
+
+
+def _as_int(value, what, task) -> int:
+    arr = as_integers(value, what, task)
+    if arr.size != 1:
+        fail(f"{task}: {what} should be a single integer, got an array of shape {arr.shape}.")
+    return int(arr.reshape(()))
+
+
+# --- Tasks 1 and 2: integers -----------------------------------------------------------------
+
+def _integer_cases(seed):
+    if seed is None:
+        return [(49, 8, "unsigned"), (-49, 8, "sign_magnitude"), (-49, 8, "twos_complement"),
+                (-128, 8, "twos_complement"), (0, 4, "sign_magnitude")]
+    gen = np.random.default_rng(seed)
+    cases = [(v, 8, enc) for enc in ref_int.ENCODINGS for v in range(*_span(8, enc))]
+    for _ in range(200):
+        bits = int(gen.integers(2, 33))
+        enc = ref_int.ENCODINGS[int(gen.integers(0, 3))]
+        lo, hi = ref_int.integer_bounds(bits, enc)
+        cases.append((int(gen.integers(lo, hi + 1)), bits, enc))
+        cases.append(((lo, hi)[int(gen.integers(0, 2))], bits, enc))
+    return cases
+
+
+def _span(bits, encoding):
+    lo, hi = ref_int.integer_bounds(bits, encoding)
+    return lo, hi + 1
+
+
+def _integer_hint(encoding, value) -> str:
+    if encoding == "sign_magnitude":
+        return "sign-magnitude: first bit 1 for a negative value, then the bits of |value|."
+    if encoding == "twos_complement" and value < 0:
+        return "two's complement of a negative value: the bits of 2^bits + value (value mod 2^bits)."
+    return "the binary digits of the value, padded with leading zeros to exactly `bits` characters."
+
+
+def check_encode_integer(encode_integer, seed=None):
+    """Task 1: integers to bit strings, in three encodings, with range errors."""
+    task = "encode_integer"
+    cases = _integer_cases(seed)
+    for value, bits, encoding in cases:
+        expected = ref_int.encode_integer(value, bits, encoding)
+        got = _run(task, encode_integer, value, bits, encoding)
+        if not isinstance(got, str):
+            fail(f"{task}: should return a string of '0' and '1', got {type(got).__name__}.")
+        if got != expected:
+            hint = _integer_hint(encoding, value)
+            if len(got) != bits:
+                hint = f"the string must have exactly {bits} characters (pad with leading zeros)."
+            if seed is None:
+                fail(f"{task}({value}, {bits}, {encoding!r}): expected {expected!r}, got {got!r}. Hint: {hint}")
+            fail(f"{HIDDEN} for encode_integer ({encoding}, {'negative' if value < 0 else 'non-negative'} "
+                 f"values). Hint: {hint}")
+    # out of range must raise ValueError
+    for value, bits, encoding in [(128, 8, "twos_complement"), (-1, 8, "unsigned"), (-128, 8, "sign_magnitude"),
+                                  (256, 8, "unsigned")]:
+        try:
+            encode_integer_result = _run_expecting_error(task, encode_integer, value, bits, encoding)
+        except _RaisedValueError:
+            continue
+        lo, hi = ref_int.integer_bounds(bits, encoding)
+        fail(f"{task}({value}, {bits}, {encoding!r}): {value} is outside [{lo}, {hi}] and should raise "
+             f"ValueError, but the function returned {encode_integer_result!r}.")
+    _passed(task, seed, len(cases) + 4)
+
+
+class _RaisedValueError(Exception):
+    pass
+
+
+def _run_expecting_error(task, fn, *args):
+    """Run ``fn``; raise _RaisedValueError if it raised ValueError, else return its result."""
+    def call():
+        try:
+            return ("ok", fn(*args))
+        except ValueError:
+            return ("value_error", None)
+
+    status, result = _run(task, call)
+    if status == "value_error":
+        raise _RaisedValueError()
+    return result
+
+
+def check_decode_integer(decode_integer, seed=None):
+    """Task 2: bit strings to integers."""
+    task = "decode_integer"
+    cases = _integer_cases(seed)
+    extra = [("10000000", "sign_magnitude")] if seed is not None else []
+    pairs = [(ref_int.encode_integer(v, b, e), e) for v, b, e in cases] + extra
+    for bit_string, encoding in pairs:
+        expected = ref_int.decode_integer(bit_string, encoding)
+        got = _as_int(_run(task, decode_integer, bit_string, encoding), "the result", task)
+        if got != expected:
+            hint = _integer_hint(encoding, expected)
+            if encoding == "twos_complement" and expected < 0:
+                hint = "a leading 1 in two's complement is worth -2^(bits-1): subtract 2^bits from the unsigned value."
+            if bit_string == "10000000":
+                hint = "in sign-magnitude, 1000...0 is negative zero, which is the integer 0."
+            if seed is None:
+                fail(f"{task}({bit_string!r}, {encoding!r}): expected {expected}, got {got}. Hint: {hint}")
+            fail(f"{HIDDEN} for decode_integer ({encoding}). Hint: {hint}")
+    _passed(task, seed, len(pairs))
+
+
+# --- Task 3: fixed point ---------------------------------------------------------------------
+
+def check_fixed_point(encode_fixed, decode_fixed, seed=None):
+    """Task 3: <w, f> fixed point, round half to even, saturating."""
+    task = "encode_fixed"
+    if seed is None:
+        cases = [(3.0625, 8, 4), (-3.0625, 8, 4), (0.03125, 8, 4), (0.09375, 8, 4), (100.0, 8, 4)]
+    else:
+        gen = np.random.default_rng(seed)
+        cases = []
+        for i in range(300):
+            w = int(gen.integers(4, 33))
+            f = int(gen.integers(0, w))
+            lo, hi = ref_fixed.fixed_point_range(w, f)
+            if i % 3 == 0:  # exact ties: (k + 1/2) * 2^-f
+                k = int(gen.integers(int(lo * 2**f), int(hi * 2**f)))
+                x = math.ldexp(k + 0.5, -f)
+                kind = "exactly halfway between two codes"
+            elif i % 3 == 1:
+                x = float(gen.uniform(lo, hi))
+                kind = "inside the range"
+            else:
+                x = float(gen.uniform(hi + 1, 2 * hi + 2)) * (1 if i % 2 else -1)
+                kind = "outside the range"
+            cases.append((x, w, f, kind))
+    for case in cases:
+        x, w, f = case[:3]
+        expected = ref_fixed.encode_fixed(x, w, f)
+        got = _as_int(_run(task, encode_fixed, x, w, f), "raw", task)
+        if got != expected:
+            scaled = math.ldexp(x, f)
+            if got == math.floor(scaled) or got == math.floor(scaled + 0.5):
+                hint = "round x * 2^f to the nearest integer, ties to even (round() or np.round, not floor or int())."
+            elif got == int(math.copysign(math.floor(abs(scaled) + 0.5), scaled)):
+                hint = "ties go to the even integer (round half to even), not away from zero."
+            elif not ref_int.integer_bounds(w)[0] <= got <= ref_int.integer_bounds(w)[1]:
+                hint = f"saturate: clamp the result to [-2^(w-1), 2^(w-1) - 1]."
+            else:
+                hint = "raw = clamp(round(x * 2^frac_bits), -2^(total_bits-1), 2^(total_bits-1) - 1)."
+            if seed is None:
+                fail(f"{task}({x}, total_bits={w}, frac_bits={f}): expected {expected}, got {got}. Hint: {hint}")
+            fail(f"{HIDDEN} for encode_fixed on values {case[3]}. Hint: {hint}")
+    task = "decode_fixed"
+    for raw, f in [(49, 4), (-49, 4), (127, 0), (-128, 7), (1, 20)]:
+        expected = ref_fixed.decode_fixed(raw, f)
+        got = _run(task, decode_fixed, raw, f)
+        try:
+            ok = float(got) == expected
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            fail(f"{task}({raw}, frac_bits={f}): expected {expected!r}, got {got!r}. Hint: value = raw * 2^-frac_bits.")
+    _passed("fixed point", seed, len(cases) + 5)
+
+
+# --- Tasks 4 and 5: floating point -------------------------------------------------------------
+
+SMALL_FORMATS = ("fp8_e4m3", "fp8_e5m2", "fp6_e2m3", "fp6_e3m2", "fp4_e2m1")
+
+
+def _same_float(a: float, b: float) -> bool:
+    """Equal as floats, NaN equal to NaN, and the sign of zero respected."""
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+
+
+def _kind_of_code(code: int, fmt) -> str:
+    sign, e, m = ref_float.float_fields(code, fmt)
+    value = ref_float.decode_float(code, fmt)
+    if math.isnan(value) or math.isinf(value):
+        return "special (inf or NaN) codes"
+    if e == 0:
+        return "zero" if m == 0 else "subnormal codes (exponent field 0)"
+    return "normal codes"
+
+
+_DECODE_HINTS = {
+    "special (inf or NaN) codes": "for 'ieee' formats an all-ones exponent is inf (mantissa 0) or NaN; for 'fn' "
+                                  "formats only all-ones exponent and mantissa is NaN; 'finite' formats have no specials.",
+    "subnormal codes (exponent field 0)": "exponent field 0 means no hidden 1: value = m * 2^(1 - bias - M).",
+    "zero": "a code with exponent and mantissa 0 is zero; keep its sign (-0.0).",
+    "normal codes": "normal value = (-1)^s * (1 + m / 2^M) * 2^(e - bias).",
+}
+
+
+def check_decode_float(decode_float, seed=None):
+    """Task 4: any format's bits to its value."""
+    task = "decode_float"
+    F = ref_float.FORMATS
+    if seed is None:
+        cases = [(0b0_01111101_00010000000000000000000, F["fp32"]), (0b1_10000111_00111010101000000000000, F["fp32"]),
+                 (0b0_1111_110, F["fp8_e4m3"]), (0b0_0000_001, F["fp8_e4m3"]), (0b1_11111_00, F["fp8_e5m2"])]
+    else:
+        gen = np.random.default_rng(seed)
+        cases = [(c, F[name]) for name in SMALL_FORMATS for c in range(2 ** F[name].total_bits)]
+        cases += [(int(c), F[name]) for name in ("fp16", "bf16", "tf32", "fp32")
+                  for c in gen.integers(0, 2 ** F[name].total_bits, size=300)]
+    for code, fmt in cases:
+        expected = ref_float.decode_float(code, fmt)
+        got = _run(task, decode_float, code, fmt)
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            fail(f"{task}: should return a float, got {type(got).__name__}.")
+        if not _same_float(got, expected):
+            kind = _kind_of_code(code, fmt)
+            if seed is None:
+                fail(f"{task}({ref_float.bit_string(code, fmt)!r} in {fmt.name}): expected {expected!r}, got {got!r}. "
+                     f"Hint: {_DECODE_HINTS[kind]}")
+            fail(f"{HIDDEN} for decode_float on {kind} of {fmt.name}. Hint: {_DECODE_HINTS[kind]}")
+    _passed(task, seed, len(cases))
+
+
+def _encode_cases(seed):
+    F = ref_float.FORMATS
+    if seed is None:
+        return [(0.265625, F["fp32"], "normal"), (-314.625, F["fp32"], "normal"), (0.3, F["fp8_e4m3"], "normal"),
+                (1.0625, F["fp8_e4m3"], "tie"), (1000.0, F["fp8_e4m3"], "overflow"), (1e6, F["fp8_e5m2"], "overflow"),
+                (0.001, F["fp8_e4m3"], "subnormal")]
+    gen = np.random.default_rng(seed)
+    cases = []
+    for name in SMALL_FORMATS + ("fp16", "bf16"):
+        fmt = F[name]
+        codes = np.arange(2 ** fmt.total_bits) if fmt.total_bits <= 8 else gen.integers(0, 2 ** fmt.total_bits, 400)
+        values = np.array([ref_float.decode_float(int(c), fmt) for c in codes])
+        finite = np.sort(np.unique(values[np.isfinite(values)]))
+        mids = (finite[:-1] + finite[1:]) / 2  # exact ties between neighbouring codes
+        cases += [(float(v), fmt, "normal" if abs(v) >= fmt.min_normal else "subnormal") for v in finite]
+        cases += [(float(v), fmt, "tie") for v in mids]
+        cases += [(float(v), fmt, "normal") for v in gen.uniform(-fmt.max_value, fmt.max_value, 100)]
+        cases += [(float(v), fmt, "subnormal") for v in gen.uniform(-fmt.min_normal, fmt.min_normal, 50)]
+        top = fmt.max_value
+        cases += [(s * v, fmt, "overflow") for s in (1, -1) for v in (top * 1.01, top * 4, 1e300, math.inf)]
+        cases += [(-0.0, fmt, "negative zero")]
+        if fmt.special != "finite":
+            cases.append((math.nan, fmt, "nan"))
+    return cases
+
+
+_ENCODE_HINTS = {
+    "tie": "a value exactly halfway between two codes goes to the one with an even mantissa (round half to even).",
+    "normal": "find the exponent with frexp, scale |x| to an integer significand with M fraction bits, round it "
+              "half to even, and carry into the next exponent when the rounded significand reaches 2^(M+1).",
+    "subnormal": "below min_normal the exponent stays at 1 - bias and the hidden bit is 0 (subnormals): do not "
+                 "flush these values to zero.",
+    "overflow": "beyond max_value: 'ieee' formats give +-inf; 'fn' and 'finite' formats saturate to +-max_value.",
+    "negative zero": "-0.0 keeps its sign bit.",
+    "nan": "NaN encodes to the format's NaN code (any NaN code is accepted).",
+}
+
+
+def check_encode_float(encode_float, seed=None):
+    """Task 5: a real number to the nearest code, round half to even."""
+    task = "encode_float"
+    cases = _encode_cases(seed)
+    for x, fmt, kind in cases:
+        expected = ref_float.encode_float(x, fmt)
+        got = _as_int(_run(task, encode_float, x, fmt), "the code", task)
+        if not 0 <= got < 2 ** fmt.total_bits:
+            fail(f"{task}: a {fmt.name} code is an integer in [0, 2^{fmt.total_bits}), got {got}.")
+        ok = got == expected or (kind == "nan" and math.isnan(ref_float.decode_float(got, fmt)))
+        if not ok:
+            hint = _ENCODE_HINTS[kind]
+            v_got, v_exp = ref_float.decode_float(got, fmt), ref_float.decode_float(expected, fmt)
+            if kind in ("normal", "tie", "subnormal") and math.isfinite(v_got) and abs(v_got) < abs(x) < abs(v_exp):
+                hint = ("the significand was truncated (rounded toward zero): round to the nearest code, "
+                        "ties to even (Python's round() of a float does this).")
+            if seed is None:
+                fail(f"{task}({x!r}, {fmt.name}): expected {ref_float.bit_string(expected, fmt)!r} "
+                     f"({ref_float.decode_float(expected, fmt)!r}), got {ref_float.bit_string(got, fmt)!r} "
+                     f"({ref_float.decode_float(got, fmt)!r}). Hint: {hint}")
+            fail(f"{HIDDEN} for encode_float in {fmt.name} on {kind} values. Hint: {hint}")
+    _passed(task, seed, len(cases))
+
+
+# --- Task 6: one MX block ----------------------------------------------------------------------
+
+def check_mx_quantize(mx_quantize, seed=None):
+    """Task 6: shared exponent and element codes of MX blocks with float elements."""
+    task = "mx_quantize"
+    gen = np.random.default_rng(2024 if seed is None else seed)
+    elements = [ref_mx.MXFP8_E4M3, ref_mx.MXFP4_E2M1] if seed is None else [
+        ref_mx.MXFP8_E4M3, ref_mx.MXFP8_E5M2, ref_mx.MXFP6_E2M3, ref_mx.MXFP6_E3M2, ref_mx.MXFP4_E2M1]
+    n_blocks = 1 if seed is None else 20
+    cases = []
+    for element in elements:
+        for b in range(n_blocks):
+            x = gen.standard_normal(32) * 10.0 ** gen.uniform(-3, 3)
+            if b % 4 == 1:
+                x[int(gen.integers(0, 32))] *= 50  # one outlier sets the scale
+            if b % 4 == 2:
+                x = np.ldexp(np.round(x), int(gen.integers(-4, 4)))  # exact values, some ties after scaling
+            cases.append((x, element))
+    for x, element in cases:
+        s_ref, codes_ref = ref_mx.mx_quantize(x, element)
+        got = _run(task, mx_quantize, x.copy(), element)
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            fail(f"{task}: should return (shared_exponent, element_codes), got {type(got).__name__}.")
+        s = as_integers(got[0], "shared_exponent", task).reshape(-1)
+        codes = as_integers(got[1], "element_codes", task).reshape(-1)
+        fmt = element.float_format
+        if s.size != 1 or int(s[0]) != int(s_ref[0]):
+            hint = ("shared exponent = floor(log2(max|x|)) - emax of the element format "
+                    f"({fmt.name}: emax = {fmt.emax}); take floor(log2) exactly (math.frexp), not from a rounded log.")
+            if seed is None:
+                fail(f"{task}(block, {element.name}): expected shared exponent {int(s_ref[0])}, got {s.tolist()}. "
+                     f"Hint: {hint}")
+            fail(f"{HIDDEN} for mx_quantize ({element.name}): the shared exponent differs. Hint: {hint}")
+        if codes.shape != (32,) or not np.array_equal(codes, codes_ref.reshape(-1)):
+            hint = ("each element is encode_float(x / 2^s, element format), saturated to +-max_value of the "
+                    "element format (MX never produces inf).")
+            if seed is None:
+                fail(f"{task}(block, {element.name}): the element codes differ from the expected "
+                     f"{codes_ref.tolist()} (got {codes.tolist()}). Hint: {hint}")
+            fail(f"{HIDDEN} for mx_quantize ({element.name}): element codes differ. Hint: {hint}")
+    _passed(task, seed, len(cases))
