@@ -100,6 +100,14 @@ def _train(model: nn.Module, params, epochs: int, lr: float, step) -> None:
     model.eval()
 
 
+def _masked_step(model: nn.Module, masks: dict):
+    """A ``step`` for :func:`_train`: the optimizer's step, then the pruned weights back to 0."""
+    def step(optimizer):
+        optimizer.step()
+        apply_masks(model, masks)
+    return step
+
+
 def _not_layer_weights(model: nn.Module) -> list[nn.Parameter]:
     """Biases and batch-norm parameters: everything but the Linear/Conv2d weights."""
     weights = {id(layer.weight) for _, layer in quantized_layers(model)}
@@ -235,12 +243,7 @@ def _deep_compression(plan: dict[str, LayerPlan], verbose: bool) -> list[dict]:
     record("fp32", {})
     masks = prune_model(model, {name: p.sparsity for name, p in plan.items() if p.sparsity > 0})
     record("pruned", _sparse_fp32_sizes(model, masks, index_bits))
-
-    def masked_step(optimizer):
-        optimizer.step()
-        apply_masks(model, masks)
-
-    _train(model, model.parameters(), PRUNE_EPOCHS, PRUNE_LR, masked_step)
+    _train(model, model.parameters(), PRUNE_EPOCHS, PRUNE_LR, _masked_step(model, masks))
     record("pruned, retrained", _sparse_fp32_sizes(model, masks, index_bits))
 
     cq = CodebookQuantizer(model, {name: p.bits for name, p in plan.items()}, masks)
@@ -260,19 +263,14 @@ def pruning_sweep(sparsities=(0.5, 0.7, 0.8, 0.9, 0.95, 0.97), index_bits: int =
     One row per sparsity, as in :func:`deep_compression`, plus ``accuracy_before_retraining``.
     Layers are stored sparse (``index_bits`` per relative index) unless dense is smaller.
     """
+    fp32_bits = model_storage_bits(load_pretrained("cnn"))["total"]
     with _one_thread():
         rows = []
         for s in sparsities:
             model = load_pretrained("cnn")
-            fp32_bits = model_storage_bits(model)["total"]
             masks = prune_model(model, s)
             before = accuracy(model, load_digits("test"))
-
-            def masked_step(optimizer, model=model, masks=masks):
-                optimizer.step()
-                apply_masks(model, masks)
-
-            _train(model, model.parameters(), retrain_epochs, PRUNE_LR, masked_step)
+            _train(model, model.parameters(), retrain_epochs, PRUNE_LR, _masked_step(model, masks))
             sizes = model_storage_bits(model, _sparse_fp32_sizes(model, masks, dict.fromkeys(masks, index_bits)))
             rows.append(_row(f"pruned {s:.0%}", model, sizes, fp32_bits) | {"accuracy_before_retraining": before})
             if verbose:
@@ -287,11 +285,11 @@ def quantization_sweep(bit_widths=(1, 2, 3, 4, 5, 6, 8), retrain_epochs: int = C
     One row per bit width, as in :func:`deep_compression`, plus ``bits`` and
     ``accuracy_before_retraining``.
     """
+    fp32_bits = model_storage_bits(load_pretrained("cnn"))["total"]
     with _one_thread():
         rows = []
         for bits in bit_widths:
             model = load_pretrained("cnn")
-            fp32_bits = model_storage_bits(model)["total"]
             cq = CodebookQuantizer(model, bits)
             before = accuracy(model, load_digits("test"))
             _train(model, cq.parameters() + _not_layer_weights(model), retrain_epochs, CODEBOOK_LR, cq.step)
