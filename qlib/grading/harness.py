@@ -171,8 +171,11 @@ def run_submission(task: str, fn, *args, blocked=(), stand_ins=None, seconds: fl
     return result
 
 
-def as_array(value, what: str, task: str) -> numpy.ndarray:
-    """``value`` (tensor, array, list or number) as a numpy array; fails with a clear message otherwise."""
+def as_array(value, what: str, task: str, nan_hint: str = "") -> numpy.ndarray:
+    """``value`` (tensor, array, list or number) as a numpy array; fails with a clear message otherwise.
+
+    ``nan_hint`` is added to the message when ``value`` holds NaN or infinity.
+    """
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
         if value.dtype == torch.bfloat16 or value.dtype == torch.float16:
@@ -185,7 +188,7 @@ def as_array(value, what: str, task: str) -> numpy.ndarray:
     if arr.dtype == object or arr.dtype.kind not in "biuf":
         fail(f"{task}: {what} should hold numbers, got {type(value).__name__} of {arr.dtype}.")
     if arr.dtype.kind == "f" and not bool(_np_isfinite(arr).all()):
-        fail(f"{task}: {what} contains NaN or infinity.")
+        fail(f"{task}: {what} contains NaN or infinity." + (f" Hint: {nan_hint}" if nan_hint else ""))
     return arr
 
 
