@@ -1,0 +1,291 @@
+"""Checks for lab02_kmeans_huffman, called by the lab's test cells.
+
+Same contract as :mod:`qlib.grading.lab03`: visible cases explained in full;
+hidden cases (``seed``) name the kind of input and the likely mistake, never
+the input. Where several answers are equally right (Huffman codes with tied
+counts), the checks test the property that defines a right answer (optimal
+total length, Kraft sum), not one particular tie-break.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from qlib import huffman as ref_huffman
+from qlib import kmeans as ref_kmeans
+from qlib import storage as ref_storage
+from qlib.grading.harness import as_array, as_integers, as_pair, fail, fmt, run_submission, time_limit  # noqa: F401
+
+REFERENCES = (
+    "kmeans_quantize", "codebook_gradient", "huffman_code_lengths", "canonical_code", "huffman_encode",
+    "huffman_decode", "layer_storage_bits", "relative_index_entries", "linear_init",
+)
+EARLIER_TASKS = {"huffman_encode": ("canonical_code",), "huffman_decode": ("canonical_code",)}
+_REFERENCE_OF = {"canonical_code": ref_huffman.canonical_code}
+HIDDEN = "A hidden check failed"
+
+LECTURE_W = torch.tensor([[2.09, -0.98, 1.48, 0.09], [0.05, -0.14, -1.08, 2.12],
+                          [-0.91, 1.92, 0.0, -1.03], [1.87, 0.0, 1.53, 1.49]])
+
+
+def _run(task, fn, *args, seconds=20.0):
+    stand_ins = {name: _REFERENCE_OF[name] for name in EARLIER_TASKS.get(task, ())}
+    return run_submission(task, fn, *args, blocked=REFERENCES, stand_ins=stand_ins, seconds=seconds)
+
+
+def _passed(task, seed, n_cases):
+    print(f"{task}: {n_cases} visible cases passed" if seed is None else f"{task}: hidden checks passed")
+
+
+# --- Task 1: K-means ---------------------------------------------------------------------------
+
+def _kmeans_cases(seed):
+    if seed is None:
+        return [("the lecture's 4x4 weights", LECTURE_W, torch.linspace(-1.08, 2.12, 4), 100)]
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(12):
+        n, k = [(500, 4), (1000, 16), (64, 8), (300, 2)][i % 4]
+        x = torch.randn(n, generator=gen) * (1 + i)
+        if i % 3 == 1:
+            x = torch.cat([x, torch.randn(5, generator=gen) * 20])  # outliers: some clusters end up empty
+        init = torch.linspace(float(x.min()), float(x.max()), k)
+        if i % 4 == 2:
+            init = init + 0.5 * (init[1] - init[0])  # the top centroid starts above every value: empty at first
+        cases.append(("random weights" + (" with outliers" if i % 3 == 1 else ""), x, init, [100, 1, 0, 5][i % 4]))
+    return cases
+
+
+def check_kmeans_quantize(kmeans_quantize, seed=None):
+    """Task 1: Lloyd's K-means from given centroids; empty clusters keep their centroid."""
+    task = "kmeans_quantize"
+    cases = _kmeans_cases(seed)
+    for kind, x, init, max_iter in cases:
+        c_ref, idx_ref = ref_kmeans.kmeans_quantize(x, init, max_iter)
+        got = as_pair(_run(task, kmeans_quantize, x.clone(), init.clone(), max_iter), task, task)
+        codebook = as_array(got[0], "codebook", task, nan_hint="a cluster with no values must keep its previous "
+                            "centroid, not become NaN (the mean of nothing is 0 / 0).").reshape(-1)
+        indices = as_integers(got[1], "indices", task)
+        if codebook.shape != (len(init),):
+            fail(f"{task}: the codebook should have one entry per initial centroid ({len(init)}), "
+                 f"got shape {codebook.shape}.")
+        if indices.shape != tuple(x.shape):
+            fail(f"{task}: indices should have the shape of x {tuple(x.shape)}, got {indices.shape}.")
+        c_ref, idx_ref = c_ref.numpy(), idx_ref.numpy()
+        where = f"{kind}, k = {len(init)}, max_iter = {max_iter}"
+        if not np.allclose(codebook, c_ref, rtol=1e-4, atol=1e-5 * float(np.abs(c_ref).max())):
+            if max_iter == 0 and not np.allclose(codebook, init.numpy()):
+                hint = "max_iter = 0 means no update at all: return the initial centroids and their assignment."
+            elif np.allclose(np.sort(codebook), np.sort(c_ref), rtol=1e-4):
+                hint = "keep the codebook in the order of the initial centroids (do not sort it)."
+            else:
+                hint = ("repeat: assign each value to its nearest centroid, then move every centroid to the mean "
+                        "of its values, at most max_iter times (stop early when no assignment changes).")
+            if seed is None:
+                fail(f"{task} ({where}): expected codebook {fmt(c_ref)}, got {fmt(codebook)}. Hint: {hint}")
+            fail(f"{HIDDEN} for {task} ({where}): the codebook differs. Hint: {hint}")
+        differ = indices != idx_ref
+        if differ.mean() > 0.005:
+            hint = "indices[i] is the position in the codebook of the centroid nearest to x[i] (ties: the lower one)."
+            if seed is None:
+                fail(f"{task} ({where}): expected indices\n{fmt(idx_ref)}\ngot\n{fmt(indices)}\nHint: {hint}")
+            fail(f"{HIDDEN} for {task} ({where}): {int(differ.sum())} indices differ. Hint: {hint}")
+    _passed(task, seed, len(cases))
+
+
+# --- Task 2: codebook gradient -----------------------------------------------------------------
+
+def check_codebook_gradient(codebook_gradient, seed=None):
+    """Task 2: the summed gradient of each cluster."""
+    task = "codebook_gradient"
+    gen = torch.Generator().manual_seed(7 if seed is None else seed)
+    shapes = [(4, 4)] if seed is None else [(16, 9), (8, 3, 3, 3), (100,), (5, 7)]
+    cases = []
+    for shape in shapes:
+        k = 4 if seed is None else int(torch.randint(2, 17, (1,), generator=gen))
+        cases.append((torch.randn(shape, generator=gen), torch.randint(0, k - (k > 2), shape, generator=gen), k))
+    for grad, indices, k in cases:
+        expected = ref_kmeans.codebook_gradient(grad, indices, k).numpy()
+        got = as_array(_run(task, codebook_gradient, grad.clone(), indices.clone(), k), "the gradient", task).reshape(-1)
+        if got.shape != (k,):
+            fail(f"{task}: should return one value per centroid ({k}), got shape {got.shape}.")
+        if np.allclose(got, expected, rtol=1e-5, atol=1e-6):
+            continue
+        counts = np.bincount(indices.reshape(-1).numpy(), minlength=k)
+        if np.allclose(got[counts > 0], expected[counts > 0] / counts[counts > 0], rtol=1e-5, atol=1e-6):
+            hint = "sum the gradients of each cluster (Deep Compression sums them), do not average."
+        elif np.isnan(got).any():
+            hint = "a cluster with no weights gets gradient 0."
+        else:
+            hint = "gradient of centroid k = sum of grad[i] over the weights i with indices[i] == k."
+        if seed is None:
+            fail(f"{task}: expected {fmt(expected)}, got {fmt(got)}. Hint: {hint}")
+        fail(f"{HIDDEN} for {task}. Hint: {hint}")
+    _passed(task, seed, len(cases))
+
+
+# --- Task 3: Huffman code lengths ----------------------------------------------------------------
+
+def _count_cases(seed):
+    if seed is None:
+        return [np.array([5, 1, 1]), np.array([45, 13, 12, 16, 9, 5])]
+    gen = np.random.default_rng(seed)
+    cases = [np.array([0, 7, 0]), np.array([3, 3, 3, 3]), np.array([1, 1]), np.array([10, 0, 0, 1, 0])]
+    for _ in range(40):
+        n = int(gen.integers(2, 64))
+        counts = np.floor(gen.pareto(1.2, n) * 10).astype(np.int64)
+        counts[gen.random(n) < 0.1] = 0
+        if (counts > 0).sum() == 0:
+            counts[0] = 1
+        cases.append(counts)
+    return cases
+
+
+def check_huffman_code_lengths(huffman_code_lengths, seed=None):
+    """Task 3: optimal prefix-code lengths (any optimal tie-break earns full marks)."""
+    task = "huffman_code_lengths"
+    cases = _count_cases(seed)
+    for counts in cases:
+        expected = ref_huffman.huffman_code_lengths(counts)
+        got = as_integers(_run(task, huffman_code_lengths, counts.copy()), "lengths", task).reshape(-1)
+        if got.shape != counts.shape:
+            fail(f"{task}: should return one length per symbol ({len(counts)}), got shape {got.shape}.")
+        used = counts > 0
+        problem = None
+        if (got[~used] != 0).any():
+            problem = "a symbol that never occurs gets length 0 (it needs no codeword)."
+        elif (got[used] <= 0).any():
+            problem = "every symbol that occurs needs a codeword of length at least 1 (a lone symbol: length 1)."
+        elif np.sum(2.0 ** -got[used]) > 1 + 1e-12:
+            problem = "these lengths break the Kraft inequality (sum of 2^-length > 1): no prefix code has them."
+        elif int(np.sum(counts * got)) != int(np.sum(counts * expected)):
+            problem = ("the code is not optimal: repeatedly merge the two least frequent nodes (a heap); "
+                       "a symbol's length is its depth in the tree.")
+        if problem:
+            if seed is None:
+                fail(f"{task}({counts.tolist()}): got lengths {got.tolist()}; an optimal code has lengths like "
+                     f"{expected.tolist()} ({int(np.sum(counts * expected))} bits in all). Hint: {problem}")
+            fail(f"{HIDDEN} for {task}. Hint: {problem}")
+    _passed(task, seed, len(cases))
+
+
+# --- Task 4: canonical code ------------------------------------------------------------------------
+
+def check_canonical_code(canonical_code, seed=None):
+    """Task 4: canonical codewords from lengths."""
+    task = "canonical_code"
+    cases = [np.array([2, 1, 3, 3]), np.array([1, 2, 2])] if seed is None else [
+        ref_huffman.huffman_code_lengths(c) for c in _count_cases(seed)]
+    for lengths in cases:
+        expected = ref_huffman.canonical_code(lengths)
+        got = as_integers(_run(task, canonical_code, lengths.copy()), "codes", task).reshape(-1)
+        if got.shape != expected.shape or not np.array_equal(got[lengths > 0], expected[lengths > 0]):
+            hint = ("take symbols by (length, symbol); the first codeword is 0; each next one is the previous + 1, "
+                    "shifted left by the increase in length.")
+            if seed is None:
+                fail(f"{task}({lengths.tolist()}): expected {expected.tolist()}, got {got.tolist()}. Hint: {hint}")
+            fail(f"{HIDDEN} for {task}. Hint: {hint}")
+    _passed(task, seed, len(cases))
+
+
+# --- Task 5: encode and decode ---------------------------------------------------------------------
+
+def _stream_cases(seed):
+    if seed is None:
+        return [(np.array([0, 1, 2, 0, 0]), np.array([1, 2, 2]))]
+    gen = np.random.default_rng(seed)
+    cases = []
+    for _ in range(10):
+        counts = _count_cases(int(gen.integers(0, 10**6)))[-1]
+        lengths = ref_huffman.huffman_code_lengths(counts)
+        symbols = gen.choice(len(counts), size=int(gen.integers(1, 3000)), p=counts / counts.sum())
+        cases.append((symbols, lengths))
+    return cases
+
+
+def check_huffman_coding(huffman_encode, huffman_decode, seed=None):
+    """Task 5: pack codewords MSB-first, and decode them back."""
+    for task, fn in (("huffman_encode", huffman_encode), ("huffman_decode", huffman_decode)):
+        cases = _stream_cases(seed)
+        for symbols, lengths in cases:
+            packed_ref, n_ref = ref_huffman.huffman_encode(symbols, lengths)
+            if task == "huffman_encode":
+                got = as_pair(_run(task, fn, symbols.copy(), lengths.copy()), task, task)
+                packed = as_integers(got[0], "packed", task).reshape(-1)
+                n_bits = int(as_integers(got[1], "n_bits", task).reshape(()))
+                ok = n_bits == n_ref and np.array_equal(packed, packed_ref)
+                if not ok:
+                    if n_bits != n_ref:
+                        hint = f"n_bits is the sum of the codeword lengths of the symbols ({n_ref} here)."
+                    elif len(packed) != len(packed_ref):
+                        hint = "pack into ceil(n_bits / 8) bytes, padding the last byte with zeros."
+                    else:
+                        hint = ("write each codeword's bits from its most significant bit, and pack them "
+                                "8 to a byte, first bit in the byte's top bit (np.packbits does this).")
+                    if seed is None:
+                        fail(f"{task}(symbols={symbols.tolist()}, lengths={lengths.tolist()}): expected "
+                             f"({packed_ref.tolist()}, {n_ref}), got ({packed.tolist()}, {n_bits}). Hint: {hint}")
+                    fail(f"{HIDDEN} for {task}. Hint: {hint}")
+            else:
+                got = as_integers(_run(task, fn, packed_ref.copy(), n_ref, lengths.copy(), len(symbols)),
+                                  "symbols", task).reshape(-1)
+                if not np.array_equal(got, symbols):
+                    hint = ("read bits one at a time until they match a codeword (a dict from (length, code) to "
+                            "symbol works), emit its symbol, and start again; stop after n_symbols symbols.")
+                    if seed is None:
+                        fail(f"{task}: expected {symbols.tolist()}, got {got.tolist()}. Hint: {hint}")
+                    fail(f"{HIDDEN} for {task}. Hint: {hint}")
+    _passed("huffman_encode and huffman_decode", seed, 2 * len(_stream_cases(seed)))
+
+
+# --- Task 6: bit accounting ---------------------------------------------------------------------
+
+def _storage_cases(seed):
+    if seed is None:
+        mask = np.zeros(16, dtype=bool)
+        mask[[1, 4, 15]] = True
+        return [dict(n_weights=16, bits=2, n_clusters=4),
+                dict(n_weights=16, bits=2, n_clusters=4, mask=mask, index_bits=3)]
+    gen = np.random.default_rng(seed)
+    cases = []
+    for i in range(30):
+        n = int(gen.integers(10, 5000))
+        bits = int(gen.integers(1, 9))
+        case = dict(n_weights=n, bits=bits, n_clusters=int(gen.integers(1, 2**bits + 1)) if i % 3 else None)
+        if i % 2:
+            case["mask"] = gen.random(n) < gen.uniform(0.02, 0.5)
+            case["index_bits"] = int(gen.integers(2, 9))
+        cases.append(case)
+    return cases
+
+
+def check_layer_storage_bits(layer_storage_bits, seed=None):
+    """Task 6: every component of a compressed layer, in bits."""
+    task = "layer_storage_bits"
+    cases = _storage_cases(seed)
+    for case in cases:
+        expected = ref_storage.layer_storage_bits(**case)
+        args = [case["n_weights"], case["bits"], case.get("n_clusters"), case.get("mask"), case.get("index_bits")]
+        got = _run(task, layer_storage_bits, *args)
+        if not isinstance(got, dict):
+            fail(f"{task}: should return a dict of sizes in bits, got {type(got).__name__}.")
+        for key in ("weights", "codebook", "sparse_index", "total"):
+            if key not in got:
+                fail(f"{task}: the result has no {key!r} entry.")
+            value = int(as_integers(got[key], key, task).reshape(()))
+            if value != expected[key]:
+                hints = {
+                    "weights": "one weight field per stored entry: with a mask, kept weights plus filler entries.",
+                    "codebook": "32 bits per centroid (0 without a codebook).",
+                    "sparse_index": ("index_bits per entry (kept weights plus fillers); a gap g from the previous "
+                                     "kept position (the first from position -1) needs (g - 1) // (2^index_bits - 1) "
+                                     "fillers."),
+                    "total": "the total is the sum of all the components.",
+                }
+                desc = {k: (v if not isinstance(v, np.ndarray) else f"mask with {int(v.sum())} of {v.size} kept")
+                        for k, v in case.items()}
+                if seed is None:
+                    fail(f"{task}({desc}): {key} should be {expected[key]} bits, got {value}. Hint: {hints[key]}")
+                fail(f"{HIDDEN} for {task} ({'pruned' if 'mask' in case else 'dense'} layer): the {key} entry "
+                     f"differs. Hint: {hints[key]}")
+    _passed(task, seed, len(cases))
