@@ -63,3 +63,12 @@ def check_axis(x: torch.Tensor, axis: int) -> int:
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis {axis} is out of range for a tensor of shape {tuple(x.shape)}")
     return int(axis) % x.ndim
+
+
+def check_count(value, name: str, minimum: int) -> int:
+    """Return ``value`` as an int after checking it is an integer of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)

@@ -28,25 +28,16 @@ Conventions, stated once and used everywhere:
 """
 from __future__ import annotations
 
-import numbers
 
 import torch
 from torch import nn
 
-from qlib._checks import as_float_tensor, check_bits
+from qlib._checks import as_float_tensor, check_bits, check_count
 from qlib._reference import refuse_if_blocked
 from qlib.weights import quantized_layers
 
 #: Largest codebook ``kmeans_quantize_bits`` builds: 2**16 centroids.
 MAX_CODEBOOK_BITS = 16
-
-
-def _check_count(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
 
 
 def _check_centroids(centroids) -> torch.Tensor:
@@ -77,7 +68,7 @@ def linear_init(x, n_clusters: int) -> torch.Tensor:
     """
     refuse_if_blocked("linear_init")
     x = as_float_tensor(x)
-    return _linear_init(x, _check_count(n_clusters, "n_clusters", 1))
+    return _linear_init(x, check_count(n_clusters, "n_clusters", 1))
 
 
 def _cluster_ranges(v_sorted: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +140,7 @@ def kmeans_quantize(x, centroids, max_iter: int = 100) -> tuple[torch.Tensor, to
     """
     refuse_if_blocked("kmeans_quantize")
     x = as_float_tensor(x)
-    return _kmeans(x, _check_centroids(centroids), _check_count(max_iter, "max_iter", 0))
+    return _kmeans(x, _check_centroids(centroids), check_count(max_iter, "max_iter", 0))
 
 
 def _check_codebook_bits(bits) -> int:
@@ -163,7 +154,7 @@ def kmeans_quantize_bits(x, bits: int, max_iter: int = 100) -> tuple[torch.Tenso
     """``kmeans_quantize`` with ``2**bits`` linearly initialised centroids (1 <= bits <= 16)."""
     x = as_float_tensor(x)
     bits = _check_codebook_bits(bits)
-    return _kmeans(x, _linear_init(x, 2**bits), _check_count(max_iter, "max_iter", 0))
+    return _kmeans(x, _linear_init(x, 2**bits), check_count(max_iter, "max_iter", 0))
 
 
 def reconstruct(codebook, indices) -> torch.Tensor:
@@ -188,7 +179,7 @@ def codebook_gradient(grad, indices, n_clusters: int) -> torch.Tensor:
     """
     refuse_if_blocked("codebook_gradient")
     grad = as_float_tensor(grad, "grad")
-    n_clusters = _check_count(n_clusters, "n_clusters", 1)
+    n_clusters = check_count(n_clusters, "n_clusters", 1)
     indices = _check_indices(indices, n_clusters)
     if indices.shape != grad.shape:
         raise ValueError(f"grad and indices must have the same shape, "
@@ -220,7 +211,7 @@ class CodebookQuantizer:
         unknown = (set(bits_of) | set(masks or {})) - set(layers)
         if unknown:
             raise ValueError(f"no Linear/Conv2d layer named {sorted(unknown)}; the layers are {sorted(layers)}")
-        max_iter = _check_count(max_iter, "max_iter", 0)
+        max_iter = check_count(max_iter, "max_iter", 0)
         self.layers: dict[str, nn.Module] = {name: layers[name] for name in bits_of}
         self.codebooks: dict[str, nn.Parameter] = {}
         self.indices: dict[str, torch.Tensor] = {}  # weight-shaped int64; 0 at pruned positions

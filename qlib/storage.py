@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qlib._checks import check_bits
+from qlib._checks import check_bits, check_count
 from qlib._reference import refuse_if_blocked
 from qlib.weights import quantized_layers
 
@@ -113,14 +113,6 @@ def huffman_table_bits(lengths) -> int:
     return len(np.asarray(lengths)) * TABLE_LENGTH_BITS
 
 
-def _check_count(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
-
-
 def layer_storage_bits(n_weights: int, bits: int, n_clusters: int | None = None, mask=None,
                        index_bits: int | None = None, huffman_bits: int | dict[str, int] | None = None,
                        table_bits: int | None = None) -> dict[str, int]:
@@ -139,10 +131,10 @@ def layer_storage_bits(n_weights: int, bits: int, n_clusters: int | None = None,
     2 * 16 + 32 * 4 = 160 bits (20 bytes) instead of 512 (64 bytes), 3.2x smaller.
     """
     refuse_if_blocked("layer_storage_bits")
-    n_weights = _check_count(n_weights, "n_weights", 1)
+    n_weights = check_count(n_weights, "n_weights", 1)
     bits = check_bits(bits)
     if n_clusters is not None:
-        n_clusters = _check_count(n_clusters, "n_clusters", 1)
+        n_clusters = check_count(n_clusters, "n_clusters", 1)
         if n_clusters > 2**bits:
             raise ValueError(f"{bits}-bit indices cannot address {n_clusters} centroids (at most {2**bits})")
     if (mask is None) != (index_bits is None):
@@ -160,11 +152,11 @@ def layer_storage_bits(n_weights: int, bits: int, n_clusters: int | None = None,
                              f"got {huffman_bits!r}")
         if "sparse_index" in huffman_bits and mask is None:
             raise ValueError("huffman_bits['sparse_index'] given for a dense layer (no mask)")
-        huffman_bits = {k: _check_count(v, f"huffman_bits[{k!r}]", 0) for k, v in huffman_bits.items()}
+        huffman_bits = {k: check_count(v, f"huffman_bits[{k!r}]", 0) for k, v in huffman_bits.items()}
     if (huffman_bits is None) != (table_bits is None):
         raise ValueError("Huffman-coded streams need their tables: give huffman_bits and table_bits together")
     if table_bits is not None:
-        table_bits = _check_count(table_bits, "table_bits", 0)
+        table_bits = check_count(table_bits, "table_bits", 0)
     return _layer_storage_bits(n_weights, bits, n_clusters, mask, index_bits, huffman_bits, table_bits)
 
 
