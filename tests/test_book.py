@@ -49,9 +49,20 @@ def test_chapter_shows_computed_results_and_figures(site):
     assert "Traceback" not in text
 
 
-def test_lab_page_is_shown_not_executed(site):
-    page = site / "labs" / "lab03_linear_quantization" / "lab03_linear_quantization.html"
-    text = page.read_text()
+@pytest.mark.parametrize("lab", ["lab01_number_formats", "lab02_kmeans_huffman", "lab03_linear_quantization"])
+def test_lab_page_is_shown_not_executed(site, lab):
+    text = (site / "labs" / lab / f"{lab}.html").read_text()
     assert "NotImplementedError" in text  # the student stubs are shown
-    assert "cases passed" not in text  # and nothing was run
-    assert (site / "_sources" / "labs" / "lab03_linear_quantization" / "lab03_linear_quantization.ipynb").exists()
+    assert "visible cases passed" not in text  # and nothing was run
+    assert (site / "_sources" / "labs" / lab / f"{lab}.ipynb").exists()  # the download button's file
+
+
+@pytest.mark.parametrize("chapter, numbers", [
+    ("01_number_formats", ["1 10000111 00111010101000000000000", "448", "57344"]),
+    ("02_kmeans_huffman", ["3.2"]),
+])
+def test_other_chapters_show_their_worked_examples(site, chapter, numbers):
+    text = (site / "book" / f"{chapter}.html").read_text()
+    assert "Traceback" not in text
+    for n in numbers:
+        assert n in text, n
