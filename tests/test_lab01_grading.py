@@ -1,9 +1,7 @@
 """Lab 1 graded end to end by nbgrader: fair to correct answers, hard to game."""
 from __future__ import annotations
 
-import pytest
-
-from tests import nbgrader_course as course
+from tests.lab_grading import LabGradingTests
 
 LAB = "lab01_number_formats"
 POINTS = {"test_encode_integer": 2, "test_decode_integer": 2, "test_fixed_point": 3, "test_decode_float": 3,
@@ -154,72 +152,24 @@ def encode_float(x, fmt):
 
 STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 CHEATS = {
-    "calls_qlib_reference": ({"encode_float": "from qlib.floating_point import encode_float\n"}, None),
+    "calls_qlib_reference": ({"encode_float": "from qlib.floating_point import encode_float\n"}, None,
+                             "test_encode_float"),
     "patches_grader": ({"encode_float": "grader.check_encode_float = lambda *a, **k: None\n\n"
-                                        "def encode_float(x, fmt):\n    return 0\n"}, None),
-    "deletes_test_cell": ({"encode_float": STUB}, ("test_encode_float", "delete")),
-    "infinite_loop": ({"encode_float": "def encode_float(x, fmt):\n    while True:\n        pass\n"}, None),
+                                        "def encode_float(x, fmt):\n    return 0\n"}, None, "test_encode_float"),
+    "deletes_test_cell": ({"encode_float": STUB}, ("test_encode_float", "delete"), "test_encode_float"),
+    "infinite_loop": ({"encode_float": "def encode_float(x, fmt):\n    while True:\n        pass\n"}, None,
+                      "test_encode_float"),
 }
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    tmp = course.make_course(tmp_path_factory.mktemp("course") / "c", LAB)
-    released = course.read_notebook(course.notebook_path(tmp, "labs", LAB))
-    answers = course.solution_code(course.read_notebook(course.ROOT / "solutions" / LAB / f"{LAB}.ipynb"))
-    subs = {"reference": course.fill(released, answers), "untouched": released,
-            "written_differently": course.fill(released, {**answers, **DIFFERENT})}
-    for name, (gid, _, code) in WRONG.items():
-        subs[name] = course.fill(released, {**answers, gid: code})
-    for name, (override, tamper) in CHEATS.items():
-        nb = course.fill(released, {**answers, **override})
-        subs[name] = course.tamper(nb, *tamper) if tamper else nb
-    scores, dirs = course.autograde(tmp, LAB, subs)
-    return scores, dirs, released
-
-
-def test_reference_solution_gets_full_marks(graded):
-    assert graded[0]["reference"] == POINTS, graded[0]["reference"]
-
-
-def test_untouched_notebook_gets_zero(graded):
-    assert sum(graded[0]["untouched"].values()) == 0, graded[0]["untouched"]
-
-
-def test_correct_answers_written_differently_get_full_marks(graded):
-    assert graded[0]["written_differently"] == POINTS, graded[0]["written_differently"]
-
-
-@pytest.mark.parametrize("name", sorted(WRONG))
-def test_wrong_answer_loses_its_question_only(graded, name):
-    _, question, _ = WRONG[name]
-    assert graded[0][name] == {**POINTS, question: 0}, graded[0][name]
-
-
-@pytest.mark.parametrize("name", sorted(CHEATS))
-def test_gaming_earns_nothing_for_that_question(graded, name):
-    assert graded[0][name] == {**POINTS, "test_encode_float": 0}, graded[0][name]
-
-
-@pytest.mark.parametrize("name, grade_id, words", [
+EXPLAINED = [
     ("encode_truncates", "test_encode_float", "rounded toward zero"),
     ("subnormals_with_hidden_one", "test_decode_float", "no hidden 1"),
     ("fixed_point_truncates", "test_fixed_point", "ties to even"),
     ("mx_without_clamp", "test_mx_quantize", "shared exponent"),
-])
-def test_failures_explain_themselves(graded, name, grade_id, words):
-    text = course.cell_output(graded[1][name], LAB, name, grade_id)
-    assert words in text, text
+]
 
 
-def test_released_notebook_has_no_solution_and_no_hidden_test(graded):
-    text = "\n".join(c.source for c in graded[2].cells)
-    assert "BEGIN SOLUTION" not in text and "HIDDEN" not in text and "seed=" not in text
-    assert text.count("raise NotImplementedError()") == 7
-
-
-def test_committed_student_lab_is_generated_from_the_solution(graded):
-    committed = course.read_notebook(course.ROOT / "labs" / LAB / f"{LAB}.ipynb")
-    strip = lambda nb: [(c.cell_type, c.source, c.metadata.get("nbgrader")) for c in nb.cells]  # noqa: E731
-    assert strip(committed) == strip(graded[2]), (
-        f"labs/ is out of date: run `nbgrader generate_assignment {LAB} --force`")
+class TestLab01Grading(LabGradingTests):
+    LAB, POINTS, N_STUBS = LAB, POINTS, 7
+    WRONG, DIFFERENT, CHEATS, EXPLAINED = WRONG, DIFFERENT, CHEATS, EXPLAINED

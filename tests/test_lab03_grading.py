@@ -1,21 +1,19 @@
 """Lab 3 graded end to end by nbgrader: fair to correct answers, hard to game.
 
-One module-scoped run autograds every submission below in a temporary course
-directory; each test then reads the scores of the questions it is about.
+The submissions below are graded by the tests every lab gets (tests/lab_grading.py), plus
+two of this lab's own: no line of the answer and no hidden test reaches the student.
 """
 from __future__ import annotations
-
-import re
 
 import pytest
 
 from tests import nbgrader_course as course
+from tests.lab_grading import LabGradingTests
 
 LAB = "lab03_linear_quantization"
 POINTS = {"test_integer_range": 2, "test_asymmetric_qparams": 3, "test_symmetric_qparams": 2,
           "test_quantize": 4, "test_dequantize": 2, "test_quantize_per_channel": 4,
           "test_fake_quantize_weights": 3}
-TOTAL = sum(POINTS.values())
 
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
 
@@ -132,81 +130,37 @@ def fake_quantize_weights(model, bits, per_channel):
 # --- attempts to game the grader: nothing for the question ------------------------------------------
 
 STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+CALLS_QLIB = '''
+import qlib
+
+def quantize(x, scale, zero_point, qmin, qmax):
+    return qlib.quantize(x, scale, zero_point, qmin, qmax)
+'''
+CALLS_QLIB_OBFUSCATED = '''
+ref = __import__("ql" + "ib").linear
+
+def quantize(x, scale, zero_point, qmin, qmax):
+    return ref.quantize(x, scale, zero_point, qmin, qmax)
+'''
+PATCHES_TORCH_EQUAL = "torch.equal = lambda a, b: True\n\ndef quantize(x, scale, zero_point, qmin, qmax):\n    return x\n"
+PATCHES_NUMPY = ("np.allclose = lambda *a, **k: True\n"
+                 "np.isclose = lambda a, b, **k: np.ones(np.shape(a), bool)\n\n"
+                 "def dequantize(q, scale, zero_point):\n    return q\n")
+PATCHES_GRADER = ("grader.check_quantize = lambda *a, **k: None\n\n"
+                  "def quantize(x, scale, zero_point, qmin, qmax):\n    return x\n")
+LOOPS = "def quantize(x, scale, zero_point, qmin, qmax):\n    while True:\n        pass\n"
 CHEATS = {
-    "calls_qlib_reference": ({"quantize": "import qlib\n\ndef quantize(x, scale, zero_point, qmin, qmax):\n"
-                                          "    return qlib.quantize(x, scale, zero_point, qmin, qmax)\n"}, None),
-    "calls_qlib_obfuscated": ({"quantize": "ref = __import__('ql' + 'ib').linear\n\n"
-                                           "def quantize(x, scale, zero_point, qmin, qmax):\n"
-                                           "    return ref.quantize(x, scale, zero_point, qmin, qmax)\n"}, None),
-    "patches_torch_equal": ({"quantize": "torch.equal = lambda a, b: True\n\n"
-                                         "def quantize(x, scale, zero_point, qmin, qmax):\n    return x\n"}, None),
-    "patches_numpy_allclose": ({"dequantize": "np.allclose = lambda *a, **k: True\n"
-                                              "np.isclose = lambda a, b, **k: np.ones(np.shape(a), bool)\n\n"
-                                              "def dequantize(q, scale, zero_point):\n    return q\n"}, None),
-    "patches_grader": ({"quantize": "grader.check_quantize = lambda *a, **k: None\n\n"
-                                    "def quantize(x, scale, zero_point, qmin, qmax):\n    return x\n"}, None),
-    "edits_test_cell": ({"quantize": STUB}, ("test_quantize", "edit")),
-    "deletes_test_cell": ({"quantize": STUB}, ("test_quantize", "delete")),
-    "infinite_loop": ({"quantize": "def quantize(x, scale, zero_point, qmin, qmax):\n    while True:\n"
-                                   "        pass\n"}, None),
+    "calls_qlib_reference": ({"quantize": CALLS_QLIB}, None, "test_quantize"),
+    "calls_qlib_obfuscated": ({"quantize": CALLS_QLIB_OBFUSCATED}, None, "test_quantize"),
+    "patches_torch_equal": ({"quantize": PATCHES_TORCH_EQUAL}, None, "test_quantize"),
+    "patches_numpy_allclose": ({"dequantize": PATCHES_NUMPY}, None, "test_dequantize"),
+    "patches_grader": ({"quantize": PATCHES_GRADER}, None, "test_quantize"),
+    "edits_test_cell": ({"quantize": STUB}, ("test_quantize", "edit"), "test_quantize"),
+    "deletes_test_cell": ({"quantize": STUB}, ("test_quantize", "delete"), "test_quantize"),
+    "infinite_loop": ({"quantize": LOOPS}, None, "test_quantize"),
 }
-CHEAT_QUESTION = {"calls_qlib_reference": "test_quantize", "calls_qlib_obfuscated": "test_quantize",
-                  "patches_torch_equal": "test_quantize", "patches_numpy_allclose": "test_dequantize",
-                  "patches_grader": "test_quantize", "edits_test_cell": "test_quantize",
-                  "deletes_test_cell": "test_quantize", "infinite_loop": "test_quantize"}
 
-
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    """Autograde every submission of this file once; yields (scores, course dirs, answers)."""
-    tmp = course.make_course(tmp_path_factory.mktemp("course") / "c", LAB)
-    released = course.read_notebook(course.notebook_path(tmp, "labs", LAB))
-    answers = course.solution_code(course.read_notebook(course.ROOT / "solutions" / LAB / f"{LAB}.ipynb"))
-    subs = {"reference": course.fill(released, answers), "untouched": released,
-            "numpy_style": course.fill(released, {**answers, **NUMPY_ANSWERS})}
-    for name, (gid, _, code) in WRONG.items():
-        subs[name] = course.fill(released, {**answers, gid: code})
-    for name, (override, tamper) in CHEATS.items():
-        nb = course.fill(released, {**answers, **override})
-        subs[name] = course.tamper(nb, *tamper) if tamper else nb
-    scores, dirs = course.autograde(tmp, LAB, subs)
-    return scores, dirs, released
-
-
-def test_reference_solution_gets_full_marks(graded):
-    scores, _, _ = graded
-    assert scores["reference"] == POINTS, scores["reference"]
-
-
-def test_untouched_notebook_gets_zero(graded):
-    scores, _, _ = graded
-    assert sum(scores["untouched"].values()) == 0, scores["untouched"]
-
-
-def test_correct_answers_written_differently_get_full_marks(graded):
-    scores, _, _ = graded
-    assert scores["numpy_style"] == POINTS, scores["numpy_style"]
-
-
-@pytest.mark.parametrize("name", sorted(WRONG))
-def test_wrong_answer_loses_its_question_only(graded, name):
-    scores, _, _ = graded
-    _, question, _ = WRONG[name]
-    expected = {**POINTS, question: 0}
-    assert scores[name] == expected, scores[name]
-
-
-@pytest.mark.parametrize("name", sorted(CHEATS))
-def test_gaming_earns_nothing_for_that_question(graded, name):
-    scores, _, _ = graded
-    question = CHEAT_QUESTION[name]
-    assert scores[name][question] == 0, scores[name]
-    # the rest of the notebook is still graded (an infinite loop does not sink everything)
-    others = {k: v for k, v in scores[name].items() if k != question}
-    assert others == {k: v for k, v in POINTS.items() if k != question}, scores[name]
-
-
-@pytest.mark.parametrize("name, grade_id, words", [
+EXPLAINED = [
     ("floor_instead_of_round", "test_quantize", "floor instead of round"),
     ("zero_point_sign_flipped", "test_asymmetric_qparams", "wrong sign"),
     ("qmax_off_by_one", "test_integer_range", "qmax is one too large"),
@@ -215,36 +169,23 @@ def test_gaming_earns_nothing_for_that_question(graded, name):
     ("calls_qlib_reference", "quantize", "did not run this cell"),
     ("patches_torch_equal", "quantize", "torch.equal"),
     ("infinite_loop", "test_quantize", "did not return within"),
-])
-def test_failures_explain_themselves(graded, name, grade_id, words):
-    _, dirs, _ = graded
-    text = course.cell_output(dirs[name], LAB, name, grade_id)
-    assert words in text, text
+]
 
 
-def test_released_notebook_has_no_solution_and_no_hidden_test(graded):
-    _, _, released = graded
-    text = "\n".join(c.source for c in released.cells)
-    assert "BEGIN SOLUTION" not in text and "HIDDEN" not in text and "seed=" not in text
-    assert "2 ** (bits - 1) - 1" not in text  # a line of the reference answer
-    assert text.count("raise NotImplementedError()") == 7
+class TestLab03Grading(LabGradingTests):
+    LAB, POINTS, N_STUBS = LAB, POINTS, 7
+    WRONG, DIFFERENT, CHEATS, EXPLAINED = WRONG, NUMPY_ANSWERS, CHEATS, EXPLAINED
 
+    def test_released_notebook_shows_no_line_of_the_answer(self, graded):
+        text = "\n".join(c.source for c in graded[2].cells)
+        assert "2 ** (bits - 1) - 1" not in text  # a line of the reference answer
 
-def test_feedback_leaks_no_hidden_test(graded):
-    _, dirs, _ = graded
-    c = dirs["hard_coded_visible_cases"]
-    course.nbgrader("generate_feedback", LAB, "--student", "hard_coded_visible_cases", "--force", cwd=c)
-    html = next((c / "feedback" / "hard_coded_visible_cases" / LAB).glob("*.html")).read_text()
-    assert "A hidden check failed" in html
-    assert "seed=" not in html and "check_dequantize(dequantize," not in html
-    # the hidden check failed with a message, not a traceback that would show its code
-    hidden_output = course.cell_output(c, LAB, "hard_coded_visible_cases", "test_dequantize")
-    assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
-
-
-def test_committed_student_lab_is_generated_from_the_solution(graded, tmp_path):
-    committed = course.read_notebook(course.ROOT / "labs" / LAB / f"{LAB}.ipynb")
-    _, _, released = graded
-    strip = lambda nb: [(c.cell_type, c.source, c.metadata.get("nbgrader")) for c in nb.cells]  # noqa: E731
-    assert strip(committed) == strip(released), (
-        "labs/ is out of date: run `nbgrader generate_assignment lab03_linear_quantization --force`")
+    def test_feedback_leaks_no_hidden_test(self, graded):
+        c = graded[1]["hard_coded_visible_cases"]
+        course.nbgrader("generate_feedback", LAB, "--student", "hard_coded_visible_cases", "--force", cwd=c)
+        html = next((c / "feedback" / "hard_coded_visible_cases" / LAB).glob("*.html")).read_text()
+        assert "A hidden check failed" in html
+        assert "seed=" not in html and "check_dequantize(dequantize," not in html
+        # the hidden check failed with a message, not a traceback that would show its code
+        hidden_output = course.cell_output(c, LAB, "hard_coded_visible_cases", "test_dequantize")
+        assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
