@@ -1,0 +1,399 @@
+"""Integer-only layers: quantized fully connected, 2-D convolution and pooling.
+
+Chapter 6: Integer-only inference (lab06_integer_inference).
+
+With ``x = S_X (q_X - Z_X)``, ``W = S_W (q_W - Z_W)``, ``b = S_W S_X q_b`` and
+``y = S_Y (q_Y - Z_Y)``, the fully connected layer ``y = W x + b`` becomes
+
+    acc = sum_k (q_W[o,k] - Z_W)(q_X[k] - Z_X) + q_b           (int32 accumulator)
+    q_Y = clamp(round(M acc) + Z_Y, qmin, qmax),   M = S_W S_X / S_Y
+
+where ``round(M acc)`` is :func:`qlib.requantize.multiply_by_quantized_multiplier`.
+Expanding the product separates what is known ahead of time:
+
+    acc = sum_k q_W q_X  +  [q_b - Z_X sum_k q_W + K Z_W Z_X]  -  Z_W sum_k q_X
+          (integer GEMM)     (folded bias: fold_zero_points)      (only if Z_W != 0)
+
+With symmetric weights (``Z_W = 0``) the last term vanishes and the folded
+bias is ``q_b - Z_X sum_k q_W``. A fused ReLU is the clamp's lower bound moved up
+to ``Z_Y`` (real 0). A convolution is the same computation on the im2col
+patches of its input, padded with ``Z_X`` (the integer that stands for 0).
+
+Speed, exactly: numpy and torch have no integer BLAS, so :func:`integer_matmul`
+picks the fastest *exact* route: ``torch._int_mm`` (int8 x int8 -> int32) when
+both operands fit in int8 (uint8 operands are shifted by 128 and corrected),
+float64 BLAS while every partial sum stays below 2^53, and an int64 matmul
+otherwise. All integers returned are int64 tensors.
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from qlib._checks import as_float_tensor, check_count, check_integer_range
+from qlib._reference import refuse_if_blocked
+from qlib.requantize import INT32_MAX, INT32_MIN, MAX_SHIFT, MIN_SHIFT, _check_zero_point, _int_tensor, _mbqm
+
+#: Largest |integer| that float64 holds exactly, with every integer below it.
+FLOAT64_EXACT = 2**53
+
+
+# --- bias ---------------------------------------------------------------------------------------
+
+def quantize_bias(bias, input_scale, weight_scale) -> torch.Tensor:
+    """The int32 bias ``q_b = round(b / (S_X * S_W))`` of a layer (zero point 0).
+
+    The bias scale ``S_b = S_X * S_W`` makes ``q_b`` addable to the accumulator
+    ``sum q_W q_X``, which has that scale. ``S_X * S_W`` is exact in float64 (two
+    float32 factors); ``b / S_b`` is computed in float64 and rounded half to even.
+    ``weight_scale`` may hold one scale per output channel. Raises ``ValueError``
+    if a ``q_b`` does not fit in int32 (the scales are far too small for the bias).
+    """
+    refuse_if_blocked("quantize_bias")
+    b = as_float_tensor(bias, "bias").to(torch.float64)
+    sx = as_float_tensor(input_scale, "input_scale").to(torch.float32).to(torch.float64)
+    sw = as_float_tensor(weight_scale, "weight_scale").to(torch.float32).to(torch.float64)
+    if bool((sx <= 0).any()) or bool((sw <= 0).any()):
+        raise ValueError("scales must be positive")
+    q_b = torch.round(b / (sx * sw))
+    if bool((q_b.abs() > INT32_MAX).any()):
+        worst = int(q_b.abs().argmax())
+        raise ValueError(f"the quantized bias overflows int32 (channel {worst}: {float(q_b.reshape(-1)[worst]):.4g}); "
+                         "the bias is too large for the scale S_X * S_W")
+    return q_b.to(torch.int64)
+
+
+def fold_zero_points(q_bias, q_weight, x_zero_point: int, weight_zero_point=0) -> torch.Tensor:
+    """The bias with the input zero point's terms folded in, computed once ahead of time.
+
+        folded[o] = q_b[o] - Z_X * sum_k q_W[o, k] + K * Z_W[o] * Z_X
+
+    ``q_weight`` is ``(C_out, ...)``; ``k`` runs over the ``K`` weights of one
+    output (``C_in`` for a linear layer, ``C_in/groups * kh * kw`` for a
+    convolution). ``weight_zero_point`` is a scalar or one per output channel.
+    ``q_bias`` may be ``None`` (no bias). Exact int64 arithmetic.
+    """
+    q_weight = _int_tensor(q_weight, "q_weight")
+    c_out = q_weight.shape[0]
+    k = q_weight[0].numel()
+    q_bias = _bias_tensor(q_bias, c_out)
+    z_x = _check_input_zero_point(x_zero_point)
+    z_w = _weight_zero_point(weight_zero_point, c_out)
+    return q_bias - z_x * q_weight.reshape(c_out, -1).sum(dim=1) + k * z_w * z_x
+
+
+# --- exact integer matrix product ---------------------------------------------------------------
+
+def _fits(lo: int, hi: int, qmin: int, qmax: int) -> bool:
+    return qmin <= lo and hi <= qmax
+
+
+def _byte_sized(lo: int, hi: int) -> bool:
+    """True if the values fit in int8 or in uint8."""
+    return _fits(lo, hi, -128, 127) or _fits(lo, hi, 0, 255)
+
+
+def _as_int8(t: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, int]:
+    """``t`` as int8 minus an offset (0 for int8 values, 128 for uint8 values): ``t = t8 + offset``."""
+    if _fits(lo, hi, -128, 127):
+        return (t if t.dtype == torch.int8 else t.to(torch.int8)), 0
+    if t.dtype == torch.uint8:
+        return (t ^ 0x80).view(torch.int8), 128  # v XOR 0x80 read as int8 is v - 128
+    return (t - 128).to(torch.int8), 128
+
+
+def integer_matmul(a, b) -> torch.Tensor:
+    """The exact integer product ``a @ b`` of ``a`` (M, K) and ``b`` (K, N), as int64.
+
+    Three exact routes, fastest first:
+
+    1. both in int8 or uint8 range (and ``K < 2^17``): ``torch._int_mm`` on int8,
+       which accumulates in int32. A uint8 operand is stored as ``a8 = a - 128``
+       and corrected: ``a @ b = a8 @ b + 128 * colsum(b)`` (and symmetrically).
+       The int32 sums cannot overflow: ``|sum| <= K * 128 * 128 < 2^31``.
+    2. ``K * max|a| * max|b| <= 2^53``: float64 BLAS. Proof of exactness: every
+       partial sum BLAS forms, in any order and with or without fused
+       multiply-add, is a sum of some of the products ``a[m,k] b[k,n]``, so it is
+       an integer of magnitude at most ``sum_k |a[m,k]| |b[k,n]| <= 2^53``. Such
+       integers are exactly representable in float64, and an IEEE operation whose
+       exact result is representable returns it unrounded: no step ever rounds.
+    3. otherwise: an int64 matmul, exact while the same bound stays below 2^63
+       (``ValueError`` beyond: the products could overflow int64).
+
+    ``a`` and ``b`` hold integers (any integer dtype); a transposed view is fine.
+    """
+    a = _int_tensor(a, "a") if not _is_small_int(a) else a
+    b = _int_tensor(b, "b") if not _is_small_int(b) else b
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"integer_matmul needs 2-D operands, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
+    return _integer_matmul(a, b)
+
+
+def _is_small_int(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.dtype in (torch.int8, torch.uint8) and t.numel() > 0
+
+
+def _integer_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    k = a.shape[1]
+    if k == 0:
+        return torch.zeros(a.shape[0], b.shape[1], dtype=torch.int64)
+    a_lo, a_hi = (int(v) for v in torch.aminmax(a))
+    b_lo, b_hi = (int(v) for v in torch.aminmax(b))
+    if _byte_sized(a_lo, a_hi) and _byte_sized(b_lo, b_hi) and k < 2**17:
+        a8, a_off = _as_int8(a, a_lo, a_hi)
+        b8, b_off = _as_int8(b, b_lo, b_hi)
+        acc = torch._int_mm(a8.contiguous(), b8).to(torch.int64)
+        # (a8 + a_off) @ (b8 + b_off) = a8 @ b8 + a_off * colsum(b8) + b_off * rowsum(a8) + K a_off b_off
+        if a_off:
+            acc += a_off * b8.sum(dim=0, dtype=torch.int64)
+        if b_off:
+            acc += b_off * a8.sum(dim=1, dtype=torch.int64, keepdim=True)
+        if a_off and b_off:
+            acc += k * a_off * b_off
+        return acc
+    bound = k * max(abs(a_lo), abs(a_hi)) * max(abs(b_lo), abs(b_hi))
+    if bound <= FLOAT64_EXACT:
+        return (a.to(torch.float64) @ b.to(torch.float64)).to(torch.int64)
+    if bound >= 2**63:
+        raise ValueError(f"the products of these operands could overflow int64 (bound {bound})")
+    return a.to(torch.int64) @ b.to(torch.int64)
+
+
+# --- fully connected and convolution ------------------------------------------------------------
+
+def _bias_tensor(q_bias, c_out: int) -> torch.Tensor:
+    if q_bias is None:
+        return torch.zeros(c_out, dtype=torch.int64)
+    q_bias = _int_tensor(q_bias, "q_bias").reshape(-1)
+    if q_bias.numel() != c_out:
+        raise ValueError(f"q_bias has {q_bias.numel()} values but the layer has {c_out} outputs")
+    return q_bias
+
+
+def _check_input_zero_point(zero_point) -> int:
+    if isinstance(zero_point, torch.Tensor) and zero_point.numel() == 1 and not zero_point.is_floating_point():
+        zero_point = int(zero_point.item())
+    if isinstance(zero_point, bool) or not isinstance(zero_point, numbers.Integral):
+        raise TypeError(f"x_zero_point must be an integer, got {zero_point!r}")
+    if not -(2**16) <= zero_point < 2**16:
+        raise ValueError(f"x_zero_point={zero_point} is out of range for 8- or 16-bit inputs")
+    return int(zero_point)
+
+
+def _weight_zero_point(weight_zero_point, c_out: int) -> torch.Tensor:
+    z = _int_tensor(weight_zero_point, "weight_zero_point", -(2**16), 2**16 - 1).reshape(-1)
+    if z.numel() not in (1, c_out):
+        raise ValueError(f"weight_zero_point has {z.numel()} values but the layer has {c_out} outputs")
+    return z
+
+
+def _rescale_args(m0, shift, c_out: int):
+    m0 = _int_tensor(m0, "m0", 0, INT32_MAX).reshape(-1)
+    shift = _int_tensor(shift, "shift", MIN_SHIFT, MAX_SHIFT).reshape(-1)
+    for name, v in (("m0", m0), ("shift", shift)):
+        if v.numel() not in (1, c_out):
+            raise ValueError(f"{name} has {v.numel()} values but the layer has {c_out} outputs")
+    return m0, shift
+
+
+def _output_range(y_zero_point, qmin: int, qmax: int, relu: bool) -> tuple[int, int, int]:
+    check_integer_range(qmin, qmax)
+    z_y = _check_zero_point(y_zero_point, qmin, qmax)
+    return z_y, (max(qmin, z_y) if relu else qmin), qmax
+
+
+def _requantize_rows(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, z_y: int, lo: int, hi: int):
+    """clamp(MBQM(acc) + Z_Y, lo, hi) for ``acc`` (rows, C_out): per-tensor or per-channel along the last axis."""
+    a_lo, a_hi = (int(v) for v in torch.aminmax(acc))
+    if a_lo < INT32_MIN or a_hi > INT32_MAX:
+        raise ValueError(f"the accumulator overflows int32 (range {a_lo} ... {a_hi}): the layer is too large "
+                         "for 32-bit accumulation at these bit widths")
+    if m0.numel() == 1 and int(shift) >= 0:
+        scaled = _fast_mbqm(acc, int(m0), int(shift))
+    else:
+        scaled = _mbqm(acc, m0, shift)
+    return torch.clamp(scaled + z_y, lo, hi)
+
+
+def _fast_mbqm(acc: torch.Tensor, m0: int, shift: int) -> torch.Tensor:
+    """multiply_by_quantized_multiplier for ``m0 >= 0`` and a right shift, in fewer passes.
+
+    For ``m0 >= 0`` the saturation case (INT32_MIN * INT32_MIN) cannot occur and
+    gemmlowp's ``trunc((ab + nudge) / 2^31)`` equals ``floor((ab + 2^30) / 2^31)``
+    (for ab < 0: ceil((ab + 1 - 2^30) / 2^31) = floor((ab + 2^30) / 2^31), an
+    integer identity). The rounding right shift by ``n >= 1`` with ties away
+    from zero is ``floor((y + 2^(n-1) - [y < 0]) / 2^n)``. Tested equal to the
+    readable functions on every shift and on ties.
+    """
+    y = (acc * m0 + 2**30) >> 31
+    if shift == 0:
+        return y
+    return (y + (2 ** (shift - 1)) - (y < 0).to(torch.int64)) >> shift
+
+
+def quantized_linear(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero_point: int,
+                     qmin: int, qmax: int, relu: bool = False, weight_zero_point=0) -> torch.Tensor:
+    """Integer-only fully connected layer: int8/uint8 in, int32 accumulate, requantize, int out.
+
+        acc[n, o] = sum_k (q_W[o, k] - Z_W)(q_X[n, k] - Z_X) + q_b[o]
+        q_Y[n, o] = clamp(multiply_by_quantized_multiplier(acc, m0, shift) + Z_Y, qmin', qmax)
+
+    with ``qmin' = max(qmin, Z_Y)`` when ``relu`` (fused ReLU), else ``qmin``.
+    ``q_x`` is (N, C_in), ``q_weight`` (C_out, C_in), ``q_bias`` (C_out,) int32 at
+    scale ``S_X S_W`` (see :func:`quantize_bias`) or ``None``;
+    ``(m0, shift) = quantize_multiplier(S_X S_W / S_Y)``, per tensor or one per
+    output channel; ``weight_zero_point`` is ``Z_W`` (0 for symmetric weights).
+    Rounding: ties toward +infinity in the high multiply, away from zero in the
+    shift (gemmlowp). The accumulator must fit in int32 (``ValueError`` otherwise).
+
+    Computed as ``q_X @ q_W^T + fold_zero_points(...) - Z_W rowsum(q_X)`` with the
+    exact :func:`integer_matmul`. Returns int64 (N, C_out).
+    """
+    refuse_if_blocked("quantized_linear")
+    return _quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
+                             relu, weight_zero_point)
+
+
+def _layer_input(q, name: str, ndim: int) -> torch.Tensor:
+    q = q if _is_small_int(q) else _int_tensor(q, name)
+    if q.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(q.shape)}")
+    return q
+
+
+def _quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
+                      relu=False, weight_zero_point=0) -> torch.Tensor:
+    q_x = _layer_input(q_x, "q_x", 2)
+    q_weight = _layer_input(q_weight, "q_weight", 2)
+    c_out, c_in = q_weight.shape
+    if q_x.shape[1] != c_in:
+        raise ValueError(f"q_x has {q_x.shape[1]} features per row but q_weight expects {c_in}")
+    z_y, lo, hi = _output_range(y_zero_point, qmin, qmax, relu)
+    m0, shift = _rescale_args(m0, shift, c_out)
+    z_w = _weight_zero_point(weight_zero_point, c_out)
+    acc = _integer_matmul(q_x, q_weight.t())
+    acc += fold_zero_points(q_bias, q_weight, x_zero_point, z_w)
+    if bool((z_w != 0).any()):
+        acc -= q_x.sum(dim=1, dtype=torch.int64, keepdim=True) * z_w
+    return _requantize_rows(acc, m0, shift, z_y, lo, hi)
+
+
+def _pair(v, name: str, minimum: int) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an integer or a pair of integers, got {v!r}")
+        return check_count(v[0], name, minimum), check_count(v[1], name, minimum)
+    v = check_count(v, name, minimum)
+    return v, v
+
+
+def im2col(q_x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """The patches of ``q_x`` (N, C, H, W) as (N, OH, OW, C, kh, kw), any dtype (views, then one copy)."""
+    kh, kw = kernel_size
+    sh, sw = stride
+    patches = q_x.unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, OH, OW, kh, kw)
+    return patches.permute(0, 2, 3, 1, 4, 5)
+
+
+def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero_point: int, qmin: int,
+                     qmax: int, stride=1, padding=0, groups: int = 1, relu: bool = False,
+                     weight_zero_point=0) -> torch.Tensor:
+    """Integer-only 2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``).
+
+        acc[n, o, i, j] = sum_{c, u, v} (q_W[o, c, u, v] - Z_W)(q_Xpad[n, g(o) C_g + c, s_h i + u, s_w j + v] - Z_X) + q_b[o]
+        q_Y = clamp(multiply_by_quantized_multiplier(acc, m0, shift) + Z_Y, qmin', qmax)
+
+    ``q_x`` is (N, C_in, H, W), ``q_weight`` (C_out, C_in/groups, kh, kw); output
+    channel ``o`` sees the ``C_g = C_in/groups`` input channels of its group
+    ``g(o) = o // (C_out/groups)``. ``q_Xpad`` is ``q_x`` padded with ``Z_X`` (the
+    integer for real 0, so padding adds nothing). ``stride`` and ``padding`` are
+    integers or (h, w) pairs; no dilation. ``relu``, ``m0``/``shift`` (per tensor
+    or per output channel), rounding and ``weight_zero_point`` as in
+    :func:`quantized_linear`. Computed per group as an exact integer GEMM of the
+    im2col patches. Returns int64 (N, C_out, OH, OW) with
+    ``OH = (H + 2 p_h - kh) // s_h + 1``.
+    """
+    refuse_if_blocked("quantized_conv2d")
+    return _quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
+                             stride, padding, groups, relu, weight_zero_point)
+
+
+def _quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
+                      stride=1, padding=0, groups=1, relu=False, weight_zero_point=0) -> torch.Tensor:
+    q_x = _layer_input(q_x, "q_x", 4)
+    q_weight = _layer_input(q_weight, "q_weight", 4)
+    groups = check_count(groups, "groups", 1)
+    (sh, sw), (ph, pw) = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+    n, c_in, h, w = q_x.shape
+    c_out, c_g, kh, kw = q_weight.shape
+    if c_in % groups or c_out % groups:
+        raise ValueError(f"groups={groups} must divide both C_in={c_in} and C_out={c_out}")
+    if c_g != c_in // groups:
+        raise ValueError(f"q_weight has {c_g} input channels per group but q_x has {c_in} channels "
+                         f"in {groups} group(s), i.e. {c_in // groups} per group")
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        raise ValueError(f"the kernel {kh}x{kw} is larger than the padded input {h + 2 * ph}x{w + 2 * pw}")
+    z_x = _check_input_zero_point(x_zero_point)
+    z_y, lo, hi = _output_range(y_zero_point, qmin, qmax, relu)
+    m0, shift = _rescale_args(m0, shift, c_out)
+    z_w = _weight_zero_point(weight_zero_point, c_out)
+    if ph or pw:
+        if q_x.dtype in (torch.int8, torch.uint8) and not _fits(z_x, z_x, *_dtype_range(q_x.dtype)):
+            q_x = q_x.to(torch.int64)
+        q_x = torch.nn.functional.pad(q_x, (pw, pw, ph, ph), value=z_x)
+    patches = im2col(q_x, (kh, kw), (sh, sw))  # (N, OH, OW, C_in, kh, kw)
+    oh, ow = patches.shape[1:3]
+    cols = patches.reshape(n * oh * ow, groups, c_g * kh * kw)
+    w_rows = q_weight.reshape(groups, c_out // groups, c_g * kh * kw)
+    acc = torch.cat([_integer_matmul(cols[:, g], w_rows[g].t()) for g in range(groups)], dim=1)
+    acc += fold_zero_points(q_bias, q_weight, z_x, z_w)
+    if bool((z_w != 0).any()):
+        window_sums = cols.sum(dim=2, dtype=torch.int64)  # (rows, groups)
+        acc -= window_sums.repeat_interleave(c_out // groups, dim=1) * z_w
+    q_y = _requantize_rows(acc, m0, shift, z_y, lo, hi)
+    return q_y.reshape(n, oh, ow, c_out).permute(0, 3, 1, 2).contiguous()
+
+
+def _dtype_range(dtype: torch.dtype) -> tuple[int, int]:
+    info = torch.iinfo(dtype)
+    return info.min, info.max
+
+
+# --- pooling ------------------------------------------------------------------------------------
+
+def _pool_patches(q_x, kernel_size, stride, name: str) -> torch.Tensor:
+    q_x = _layer_input(q_x, "q_x", 4)
+    kh, kw = _pair(kernel_size, "kernel_size", 1)
+    sh, sw = _pair(kernel_size if stride is None else stride, "stride", 1)
+    if q_x.shape[2] < kh or q_x.shape[3] < kw:
+        raise ValueError(f"{name}: the window {kh}x{kw} is larger than the input {q_x.shape[2]}x{q_x.shape[3]}")
+    return q_x.unfold(2, kh, sh).unfold(3, kw, sw).flatten(4)  # (N, C, OH, OW, kh*kw)
+
+
+def integer_max_pool2d(q_x, kernel_size, stride=None) -> torch.Tensor:
+    """Max pooling on the integers: ``max`` commutes with ``S (q - Z)`` (S > 0), so it is exact.
+
+    Windows ``kernel_size`` (int or pair) moved by ``stride`` (default: the window),
+    no padding. Input and output share scale and zero point. Returns int64.
+    """
+    return _pool_patches(q_x, kernel_size, stride, "integer_max_pool2d").amax(dim=-1).to(torch.int64)
+
+
+def integer_avg_pool2d(q_x, kernel_size, stride=None) -> torch.Tensor:
+    """Average pooling on the integers: the window sum divided by its size ``c``, rounded half away from zero.
+
+        q_Y = sign(s) * floor((|s| + c // 2) / c),     s = sum of the window's q values
+
+    This is TFLite's integer average pool (``(s +- c/2) / c`` with C's truncating
+    division): round to nearest, ties away from zero (a tie needs ``c`` even).
+    The raw ``q`` values are averaged; input and output share scale and zero
+    point (``avg(q) - Z = avg(q - Z)`` before rounding). Windows as in
+    :func:`integer_max_pool2d`. Returns int64.
+    """
+    patches = _pool_patches(q_x, kernel_size, stride, "integer_avg_pool2d")
+    c = patches.shape[-1]
+    s = patches.sum(dim=-1, dtype=torch.int64)
+    return torch.sign(s) * torch.div(s.abs() + c // 2, c, rounding_mode="floor")
