@@ -81,6 +81,8 @@ def _int_tensor(x, name: str, lo: int = INT32_MIN, hi: int = INT32_MAX) -> torch
 
 def _along_axis(values: torch.Tensor, x: torch.Tensor, axis: int | None, name: str) -> torch.Tensor:
     """Shape ``values`` (scalar or one per channel) to broadcast against ``x``."""
+    if axis is not None:
+        axis = check_axis(x, axis)
     if axis is None or values.ndim == 0:
         try:
             torch.broadcast_shapes(values.shape, x.shape)
@@ -88,7 +90,6 @@ def _along_axis(values: torch.Tensor, x: torch.Tensor, axis: int | None, name: s
             raise ValueError(f"{name} of shape {tuple(values.shape)} does not broadcast against "
                              f"shape {tuple(x.shape)}; pass axis= for one value per channel") from None
         return values
-    axis = check_axis(x, axis)
     values = values.reshape(-1)
     if values.numel() not in (1, x.shape[axis]):
         raise ValueError(f"{name} has {values.numel()} values but the input has {x.shape[axis]} "
