@@ -1,14 +1,18 @@
-"""Tests of qlib.granularity: per-tensor, per-channel and per-group quantization.
+"""Tests of qlib.granularity: per-tensor, per-channel, per-group quantization and MX-style integer blocks.
 
 Oracles: ``torch.fake_quantize_per_channel_affine`` and ``torch.fake_quantize_per_tensor_affine``
 (PyTorch's C++ kernels), ``torch.ao.quantization`` observers for the scale and zero point, and
-small examples worked by hand.
+small examples worked by hand. MX integer blocks: the OCP MXINT8 of ``qlib.microscaling``
+(tested against its own independent construction), a plain-Python transcription with
+``math.frexp`` and Python's ``round``, and torch's fake quantization given the power-of-two scales.
 """
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +21,9 @@ from qlib.granularity import (
     dequantize_per_channel,
     dequantize_per_group,
     fake_quantize_tensor,
+    mxint_dequantize,
+    mxint_fake_quantize,
+    mxint_quantize,
     quantize_per_channel,
     quantize_per_group,
 )
@@ -315,3 +322,154 @@ def test_fake_quantize_tensor_granularities_differ_as_expected():
 def test_unknown_granularity_is_refused(name):
     with pytest.raises(ValueError, match="granularity must be one of"):
         fake_quantize_tensor(torch.ones(2, 2), 4, name)
+
+
+# --- per-group, as PyTorch's per-channel quantization of the reshaped tensor -------------------
+
+@SILENCE_AO
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("shape, group_size", [((16, 64), 32), ((8, 96), 8), ((5, 12), 12), ((3, 40), 1)])
+def test_per_group_equals_torch_per_channel_on_the_reshaped_matrix(ao, shape, group_size, bits, symmetric):
+    """Rows cut into groups: [rows, K] -> [rows * K / g, g]; every new row is one group."""
+    qmin, qmax = integer_range(bits, signed=True, narrow=symmetric)
+    x = _tensor(shape, seed=40 + bits + group_size)
+    rows = x.reshape(-1, group_size)
+    obs = ao.PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8 if bits <= 8 else torch.qint32,
+                                      qscheme=torch.per_channel_symmetric if symmetric else torch.per_channel_affine,
+                                      quant_min=qmin, quant_max=qmax)
+    obs(rows)
+    s, z = obs.calculate_qparams()
+    expected = torch.fake_quantize_per_channel_affine(rows, s, z.to(torch.int32), 0, qmin, qmax).reshape(shape)
+    q, scale, zero_point = quantize_per_group(x, 1, group_size, qmin, qmax, symmetric=symmetric)
+    assert torch.equal(scale.reshape(-1), s)
+    assert torch.equal(zero_point.reshape(-1), z.to(torch.int64))
+    assert torch.equal(dequantize_per_group(q, scale, zero_point, 1, group_size), expected)
+
+
+def test_lab_references_are_blocked_while_grading():
+    from qlib._reference import ReferenceUnavailable, blocked
+
+    x = _tensor((4, 8), seed=1)
+    names = ["quantize_per_group", "dequantize_per_group", "mxint_quantize", "mxint_dequantize"]
+    with blocked(names):
+        for call in (lambda: quantize_per_group(x, 1, 4, -8, 7),
+                     lambda: dequantize_per_group(torch.zeros(4, 8, dtype=torch.int64), torch.ones(4, 2),
+                                                  torch.zeros(4, 2), 1, 4),
+                     lambda: mxint_quantize(x, 4, 4),
+                     lambda: mxint_dequantize(torch.zeros(4, 2, dtype=torch.int64),
+                                              torch.zeros(4, 8, dtype=torch.int64), 4, 4)):
+            with pytest.raises(ReferenceUnavailable):
+                call()
+        # the functions that other modules call keep working
+        assert torch.equal(fake_quantize_tensor(x, 4, "group", axis=1, group_size=4, symmetric=False),
+                           fake_quantize_tensor(x, 4, "group", axis=1, group_size=4, symmetric=False))
+        assert mxint_fake_quantize(x, 4, 4).shape == x.shape
+
+
+# --- MX-style integer blocks ------------------------------------------------------------------
+
+def test_mxint_hand_example():
+    # 4-bit elements in [-7, 7] with 2 fraction bits; blocks of 4.
+    # block 1: max 1.5 -> s = floor(log2 1.5) = 0, step 2^(0 - 2) = 0.25
+    #   x * 4 = [6, -3, 1.5, 0.4] -> [6, -3, 2 (tie to even), 0]
+    # block 2: max 7.9 -> s = 2, step 2^(2 - 2) = 1: [7.9, 1, -2, 0.5] -> [8 -> clamped to 7, 1, -2, 0 (tie)]
+    x = torch.tensor([[1.5, -0.75, 0.375, 0.1, 7.9, 1.0, -2.0, 0.5]])
+    s, q = mxint_quantize(x, 4, 4)
+    assert s.tolist() == [[0, 2]]
+    assert q.tolist() == [[6, -3, 2, 0, 7, 1, -2, 0]]
+    assert mxint_dequantize(s, q, 4, 4).tolist() == [[1.5, -0.75, 0.5, 0.0, 7.0, 1.0, -2.0, 0.0]]
+    assert s.dtype == q.dtype == torch.int64
+
+
+def test_mxint_zero_and_tiny_blocks_use_the_smallest_exponent():
+    x = torch.tensor([0.0, 0.0, 0.0, 0.0, 1e-40, -1e-41, 0.0, 0.0])  # 1e-40 is a float32 subnormal (< 2^-127)
+    s, q = mxint_quantize(x, 8, 4)
+    assert s.tolist() == [-127, -127]
+    # with s clamped at -127: 1e-40 * 2^(6 + 127) = 1.09 -> 1 and -1e-41 * 2^133 = -0.109 -> 0
+    assert q.tolist() == [0, 0, 0, 0, 1, 0, 0, 0]
+
+
+def _mxint_by_hand(values, bits, block_size):
+    """Plain-Python transcription: math.frexp for the exponent, Python's round (half to even)."""
+    top = 2 ** (bits - 1) - 1
+    exps, codes = [], []
+    for start in range(0, len(values), block_size):
+        block = values[start:start + block_size]
+        amax = max(abs(v) for v in block)
+        s = -127 if amax == 0 else max(-127, min(127, math.frexp(amax)[1] - 1))
+        exps.append(s)
+        codes += [max(-top, min(top, round(math.ldexp(v, bits - 2 - s)))) for v in block]
+    return exps, codes
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8, 12])
+@pytest.mark.parametrize("block_size", [4, 32])
+def test_mxint_against_plain_python(bits, block_size):
+    gen = torch.Generator().manual_seed(bits * 100 + block_size)
+    x = torch.randn(6, 64, generator=gen) * torch.pow(10.0, torch.randint(-5, 5, (6, 1), generator=gen).float())
+    x[1, :block_size] = 0.0                                      # an all-zero block
+    x[2, :8] = torch.tensor([1.0, 0.5, -0.25, 2.0, 4.0, 0.99999994, -8.0, 3.0])  # powers of two and just below
+    s, q = mxint_quantize(x, bits, block_size)
+    for row in range(x.shape[0]):
+        exps, codes = _mxint_by_hand(x[row].tolist(), bits, block_size)
+        assert s[row].tolist() == exps
+        assert q[row].tolist() == codes
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_mxint_equals_torch_fake_quant_with_power_of_two_scales(bits):
+    """Given the shared exponents, each block is torch's per-channel fake quantization with scale 2^(s - bits + 2)."""
+    x = _tensor((8, 64), seed=bits)
+    s, q = mxint_quantize(x, bits, 32)
+    top = 2 ** (bits - 1) - 1
+    step = torch.pow(2.0, (s - bits + 2).double()).float().reshape(-1)
+    rows = x.reshape(-1, 32)
+    expected = torch.fake_quantize_per_channel_affine(rows, step, torch.zeros_like(step, dtype=torch.int32),
+                                                      0, -top, top)
+    assert torch.equal(mxint_dequantize(s, q, bits, 32), expected.reshape(x.shape))
+    # the block's largest magnitude sits in the top binade of the codes: [2^(bits-2), 2^(bits-1))
+    amax = rows.abs().amax(dim=1)
+    assert bool(((amax / step >= 2 ** (bits - 2)) & (amax / step < 2 ** (bits - 1))).all())
+
+
+@pytest.mark.parametrize("shape", [(4, 32), (3, 5, 64), (96,)])
+def test_mxint8_is_ocp_mxint8(shape):
+    from qlib.microscaling import MXINT8, mx_dequantize, mx_quantize
+
+    x = (_tensor(shape, seed=7) * 1e3).numpy()
+    s, q = mxint_quantize(x, 8)
+    s_ref, codes = mx_quantize(x, MXINT8)
+    assert np.array_equal(s.numpy(), s_ref)
+    assert np.array_equal(q.numpy() % 256, codes)          # two's complement bit patterns
+    assert np.array_equal(mxint_dequantize(s, q, 8).double().numpy(), mx_dequantize(s_ref, codes, MXINT8))
+
+
+def test_mxint_step_is_between_one_and_two_ideal_steps():
+    """The power-of-two scale costs at most a factor 2 in step size against max|block| / qmax."""
+    x = _tensor((64, 32), seed=3)
+    for bits in (3, 4, 8):
+        s, _ = mxint_quantize(x, bits, 32)
+        mx_step = torch.pow(2.0, (s - bits + 2).double()).reshape(-1)
+        ideal = x.abs().amax(dim=1).double() / (2 ** (bits - 1) - 1)
+        ratio = mx_step / ideal
+        assert bool((ratio > 1 - 2.0 ** (1 - bits)).all()) and bool((ratio <= 2 - 2.0 ** (2 - bits)).all())
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda: mxint_quantize(torch.ones(4, 32), 1), ValueError, "at least 2 bits"),
+    (lambda: mxint_quantize(torch.ones(4, 32), 33), ValueError, "bits must be between"),
+    (lambda: mxint_quantize(torch.ones(4, 30), 4), ValueError, "block_size 32 does not divide"),
+    (lambda: mxint_quantize(torch.ones(4, 32), 4, 0), ValueError, "block_size must be a positive"),
+    (lambda: mxint_quantize(torch.tensor([float("nan")] * 32), 4), ValueError, "NaN"),
+    (lambda: mxint_quantize(torch.ones(0, 32), 4), ValueError, "empty"),
+    (lambda: mxint_dequantize(torch.zeros(1, dtype=torch.int64), torch.full((32,), 8), 4), ValueError,
+     r"lie in \[-7, 7\]"),
+    (lambda: mxint_dequantize(torch.zeros(2, dtype=torch.int64), torch.zeros(32, dtype=torch.int64), 4),
+     ValueError, "needs"),
+    (lambda: mxint_dequantize(torch.tensor([200]), torch.zeros(32, dtype=torch.int64), 4), ValueError, "E8M0"),
+    (lambda: mxint_dequantize(torch.zeros(1), torch.zeros(32), 4), TypeError, "must hold integers"),
+])
+def test_mxint_bad_input_is_refused(call, error, words):
+    with pytest.raises(error, match=words):
+        call()
