@@ -303,7 +303,8 @@ def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero
                      weight_zero_point=0) -> torch.Tensor:
     """Integer-only 2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``).
 
-        acc[n, o, i, j] = sum_{c, u, v} (q_W[o, c, u, v] - Z_W)(q_Xpad[n, g(o) C_g + c, s_h i + u, s_w j + v] - Z_X) + q_b[o]
+        acc[n, o, i, j] = q_b[o] + sum_{c, u, v} (q_W[o, c, u, v] - Z_W)
+                                           * (q_Xpad[n, g(o) C_g + c, s_h i + u, s_w j + v] - Z_X)
         q_Y = clamp(multiply_by_quantized_multiplier(acc, m0, shift) + Z_Y, qmin', qmax)
 
     ``q_x`` is (N, C_in, H, W), ``q_weight`` (C_out, C_in/groups, kh, kw); output
