@@ -122,6 +122,7 @@ class IntegerMaxPool:
     """Max pooling on the integers (it commutes with ``scale * (q - zero_point)``)."""
 
     kernel_size: int
+    name: str = "pool"
 
     def run(self, q_x: torch.Tensor, kernels: "Kernels") -> torch.Tensor:
         return kernels.max_pool2d(q_x, self.kernel_size)
@@ -130,6 +131,8 @@ class IntegerMaxPool:
 @dataclass(frozen=True)
 class Flatten:
     """``[N, C, H, W] -> [N, C*H*W]`` (a reshape: no arithmetic)."""
+
+    name: str = "flatten"
 
     def run(self, q_x: torch.Tensor, kernels: "Kernels") -> torch.Tensor:
         return q_x.flatten(1)
@@ -202,15 +205,18 @@ class IntegerModel(nn.Module):
             raise TypeError("forward_integer takes an integer tensor (use quantize_input first)")
         q = q_x
         for i, step in enumerate(self.steps):
-            q = step.run(q, self.kernels)
-            q = self._checked(q, step, i)
+            q = self._checked(step.run(q, self.kernels), q.dtype, step, i)
             if trace is not None:
-                trace[getattr(step, "name", f"{type(step).__name__.lower()}{i}")] = q
+                trace[step.name] = q
         return q
 
-    def _checked(self, q, step, index: int) -> torch.Tensor:
-        """Check a kernel's output and store it in the activation's integer dtype."""
-        label = getattr(step, "name", type(step).__name__)
+    def _checked(self, q, input_dtype: torch.dtype, step, index: int) -> torch.Tensor:
+        """Check a step's output and store it in the activation's integer dtype.
+
+        A layer's output goes to the dtype of its output range; pooling and reshaping keep
+        the values, and so the dtype, of their input.
+        """
+        label = step.name
         if not isinstance(q, torch.Tensor):
             raise TypeError(f"step {index} ({label}) returned a {type(q).__name__}, not a tensor")
         if q.is_floating_point() or q.dtype == torch.bool or q.is_complex():
@@ -222,7 +228,12 @@ class IntegerModel(nn.Module):
                 raise ValueError(f"step {index} ({label}) returned values in [{lo}, {hi}], outside the output "
                                  f"range [{p.qmin}, {p.qmax}]: the output must be clamped")
             return q.to(p.dtype)
-        return q
+        info = torch.iinfo(input_dtype)
+        lo, hi = (int(v) for v in torch.aminmax(q))
+        if lo < info.min or hi > info.max:
+            raise ValueError(f"step {index} ({label}) returned values in [{lo}, {hi}], which do not fit the "
+                             f"{input_dtype} of its input")
+        return q.to(input_dtype)
 
     def dequantize_output(self, q_y: torch.Tensor) -> torch.Tensor:
         """Logits ``S_Y (q_Y - Z_Y)`` as float32."""
