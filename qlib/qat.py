@@ -1,0 +1,299 @@
+"""Quantization-aware training: layers that fake-quantize their weights and inputs.
+
+Chapter: Quantization-aware training (lab07_qat).
+
+A QAT layer keeps its weights in float32 (the *master* copy that the optimizer
+updates) and, in every forward pass, computes with fake-quantized copies:
+
+    y = op(fq_in(x), fq_w(W), b)        op = F.linear or the layer's convolution
+
+so the loss sees the rounding and clipping the deployed integer model will see,
+while tiny updates, too small to move a weight to the next level, still
+accumulate in ``W`` until they do. The bias stays in float32 (an integer model
+stores it as int32 at scale S_W * S_X, chapter 6).
+
+Quantizers, chosen by ``method`` in :func:`prepare_qat`:
+
+* ``"ste"``: weights symmetric signed, per output channel or per tensor, with the
+  min-max scale of the *current* weights (``max|W| / qmax``, recomputed every step);
+  inputs asymmetric unsigned ``[0, 2**b - 1]`` with a range tracked during
+  training by :class:`qlib.observers.MovingAverageMinMaxObserver` (frozen in eval
+  mode). Both round half to even and pass gradients straight through
+  (:mod:`qlib.ste`); scales get no gradient.
+* ``"lsq"``: learned step sizes for weights and inputs (:mod:`qlib.lsq`).
+* ``"pact"``: weights as ``"ste"``; inputs clipped at a learned ``alpha`` (:mod:`qlib.pact`).
+
+Where activations are quantized: at the input of every Linear and Conv2d (the
+operands of each matrix product), the first layer's input image included.
+The last layer's output (the logits) stays in float32. Every quantized input of
+the digits models is non-negative (pixels in [0, 1], ReLU outputs), so the
+unsigned ranges lose nothing.
+
+Batch norm: :func:`prepare_qat` first folds every batch norm into the
+convolution before it, with the running statistics (:mod:`qlib.folding`), and
+trains the folded convolution. The weight that QAT quantizes is then exactly the
+weight that integer inference uses, and nothing depends on batch statistics
+during fine-tuning. (The alternative, keeping batch norm and re-folding after
+training, quantizes a weight that is never deployed.)
+
+One bit: a weight quantizer at 1 bit is binary, ``W_hat = s * sign(W)``
+(sign(0) = +1), ``s = max|W|`` per channel for ``"ste"`` (the min-max rule) or a
+learned step for ``"lsq"``; see :mod:`qlib.lsq` and chapter 8.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qlib._checks import check_bits
+from qlib._reference import refuse_if_blocked
+from qlib.folding import fold_batchnorms
+from qlib.granularity import per_channel_range, qparams
+from qlib.linear import integer_range
+from qlib.lsq import LSQBinarize, LSQQuantizer
+from qlib.observers import MovingAverageMinMaxObserver, Observer
+from qlib.pact import PACTQuantizer
+from qlib.ste import FakeQuantizeSTE
+
+METHODS = ("ste", "lsq", "pact")
+_QAT_SOURCES = (nn.Linear, nn.Conv2d)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+# --- quantizers with a straight-through gradient --------------------------------------------
+
+class WeightFakeQuantize(nn.Module):
+    """Symmetric signed fake quantization of a weight, scale from its current min-max.
+
+        scale = max(|W_c|) / qmax   (per output channel c, axis 0; or over the whole tensor)
+        W_hat = clamp(round(W * (1/scale)), qmin, qmax) * scale     (round half to even)
+
+    ``[qmin, qmax] = [-2**(b-1), 2**(b-1) - 1]``, the formula of
+    :func:`qlib.linear.symmetric_qparams`. The scale is recomputed from the weight at
+    every call and gets no gradient; the weight gets the straight-through gradient
+    (:class:`qlib.ste.FakeQuantizeSTE`). At 1 bit: ``W_hat = max|W_c| * sign(W)``.
+    """
+
+    def __init__(self, bits: int, per_channel: bool = True):
+        super().__init__()
+        self.bits = check_bits(bits)
+        if self.bits > 24:
+            raise ValueError(f"weight bits must be at most 24, got {bits}")
+        self.per_channel = per_channel
+        self.qmin, self.qmax = (-1, 1) if self.bits == 1 else integer_range(self.bits, signed=True)
+
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        """The scale for ``w``: shape ``[C, 1, ...]`` per channel, ``[]`` per tensor."""
+        w = w.detach().to(torch.float32)
+        if self.per_channel:
+            rmin, rmax = per_channel_range(w, 0)
+        else:
+            rmin, rmax = torch.aminmax(w)
+        scale, _ = qparams(rmin, rmax, 0, self.qmax, symmetric=True)  # max|W| / qmax, at least eps
+        return scale.reshape(-1, *([1] * (w.ndim - 1))) if self.per_channel else scale
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        scale = self.scale(w)
+        if self.bits == 1:
+            return LSQBinarize.apply(w, scale, 1.0)  # the scale is a constant here: its gradient is unused
+        return FakeQuantizeSTE.apply(w, scale, torch.zeros((), dtype=torch.float32), self.qmin, self.qmax)
+
+    def extra_repr(self) -> str:
+        levels = "binary" if self.bits == 1 else f"[{self.qmin}, {self.qmax}]"
+        return f"bits={self.bits}, {levels}, {'per channel' if self.per_channel else 'per tensor'}, min-max"
+
+
+class ActivationFakeQuantize(nn.Module):
+    """Asymmetric unsigned fake quantization with a range tracked by an observer.
+
+    In training mode every batch first updates the observer (by default a
+    :class:`qlib.observers.MovingAverageMinMaxObserver`, ``[0, 2**b - 1]``); in eval
+    mode the range is frozen. Then ``scale, zero_point = observer.qparams()`` and
+
+        x_hat = (clamp(round(x * (1/scale)) + zero_point, qmin, qmax) - zero_point) * scale
+
+    with the straight-through gradient for ``x`` (:class:`qlib.ste.FakeQuantizeSTE`).
+    """
+
+    def __init__(self, bits: int, observer: Observer | None = None):
+        super().__init__()
+        self.bits = check_bits(bits)
+        self.observer = observer if observer is not None else MovingAverageMinMaxObserver(bits, signed=False)
+        if self.observer.bits != self.bits:
+            raise ValueError(f"the observer quantizes to {self.observer.bits} bits, not {self.bits}")
+
+    def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, zero_point)`` of the range observed so far."""
+        return self.observer.qparams()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.observer(x)
+        scale, zero_point = self.observer.qparams()
+        return FakeQuantizeSTE.apply(x, scale, zero_point.to(torch.float32), self.observer.qmin, self.observer.qmax)
+
+
+# --- QAT layers -----------------------------------------------------------------------------
+
+class _QATLayer:
+    """What QATLinear and QATConv2d share: two quantizers and the fake-quantized weight."""
+
+    weight_quantizer: nn.Module
+    input_quantizer: nn.Module
+
+    def _attach(self, weight_quantizer: nn.Module, input_quantizer: nn.Module | None) -> None:
+        self.weight_quantizer = weight_quantizer
+        self.input_quantizer = input_quantizer if input_quantizer is not None else nn.Identity()
+
+    @torch.no_grad()
+    def quantized_weight(self) -> torch.Tensor:
+        """The fake-quantized weight the forward pass uses (a detached copy)."""
+        return self.weight_quantizer(self.weight).detach()
+
+    def _copy_parameters(self, layer) -> None:
+        with torch.no_grad():
+            self.weight.copy_(layer.weight)
+            if layer.bias is not None:
+                self.bias.copy_(layer.bias)
+
+
+class QATLinear(_QATLayer, nn.Linear):
+    """``nn.Linear`` computing ``F.linear(input_quantizer(x), weight_quantizer(W), b)``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 weight_quantizer: nn.Module, input_quantizer: nn.Module | None = None):
+        super().__init__(in_features, out_features, bias)
+        self._attach(weight_quantizer, input_quantizer)
+
+    @classmethod
+    def from_float(cls, layer: nn.Linear, weight_quantizer: nn.Module, input_quantizer: nn.Module | None = None):
+        """A QAT copy of ``layer`` (same shape, weights and bias copied)."""
+        with torch.random.fork_rng():  # the throw-away initialization must not move the global seed
+            qat = cls(layer.in_features, layer.out_features, layer.bias is not None,
+                      weight_quantizer=weight_quantizer, input_quantizer=input_quantizer)
+        qat._copy_parameters(layer)
+        return qat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+
+
+class QATConv2d(_QATLayer, nn.Conv2d):
+    """``nn.Conv2d`` convolving ``input_quantizer(x)`` with ``weight_quantizer(W)``, plus ``b``."""
+
+    def __init__(self, *args, weight_quantizer: nn.Module, input_quantizer: nn.Module | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._attach(weight_quantizer, input_quantizer)
+
+    @classmethod
+    def from_float(cls, layer: nn.Conv2d, weight_quantizer: nn.Module, input_quantizer: nn.Module | None = None):
+        """A QAT copy of ``layer`` (same shape and hyper-parameters, weights and bias copied)."""
+        with torch.random.fork_rng():
+            qat = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                      layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,
+                      weight_quantizer=weight_quantizer, input_quantizer=input_quantizer)
+        qat._copy_parameters(layer)
+        return qat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+
+
+QAT_LAYERS = (QATLinear, QATConv2d)
+
+
+# --- preparing a model ----------------------------------------------------------------------
+
+def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(layer_name, bn_name)``: each batch norm with the Conv2d/Linear registered just before it.
+
+    Assumes the model's forward applies every batch norm right after that layer (true
+    of :class:`qlib.models.DigitsCNN`: conv1, bn1, conv2, bn2). Raises ``ValueError`` if
+    a batch norm does not follow such a layer or its channel count differs.
+    """
+    pairs, previous = [], None
+    for name, module in model.named_modules():
+        if isinstance(module, _BATCHNORMS):
+            if previous is None:
+                raise ValueError(f"batch norm {name} does not follow a Conv2d or Linear layer: cannot fold it")
+            layer_name, layer = previous
+            channels = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+            if channels != module.num_features:
+                raise ValueError(f"batch norm {name} has {module.num_features} channels but {layer_name} "
+                                 f"has {channels} outputs: they do not belong together")
+            pairs.append((layer_name, name))
+            previous = None
+        elif isinstance(module, _QAT_SOURCES):
+            previous = (name, module)
+    return pairs
+
+
+def _quantizers(method: str, w_bits: int, a_bits: int | None, per_channel: bool, observer_cls):
+    if method == "ste":
+        weight = WeightFakeQuantize(w_bits, per_channel)
+        act = None if a_bits is None else ActivationFakeQuantize(a_bits, observer_cls(a_bits, signed=False))
+    elif method == "lsq":
+        weight = LSQQuantizer(w_bits, signed=True, per_channel=per_channel)
+        act = None if a_bits is None else LSQQuantizer(a_bits, signed=False, activation=True)
+    elif method == "pact":
+        weight = WeightFakeQuantize(w_bits, per_channel)
+        act = None if a_bits is None else PACTQuantizer(a_bits)
+    else:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return weight, act
+
+
+def prepare_qat(model: nn.Module, w_bits: int, a_bits: int | None, method: str = "ste",
+                per_channel: bool = True, observer=MovingAverageMinMaxObserver) -> nn.Module:
+    """A QAT copy of ``model``: batch norms folded, every Linear/Conv2d replaced by its QAT version.
+
+    ``w_bits``: weight bits (1 = binary). ``a_bits``: bits of every layer's input, or
+    ``None`` to leave activations in float32. ``method``: ``"ste"``, ``"lsq"`` or
+    ``"pact"`` (see the module). ``per_channel``: one weight scale per output channel.
+    ``observer``: the observer class of the ``"ste"`` activation quantizers
+    (:class:`qlib.observers.MinMaxObserver` for post-training calibration).
+
+    Activation ranges, LSQ steps and PACT clipping values are set by the first batch
+    the model sees in training mode (:func:`calibrate`). The copy is returned in
+    training mode; ``model`` is not changed.
+    """
+    refuse_if_blocked("prepare_qat")
+    check_bits(w_bits)
+    if a_bits is not None:
+        check_bits(a_bits)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not (isinstance(observer, type) and issubclass(observer, Observer)):
+        raise TypeError(f"observer must be an Observer class from qlib.observers, got {observer!r}")
+    folded = fold_batchnorms(copy.deepcopy(model).eval(), batchnorm_pairs(model))
+    for name, layer in list(folded.named_modules()):
+        if isinstance(layer, QAT_LAYERS) or not isinstance(layer, _QAT_SOURCES):
+            continue
+        weight_q, input_q = _quantizers(method, w_bits, a_bits, per_channel, observer)
+        cls = QATConv2d if isinstance(layer, nn.Conv2d) else QATLinear
+        folded.set_submodule(name, cls.from_float(layer, weight_q, input_q))
+    return folded.train()
+
+
+def qat_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` of every QAT layer of ``model``, in model order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, QAT_LAYERS)]
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, data, n_batches: int | None = None, batch_size: int = 256) -> nn.Module:
+    """Run ``data`` (a :class:`qlib.data.Digits`) through ``model`` in training mode, without gradients.
+
+    Sets the observers' ranges (min-max over the batches, or their moving average),
+    and initializes LSQ steps and PACT clipping values on the first batch. Weights do
+    not change. Returns ``model`` in eval mode, ready to measure post-training accuracy.
+    """
+    model.train()
+    for i, (images, _) in enumerate(data.batches(batch_size)):
+        if n_batches is not None and i >= n_batches:
+            break
+        model(images)
+    return model.eval()
