@@ -74,13 +74,15 @@ def fold_zero_points(q_bias, q_weight, x_zero_point: int, weight_zero_point=0) -
     convolution). ``weight_zero_point`` is a scalar or one per output channel.
     ``q_bias`` may be ``None`` (no bias). Exact int64 arithmetic.
     """
-    q_weight = _int_tensor(q_weight, "q_weight")
+    q_weight = q_weight if _is_small_int(q_weight) else _int_tensor(q_weight, "q_weight")
+    if q_weight.ndim < 2:
+        raise ValueError(f"q_weight must have an output axis and at least one more, got shape {tuple(q_weight.shape)}")
     c_out = q_weight.shape[0]
     k = q_weight[0].numel()
     q_bias = _bias_tensor(q_bias, c_out)
     z_x = _check_input_zero_point(x_zero_point)
     z_w = _weight_zero_point(weight_zero_point, c_out)
-    return q_bias - z_x * q_weight.reshape(c_out, -1).sum(dim=1) + k * z_w * z_x
+    return q_bias - z_x * q_weight.reshape(c_out, -1).sum(dim=1, dtype=torch.int64) + k * z_w * z_x
 
 
 # --- exact integer matrix product ---------------------------------------------------------------
@@ -205,33 +207,47 @@ def _output_range(y_zero_point, qmin: int, qmax: int, relu: bool) -> tuple[int, 
     return z_y, (max(qmin, z_y) if relu else qmin), qmax
 
 
-def _requantize_rows(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, z_y: int, lo: int, hi: int):
-    """clamp(MBQM(acc) + Z_Y, lo, hi) for ``acc`` (rows, C_out): per-tensor or per-channel along the last axis."""
+def _requantize_accumulator(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, z_y: int, lo: int,
+                            hi: int) -> torch.Tensor:
+    """clamp(MBQM(acc) + Z_Y, lo, hi) for the int64 accumulator ``acc`` (rows, C_out), overwritten.
+
+    ``m0``/``shift`` hold one value, or one per output channel (the last axis).
+    """
     a_lo, a_hi = (int(v) for v in torch.aminmax(acc))
     if a_lo < INT32_MIN or a_hi > INT32_MAX:
         raise ValueError(f"the accumulator overflows int32 (range {a_lo} ... {a_hi}): the layer is too large "
                          "for 32-bit accumulation at these bit widths")
-    if m0.numel() == 1 and int(shift) >= 0:
-        scaled = _fast_mbqm(acc, int(m0), int(shift))
+    if bool((shift < 0).any()):
+        scaled = _mbqm(acc, m0, shift)  # a left shift (M >= 1): the readable path
     else:
-        scaled = _mbqm(acc, m0, shift)
-    return torch.clamp(scaled + z_y, lo, hi)
+        scaled = _multiply_in_place(acc, m0, shift)
+    return scaled.add_(z_y).clamp_(lo, hi)
 
 
-def _fast_mbqm(acc: torch.Tensor, m0: int, shift: int) -> torch.Tensor:
-    """multiply_by_quantized_multiplier for ``m0 >= 0`` and a right shift, in fewer passes.
+def _multiply_in_place(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """multiply_by_quantized_multiplier for ``m0 >= 0`` and right shifts ``n >= 0``, in fewer passes, in place.
 
-    For ``m0 >= 0`` the saturation case (INT32_MIN * INT32_MIN) cannot occur and
-    gemmlowp's ``trunc((ab + nudge) / 2^31)`` equals ``floor((ab + 2^30) / 2^31)``
-    (for ab < 0: ceil((ab + 1 - 2^30) / 2^31) = floor((ab + 2^30) / 2^31), an
-    integer identity). The rounding right shift by ``n >= 1`` with ties away
-    from zero is ``floor((y + 2^(n-1) - [y < 0]) / 2^n)``. Tested equal to the
-    readable functions on every shift and on ties.
+    Two integer identities make it cheaper than the readable functions (and a
+    test holds the two equal on every shift and on ties):
+
+    * for ``m0 >= 0`` the saturation case (INT32_MIN * INT32_MIN) cannot occur,
+      and gemmlowp's ``trunc((ab + nudge) / 2^31)`` equals ``floor((ab + 2^30) / 2^31)``
+      (for ab < 0: ceil((ab + 1 - 2^30) / 2^31) = floor((ab + 2^30) / 2^31));
+    * the rounding right shift by ``n >= 1`` with ties away from zero is
+      ``floor((y + 2^(n-1) - [y < 0]) / 2^n)``, and ``-[y < 0]`` is ``y >> 63``.
+
+    ``acc`` (int64, overwritten) may be any shape; ``m0``/``shift`` broadcast against it.
     """
-    y = (acc * m0 + 2**30) >> 31
-    if shift == 0:
-        return y
-    return (y + (2 ** (shift - 1)) - (y < 0).to(torch.int64)) >> shift
+    m0 = int(m0) if m0.numel() == 1 else m0
+    acc.mul_(m0).add_(2**30).bitwise_right_shift_(31)
+    if shift.numel() == 1:
+        n = int(shift)
+        if n == 0:
+            return acc
+        return acc.add_((acc >> 63).add_(2 ** (n - 1))).bitwise_right_shift_(n)
+    negative = acc >> 63                     # -1 where acc < 0, else 0
+    negative &= -(shift > 0).to(torch.int64)  # no correction where n = 0
+    return acc.add_(negative).add_((1 << shift) >> 1).bitwise_right_shift_(shift)
 
 
 def quantized_linear(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero_point: int,
@@ -278,7 +294,7 @@ def _quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poi
     acc += fold_zero_points(q_bias, q_weight, x_zero_point, z_w)
     if bool((z_w != 0).any()):
         acc -= q_x.sum(dim=1, dtype=torch.int64, keepdim=True) * z_w
-    return _requantize_rows(acc, m0, shift, z_y, lo, hi)
+    return _requantize_accumulator(acc, m0, shift, z_y, lo, hi)
 
 
 def _pair(v, name: str, minimum: int) -> tuple[int, int]:
@@ -290,12 +306,17 @@ def _pair(v, name: str, minimum: int) -> tuple[int, int]:
     return v, v
 
 
-def im2col(q_x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
-    """The patches of ``q_x`` (N, C, H, W) as (N, OH, OW, C, kh, kw), any dtype (views, then one copy)."""
+def _patches(q_x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """The im2col patches of ``q_x`` (N, C, H, W) as a view (N, OH, OW, kh, kw, C).
+
+    Channels last, so that each patch row ``(u, v, c)`` is gathered from runs of
+    contiguous channels: much faster to copy than the (c, u, v) order.
+    """
     kh, kw = kernel_size
     sh, sw = stride
-    patches = q_x.unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, OH, OW, kh, kw)
-    return patches.permute(0, 2, 3, 1, 4, 5)
+    channels_last = q_x.permute(0, 2, 3, 1).contiguous()                    # (N, H, W, C)
+    patches = channels_last.unfold(1, kh, sh).unfold(2, kw, sw)             # (N, OH, OW, C, kh, kw)
+    return patches.permute(0, 1, 2, 4, 5, 3)
 
 
 def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero_point: int, qmin: int,
@@ -341,21 +362,40 @@ def _quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poi
     z_y, lo, hi = _output_range(y_zero_point, qmin, qmax, relu)
     m0, shift = _rescale_args(m0, shift, c_out)
     z_w = _weight_zero_point(weight_zero_point, c_out)
+    q_x, z_x = _signed_bytes(q_x, z_x)
     if ph or pw:
         if q_x.dtype in (torch.int8, torch.uint8) and not _fits(z_x, z_x, *_dtype_range(q_x.dtype)):
             q_x = q_x.to(torch.int64)
         q_x = torch.nn.functional.pad(q_x, (pw, pw, ph, ph), value=z_x)
-    patches = im2col(q_x, (kh, kw), (sh, sw))  # (N, OH, OW, C_in, kh, kw)
+    patches = _patches(q_x, (kh, kw), (sh, sw))  # (N, OH, OW, kh, kw, C_in)
     oh, ow = patches.shape[1:3]
-    cols = patches.reshape(n * oh * ow, groups, c_g * kh * kw)
-    w_rows = q_weight.reshape(groups, c_out // groups, c_g * kh * kw)
-    acc = torch.cat([_integer_matmul(cols[:, g], w_rows[g].t()) for g in range(groups)], dim=1)
+    c_out_g = c_out // groups
+    # each patch row and each weight row in the same (u, v, c) order; one integer GEMM per group
+    w_rows = q_weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw * c_g)
+    accs, window_sums = [], []
+    for g in range(groups):
+        cols = patches[..., g * c_g:(g + 1) * c_g].reshape(n * oh * ow, kh * kw * c_g)
+        accs.append(_integer_matmul(cols, w_rows[g * c_out_g:(g + 1) * c_out_g].t()))
+        if bool((z_w != 0).any()):
+            window_sums.append(cols.sum(dim=1, dtype=torch.int64, keepdim=True).expand(-1, c_out_g))
+    acc = accs[0] if groups == 1 else torch.cat(accs, dim=1)   # (N*OH*OW, C_out)
     acc += fold_zero_points(q_bias, q_weight, z_x, z_w)
-    if bool((z_w != 0).any()):
-        window_sums = cols.sum(dim=2, dtype=torch.int64)  # (rows, groups)
-        acc -= window_sums.repeat_interleave(c_out // groups, dim=1) * z_w
-    q_y = _requantize_rows(acc, m0, shift, z_y, lo, hi)
+    if window_sums:
+        acc -= torch.cat(window_sums, dim=1) * z_w
+    q_y = _requantize_accumulator(acc, m0, shift, z_y, lo, hi)
     return q_y.reshape(n, oh, ow, c_out).permute(0, 3, 1, 2).contiguous()
+
+
+def _signed_bytes(q_x: torch.Tensor, z_x: int) -> tuple[torch.Tensor, int]:
+    """uint8 values and zero point moved down by 128 to int8, which changes no ``q_x - Z_X``.
+
+    Done once on the input rather than on every im2col patch.
+    """
+    lo, hi = (int(v) for v in torch.aminmax(q_x))
+    if _fits(lo, hi, 0, 255) and not _fits(lo, hi, -128, 127) and 0 <= z_x <= 255:
+        as_int8, _ = _as_int8(q_x, lo, hi)
+        return as_int8, z_x - 128
+    return q_x, z_x
 
 
 def _dtype_range(dtype: torch.dtype) -> tuple[int, int]:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from qlib.integer_layers import _fast_mbqm
+from qlib.integer_layers import _multiply_in_place
 from qlib.requantize import (
     INT32_MAX,
     INT32_MIN,
@@ -309,15 +309,24 @@ def test_double_rounding_hand_value():
 
 
 def test_fast_path_of_the_layers_equals_the_readable_functions(rng):
-    x = torch.from_numpy(np.concatenate([random_int32(rng, 2**17)]))
+    x = torch.from_numpy(random_int32(rng, 2**17))
+
+    def fast(v, m0, n):
+        return _multiply_in_place(v.clone(), torch.as_tensor(m0), torch.as_tensor(n))
+
     for m0 in (2**30, 2**31 - 1, 1288490189, int(rng.integers(2**30, 2**31))):
         for n in range(32):
-            assert torch.equal(_fast_mbqm(x, m0, n), multiply_by_quantized_multiplier(x, m0, n)), (m0, n)
+            assert torch.equal(fast(x, m0, n), multiply_by_quantized_multiplier(x, m0, n)), (m0, n)
     # exact ties of both roundings
     for n in range(1, 32):
         y = torch.arange(-40, 41, dtype=torch.int64) * 2 ** (n - 1)
         y = y[(y >= INT32_MIN) & (y <= INT32_MAX)]
-        assert torch.equal(_fast_mbqm(y, 2**30, n), multiply_by_quantized_multiplier(y, 2**30, n))
+        assert torch.equal(fast(y, 2**30, n), multiply_by_quantized_multiplier(y, 2**30, n))
+    # one multiplier and shift per channel (the last axis), shifts 0..31 side by side
+    acc = torch.from_numpy(random_int32(rng, 2**15 * 32)).reshape(-1, 32)
+    m0 = torch.from_numpy(rng.integers(2**30, 2**31, 32))
+    n = torch.arange(32)
+    assert torch.equal(fast(acc, m0, n), multiply_by_quantized_multiplier(acc, m0, n, axis=1))
 
 
 # --- requantize --------------------------------------------------------------------------------
