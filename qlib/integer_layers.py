@@ -245,8 +245,9 @@ def _multiply_in_place(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor)
         if n == 0:
             return acc
         return acc.add_((acc >> 63).add_(2 ** (n - 1))).bitwise_right_shift_(n)
-    negative = acc >> 63                     # -1 where acc < 0, else 0
-    negative &= -(shift > 0).to(torch.int64)  # no correction where n = 0
+    negative = acc >> 63                         # -1 where acc < 0, else 0
+    if bool((shift == 0).any()):
+        negative &= -(shift > 0).to(torch.int64)  # no correction where n = 0
     return acc.add_(negative).add_((1 << shift) >> 1).bitwise_right_shift_(shift)
 
 
@@ -290,8 +291,9 @@ def _quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poi
     z_y, lo, hi = _output_range(y_zero_point, qmin, qmax, relu)
     m0, shift = _rescale_args(m0, shift, c_out)
     z_w = _weight_zero_point(weight_zero_point, c_out)
+    q_x, z_x = _signed_bytes(q_x, _check_input_zero_point(x_zero_point))
     acc = _integer_matmul(q_x, q_weight.t())
-    acc += fold_zero_points(q_bias, q_weight, x_zero_point, z_w)
+    acc += fold_zero_points(q_bias, q_weight, z_x, z_w)
     if bool((z_w != 0).any()):
         acc -= q_x.sum(dim=1, dtype=torch.int64, keepdim=True) * z_w
     return _requantize_accumulator(acc, m0, shift, z_y, lo, hi)
@@ -405,13 +407,16 @@ def _dtype_range(dtype: torch.dtype) -> tuple[int, int]:
 
 # --- pooling ------------------------------------------------------------------------------------
 
-def _pool_patches(q_x, kernel_size, stride, name: str) -> torch.Tensor:
+def _pool_windows(q_x, kernel_size, stride, name: str):
+    """The views ``q_x[..., u::s_h, v::s_w]`` of every window offset (u, v), each (N, C, OH, OW)."""
     q_x = _layer_input(q_x, "q_x", 4)
     kh, kw = _pair(kernel_size, "kernel_size", 1)
     sh, sw = _pair(kernel_size if stride is None else stride, "stride", 1)
-    if q_x.shape[2] < kh or q_x.shape[3] < kw:
-        raise ValueError(f"{name}: the window {kh}x{kw} is larger than the input {q_x.shape[2]}x{q_x.shape[3]}")
-    return q_x.unfold(2, kh, sh).unfold(3, kw, sw).flatten(4)  # (N, C, OH, OW, kh*kw)
+    h, w = q_x.shape[2:]
+    if h < kh or w < kw:
+        raise ValueError(f"{name}: the window {kh}x{kw} is larger than the input {h}x{w}")
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    return [q_x[:, :, u:u + sh * (oh - 1) + 1:sh, v:v + sw * (ow - 1) + 1:sw] for u in range(kh) for v in range(kw)]
 
 
 def integer_max_pool2d(q_x, kernel_size, stride=None) -> torch.Tensor:
@@ -420,7 +425,11 @@ def integer_max_pool2d(q_x, kernel_size, stride=None) -> torch.Tensor:
     Windows ``kernel_size`` (int or pair) moved by ``stride`` (default: the window),
     no padding. Input and output share scale and zero point. Returns int64.
     """
-    return _pool_patches(q_x, kernel_size, stride, "integer_max_pool2d").amax(dim=-1).to(torch.int64)
+    windows = _pool_windows(q_x, kernel_size, stride, "integer_max_pool2d")
+    out = windows[0].to(torch.int64, copy=True)  # never write into the input
+    for view in windows[1:]:
+        torch.maximum(out, view, out=out)
+    return out
 
 
 def integer_avg_pool2d(q_x, kernel_size, stride=None) -> torch.Tensor:
@@ -434,7 +443,9 @@ def integer_avg_pool2d(q_x, kernel_size, stride=None) -> torch.Tensor:
     point (``avg(q) - Z = avg(q - Z)`` before rounding). Windows as in
     :func:`integer_max_pool2d`. Returns int64.
     """
-    patches = _pool_patches(q_x, kernel_size, stride, "integer_avg_pool2d")
-    c = patches.shape[-1]
-    s = patches.sum(dim=-1, dtype=torch.int64)
+    windows = _pool_windows(q_x, kernel_size, stride, "integer_avg_pool2d")
+    c = len(windows)
+    s = windows[0].to(torch.int64, copy=True)
+    for view in windows[1:]:
+        s += view
     return torch.sign(s) * torch.div(s.abs() + c // 2, c, rounding_mode="floor")

@@ -388,3 +388,16 @@ def test_numpy_inputs_are_accepted():
     a = quantized_linear(q_x, q_w, None, 128, m0, shift, 0, -128, 127)
     b = quantized_linear(torch.from_numpy(q_x), torch.from_numpy(q_w), None, 128, m0, shift, 0, -128, 127)
     assert torch.equal(a, b)
+
+
+def test_inputs_are_never_modified():
+    g = gen(9)
+    q_x = torch.randint(0, 256, (2, 4, 6, 6), generator=g)
+    q_w = torch.randint(-127, 128, (4, 4, 3, 3), generator=g)
+    before = q_x.clone(), q_w.clone()
+    m0, shift = quantize_multiplier(torch.tensor([1e-3, 2e-3, 3e-3, 4e-3]))
+    quantized_conv2d(q_x, q_w, None, 3, m0, shift, 0, 0, 255, padding=1)
+    quantized_linear(q_x.flatten(1)[:, :3], q_w[:, 0, 0], None, 3, m0, shift, 0, 0, 255)
+    integer_max_pool2d(q_x, 2)
+    integer_avg_pool2d(q_x, 2)
+    assert torch.equal(q_x, before[0]) and torch.equal(q_w, before[1])
