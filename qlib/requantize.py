@@ -201,6 +201,7 @@ def saturating_rounding_doubling_high_mul(a, b) -> torch.Tensor:
     rounds a negative tie up. Saturation: the only product that overflows int32
     is ``INT32_MIN * INT32_MIN`` (-1 * -1 = +1 in Q0.31), which returns INT32_MAX.
     """
+    refuse_if_blocked("saturating_rounding_doubling_high_mul")
     a = _int_tensor(a, "a")
     b = _int_tensor(b, "b")
     return _srdhm(a, b)
@@ -228,6 +229,7 @@ def rounding_divide_by_pot(x, exponent) -> torch.Tensor:
     remainder exceeds half rounds to nearest, and the extra 1 in the threshold
     for negative ``x`` sends ties away from zero: 5/2 -> 3, -5/2 -> -3, -7/4 -> -2.
     """
+    refuse_if_blocked("rounding_divide_by_pot")
     x = _int_tensor(x, "x")
     exponent = _int_tensor(exponent, "exponent", 0, 31)
     return _rdbpot(x, exponent)
@@ -265,6 +267,7 @@ def multiply_by_quantized_multiplier(x, m0, shift, axis: int | None = None) -> t
     overflow): otherwise ``ValueError``. ``m0``/``shift`` may be one per channel
     (1-D, laid along ``axis``).
     """
+    refuse_if_blocked("multiply_by_quantized_multiplier")
     x, m0, shift = _multiplier_args(x, m0, shift, axis, MIN_SHIFT)
     return _mbqm(x, m0, shift)
 
@@ -290,6 +293,7 @@ def multiply_by_quantized_multiplier_single_round(x, m0, shift, axis: int | None
     ``TFLITE_SINGLE_ROUNDING`` variant; it needs ``shift`` in [-30, 31] and the
     result must fit in int32 (``ValueError`` otherwise).
     """
+    refuse_if_blocked("multiply_by_quantized_multiplier_single_round")
     x, m0, shift = _multiplier_args(x, m0, shift, axis, MIN_SHIFT + 1)
     return _mbqm_single_round(x, m0, shift)
 

@@ -1,0 +1,549 @@
+"""Checks for lab06_integer_inference, called by the lab's test cells.
+
+Same contract as :mod:`qlib.grading.lab03`: without ``seed`` the visible cases
+are explained in full (input, expected, got, a hint); with ``seed`` the hidden
+cases name the kind of input and the likely mistake, never the input itself
+or how many cases ran.
+
+Every answer is integer arithmetic, so every check is bit-exact. Expected
+values come from :mod:`qlib.requantize` and :mod:`qlib.integer_layers`,
+computed before the student's function runs; while it runs, those references
+are blocked. A later task that calls an earlier one gets a correct stand-in
+for it, so one mistake costs one question.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from qlib import integer_layers as ref_layers
+from qlib import requantize as ref
+from qlib.grading.harness import (
+    as_integers,
+    as_pair,
+    check_shape,
+    fail,
+    fmt,
+    run_submission,
+    time_limit,  # noqa: F401  (the lab's experiment cell uses grader.time_limit)
+)
+
+#: The qlib functions this lab asks students to write, and those that would do the work for them.
+REFERENCES = (
+    "quantize_multiplier", "saturating_rounding_doubling_high_mul", "rounding_divide_by_pot", "requantize",
+    "multiply_by_quantized_multiplier", "multiply_by_quantized_multiplier_single_round", "quantized_linear",
+    "quantized_conv2d", "quantize_bias",
+)
+
+HIDDEN = "A hidden check failed"
+INT32_MIN, INT32_MAX = ref.INT32_MIN, ref.INT32_MAX
+
+#: Earlier tasks each task may call; while it is checked they are replaced by correct versions.
+EARLIER_TASKS = {
+    "requantize": ("saturating_rounding_doubling_high_mul", "rounding_divide_by_pot"),
+    "quantized_linear": ("saturating_rounding_doubling_high_mul", "rounding_divide_by_pot", "requantize"),
+    "quantized_conv2d": ("saturating_rounding_doubling_high_mul", "rounding_divide_by_pot", "requantize",
+                         "quantized_linear"),
+}
+_REFERENCE_OF = {
+    "saturating_rounding_doubling_high_mul": ref.saturating_rounding_doubling_high_mul,
+    "rounding_divide_by_pot": ref.rounding_divide_by_pot,
+    "requantize": ref.requantize,
+    "quantized_linear": ref_layers.quantized_linear,
+}
+
+
+def _run(task, fn, *args, seconds=20.0, **kwargs):
+    stand_ins = {name: _REFERENCE_OF[name] for name in EARLIER_TASKS.get(task, ())}
+    return run_submission(task, fn, *args, blocked=REFERENCES, stand_ins=stand_ins, seconds=seconds, **kwargs)
+
+
+def _passed(task, seed, n_cases):
+    """Report success; hidden checks do not say how many cases they ran."""
+    print(f"{task}: {n_cases} visible cases passed" if seed is None else f"{task}: hidden checks passed")
+
+
+def _hint_from(got: np.ndarray, variants: dict, default: str) -> str:
+    """The hint of the first variant (a likely mistake) that ``got`` equals."""
+    for hint, value in variants.items():
+        value = np.asarray(value)
+        if value.shape == got.shape and np.array_equal(got, value):
+            return hint
+    return default
+
+
+def _first_difference(inputs: dict, expected: np.ndarray, got: np.ndarray) -> str:
+    """Where ``got`` first differs from ``expected``, with the inputs at that place."""
+    index = tuple(int(i) for i in np.argwhere(expected != got)[0])
+    at = ", ".join(f"{name} = {int(np.broadcast_to(v, expected.shape)[index])}" for name, v in inputs.items())
+    return f"first difference where {at}: expected {expected[index]}, got {got[index]}"
+
+
+# --- Task 1: quantize_multiplier ----------------------------------------------------------------
+
+def _multiplier_cases(seed: int):
+    gen = np.random.default_rng(seed)
+    cases = [("in (0, 1)", float(m)) for m in 2.0 ** gen.uniform(-31, 0, 300)]
+    cases += [("at least 1", float(m)) for m in 2.0 ** gen.uniform(0, 20, 40)]
+    cases += [("exactly halfway between two values of m0 (a tie)", m)
+              for m in (0.5 + 2**-32, 0.75 + 5 * 2**-32, (2**30 + 7.5) * 2**-37)]
+    cases += [("just below a power of two, where m0 rounds up to 2^31", m) for m in (1 - 2**-40, 0.25 - 2**-45)]
+    return cases + [("a power of two", m) for m in (1.0, 0.5, 2.0**-20)]
+
+
+def _quantize_multiplier_hint(m: float, m0: int, shift: int) -> str:
+    ref_m0, ref_shift = (int(v) for v in ref.quantize_multiplier(m))
+    f, e = math.frexp(m)
+    if shift == -ref_shift and shift != ref_shift:
+        return ("the shift has the wrong sign: M = m0 * 2^-31 * 2^-shift, so a multiplier below 0.5 needs a "
+                "positive shift (a right shift): shift = -e for M = f * 2^e.")
+    if m0 == 2**31:
+        return "m0 = 2^31 does not fit in int32: when rounding gives 2^31, use m0 = 2^30 and one shift less."
+    if m0 == round(f * 2**31) and m0 != ref_m0:
+        return ("Python's round() sends a tie to the even neighbour; round half away from zero, as TFLite does "
+                "(for a positive number: math.floor(v + 0.5)).")
+    if m0 == math.floor(f * 2**31):
+        return "int() and floor() cut the fraction off: round f * 2^31 to the nearest integer."
+    if not 2**30 <= m0 < 2**31:
+        return "m0 must lie in [2^30, 2^31): take the mantissa f in [0.5, 1) of math.frexp(M) and m0 = round(f * 2^31)."
+    return "write M = f * 2^e with math.frexp; then m0 = round(f * 2^31) (half away from zero) and shift = -e."
+
+
+def check_quantize_multiplier(quantize_multiplier, seed=None):
+    """Task 1: (m0, shift) with M ~= m0 * 2^-31 * 2^-shift."""
+    task = "quantize_multiplier"
+    visible = (0.3, 0.5, 0.0119, 1.5, 0.5 + 2**-32, 1 - 2**-40)  # the last two: a tie and a carry
+    cases = [("visible", m) for m in visible] if seed is None else _multiplier_cases(seed)
+    for kind, m in cases:
+        expected = tuple(int(v) for v in ref.quantize_multiplier(m))
+        got = as_pair(_run(task, quantize_multiplier, m), task, task)
+        m0, shift = (as_integers(v, name, task) for v, name in zip(got, ("m0", "shift")))
+        if m0.size != 1 or shift.size != 1:
+            fail(f"{task}: for one multiplier, m0 and shift should be single integers, "
+                 f"got shapes {m0.shape} and {shift.shape}.")
+        got = (int(m0.reshape(())), int(shift.reshape(())))
+        if got != expected:
+            hint = _quantize_multiplier_hint(m, *got)
+            if seed is None:
+                fail(f"{task}({m!r}): expected (m0, shift) = {expected}, got {got}. Hint: {hint}")
+            fail(f"{HIDDEN} for quantize_multiplier on a multiplier {kind}. Hint: {hint}")
+    _passed(task, seed, len(cases))
+
+
+# --- Task 2: saturating_rounding_doubling_high_mul ----------------------------------------------
+
+def _random_int32(gen, n):
+    bits = gen.integers(0, 32, n)
+    spread = gen.integers(-(2**bits), 2**bits, endpoint=True).clip(INT32_MIN, INT32_MAX)
+    return np.concatenate([gen.integers(INT32_MIN, INT32_MAX, n, endpoint=True), spread])
+
+
+def _tie_pairs(gen, n):
+    """Pairs with a * b = 2^30 * odd, so that a * b / 2^31 lies exactly halfway between two integers."""
+    t = gen.integers(0, 31, n)
+    a = (gen.integers(0, 2**15, n) * 2 + 1) << (30 - t)
+    b = (gen.integers(0, 2**15, n) * 2 + 1) << t
+    return a % 2**31 * gen.choice([-1, 1], n), b % 2**31 * gen.choice([-1, 1], n)
+
+
+def _c_div(p: int, d: int) -> int:
+    """C's integer division (truncates toward zero) on Python ints."""
+    q = abs(p) // d
+    return q if p >= 0 else -q
+
+
+def _srdhm_variants(a: np.ndarray, b: np.ndarray) -> dict:
+    """What common mistakes return (Python ints, exact)."""
+    pairs = list(zip(a.tolist(), b.tolist()))
+
+    def variant(rounded, saturate=True):
+        return np.array([INT32_MAX if saturate and x == y == INT32_MIN else rounded(x * y) for x, y in pairs],
+                        dtype=np.int64)
+
+    def nudge(p):
+        return 2**30 if p >= 0 else 1 - 2**30
+
+    return {
+        "torch's // and >> round down (floor), but C's integer division truncates toward zero: "
+        "use torch.div(..., rounding_mode='trunc').": variant(lambda p: (p + nudge(p)) // 2**31),
+        "for a negative product the nudge is 1 - 2^30, not -2^30: a tie goes up (-2.5 -> -2).":
+            variant(lambda p: _c_div(p + (2**30 if p >= 0 else -(2**30)), 2**31)),
+        "INT32_MIN * INT32_MIN (-1 * -1) must saturate to INT32_MAX.":
+            variant(lambda p: _c_div(p + nudge(p), 2**31), saturate=False),
+    }
+
+
+def check_saturating_rounding_doubling_high_mul(saturating_rounding_doubling_high_mul, seed=None):
+    """Task 2: gemmlowp's SaturatingRoundingDoublingHighMul on int32 tensors."""
+    task = "saturating_rounding_doubling_high_mul"
+    if seed is None:
+        a = np.array([5 * 2**28, -5 * 2**28, 3, -3, INT32_MIN, 2**30, 123456789, -987654321, 0])
+        b = np.array([4, 4, 2**30, 2**30, INT32_MIN, 2**30, 987654321, 123456789, INT32_MAX])
+        cases = [("visible", a, b, torch.int64), ("visible", a, b, torch.int32)]
+    else:
+        gen = np.random.default_rng(seed)
+        cases = []
+        for i in range(4):
+            ta, tb = _tie_pairs(gen, 2000)
+            cases.append(("random int32 values", _random_int32(gen, 5000), _random_int32(gen, 5000),
+                          torch.int64 if i % 2 == 0 else torch.int32))
+            cases.append(("products exactly halfway between two integers (ties)", ta, tb, torch.int64))
+        extremes = np.array([INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX])
+        ea, eb = np.meshgrid(extremes, extremes)
+        cases.append(("INT32_MIN, INT32_MAX and their neighbours", ea.ravel(), eb.ravel(), torch.int32))
+    for kind, a, b, dtype in cases:
+        ta, tb = torch.from_numpy(a.astype(np.int64)).to(dtype), torch.from_numpy(b.astype(np.int64)).to(dtype)
+        expected = ref.saturating_rounding_doubling_high_mul(ta, tb).numpy()
+        got = as_integers(_run(task, saturating_rounding_doubling_high_mul, ta.clone(), tb.clone()), "the result", task)
+        check_shape(got, expected.shape, "the result", task)
+        if np.array_equal(got, expected):
+            continue
+        hint = _hint_from(got, _srdhm_variants(a, b), "compare your steps with the formula in the docstring.")
+        if dtype == torch.int32 and hint.startswith("compare"):
+            hint = ("with int32 tensors a * b overflows: the product of two int32 values needs 64 bits, "
+                    "so convert to torch.int64 first.")
+        if seed is None:
+            fail(f"{task}(a, b) with {dtype} tensors\na = {fmt(a)}\nb = {fmt(b)}:\n"
+                 f"expected {fmt(expected)}\ngot      {fmt(got)}\n"
+                 f"{_first_difference({'a': a, 'b': b}, expected, got)}. Hint: {hint}")
+        fail(f"{HIDDEN} for {task} on {kind} ({dtype} tensors). Hint: {hint}")
+    _passed(task, seed, len(cases))
+
+
+# --- Task 3: rounding_divide_by_pot --------------------------------------------------------------
+
+def _rdbpot_variants(x: np.ndarray, e: np.ndarray) -> dict:
+    x, e = x.astype(np.int64), np.broadcast_to(e, x.shape).astype(np.int64)
+    half = np.where(e > 0, 1 << np.maximum(e - 1, 0), 0)
+    exact = x / 2.0**e
+    return {
+        "an arithmetic shift x >> exponent rounds down: add 1 when the bits shifted out are more than half.":
+            x >> e,
+        "(x + 2^(exponent-1)) >> exponent sends negative ties up (-2.5 -> -2); gemmlowp sends ties away from "
+        "zero (-2.5 -> -3): the threshold is one higher when x < 0.": (x + half) >> e,
+        "ties go away from zero, not to the even neighbour (2.5 -> 3, -2.5 -> -3).": np.round(exact).astype(np.int64),
+        "exponent 0 divides by 1: the result is x itself.": np.where(e == 0, x + 1, x),
+    }
+
+
+def check_rounding_divide_by_pot(rounding_divide_by_pot, seed=None):
+    """Task 3: gemmlowp's RoundingDivideByPOT (round half away from zero)."""
+    task = "rounding_divide_by_pot"
+    if seed is None:
+        x = np.array([5, -5, 7, -7, -6, 6, 1, -1, 100, -100, INT32_MIN, INT32_MAX])
+        cases = [("visible", x, 1), ("visible", x, 2), ("visible", x, 0), ("visible", x, 31)]
+    else:
+        gen = np.random.default_rng(seed)
+        cases = [("random int32 values", _random_int32(gen, 2000), int(e)) for e in range(32)]
+        for e in range(1, 32):
+            k = gen.integers(-(2**15), 2**15, 500)
+            ties = np.clip(k * (1 << e) + (1 << (e - 1)), INT32_MIN, INT32_MAX)
+            cases.append(("values exactly halfway between two results (ties)", ties, e))
+        x = _random_int32(gen, 3000)
+        cases.append(("an exponent given as a tensor, one per value", x, gen.integers(0, 32, x.size)))
+    for kind, x, e in cases:
+        tx = torch.from_numpy(x.astype(np.int64))
+        te = e if isinstance(e, int) else torch.from_numpy(np.asarray(e, dtype=np.int64))
+        expected = ref.rounding_divide_by_pot(tx, te).numpy()
+        got = as_integers(_run(task, rounding_divide_by_pot, tx.clone(), te if isinstance(te, int) else te.clone()),
+                          "the result", task)
+        check_shape(got, expected.shape, "the result", task)
+        if np.array_equal(got, expected):
+            continue
+        hint = _hint_from(got, _rdbpot_variants(x, np.asarray(e)), "compare your steps with the formula in the docstring.")
+        if seed is None:
+            fail(f"{task}(x, exponent={e}) with x = {fmt(x)}:\nexpected {fmt(expected)}\ngot      {fmt(got)}\n"
+                 f"{_first_difference({'x': x}, expected, got)}. Hint: {hint}")
+        fail(f"{HIDDEN} for {task} on {kind}. Hint: {hint}")
+    _passed(task, seed, len(cases))
+
+
+# --- Task 4: requantize -------------------------------------------------------------------------
+
+def _requantize_variants(acc, m0, shift, zp, qmin, qmax) -> dict:
+    acc64 = torch.from_numpy(acc)
+    m0, shift = torch.as_tensor(m0), torch.as_tensor(shift)
+    scaled = ref.multiply_by_quantized_multiplier(acc64, m0, shift)
+    single = ref.multiply_by_quantized_multiplier_single_round(acc64, m0, shift)
+    real = acc.astype(np.float64) * ref.dequantize_multiplier(m0, shift).numpy()
+    return {
+        "round twice, as gemmlowp does: saturating_rounding_doubling_high_mul(acc, m0), then "
+        "rounding_divide_by_pot(..., shift). Rounding acc * M once gives a different integer in some cases "
+        "(398 * 0.3 = 119.4 -> 119, but gemmlowp gives 120).": torch.clamp(single + zp, qmin, qmax).numpy(),
+        "rescale with integers only: the two gemmlowp roundings, not a float multiplication.":
+            np.clip(np.round(real) + zp, qmin, qmax),
+        "add the output zero point before clamping.": torch.clamp(scaled, qmin, qmax).numpy(),
+        "clamp the result to [qmin, qmax].": (scaled + zp).numpy(),
+        "add the zero point first, then clamp (clamping first can leave the range).":
+            (torch.clamp(scaled, qmin, qmax) + zp).numpy(),
+    }
+
+
+def _requantize_cases(seed: int):
+    gen = np.random.default_rng(seed)
+    cases = []
+    for i in range(30):
+        bits = int(gen.integers(2, 9)) if i % 3 else 8
+        signed = bool(i % 2)
+        qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        zp = int(gen.integers(qmin, qmax + 1))
+        per_channel = i % 4 == 3
+        shape = (int(gen.integers(1, 20)), int(gen.integers(1, 9)))
+        # small shifts (M near 1) are where the two roundings most often differ from one rounding
+        mult = 2.0 ** gen.uniform(-4 if i % 2 else -20, -0.01, shape[1] if per_channel else 1)
+        # accumulators whose outputs mostly land inside [qmin, qmax], a few far outside
+        span = (qmax - qmin) / mult
+        acc = np.round(gen.uniform(-1, 1, shape) * span).astype(np.int64)
+        acc.flat[0] = int(gen.integers(INT32_MIN, INT32_MAX))
+        m0, shift = ref.quantize_multiplier(torch.from_numpy(mult))
+        if not per_channel:
+            m0, shift = int(m0[0]), int(shift[0])
+        kind = "one multiplier per output channel (the last axis)" if per_channel else "one multiplier"
+        cases.append((f"{kind}, {'signed' if signed else 'unsigned'} {bits}-bit output", acc, m0, shift, zp,
+                      qmin, qmax, torch.int32 if i % 5 == 4 else torch.int64))
+    return cases
+
+
+def check_requantize(requantize, seed=None):
+    """Task 4: q = clamp(MBQM(acc, m0, shift) + zero_point, qmin, qmax)."""
+    task = "requantize"
+    if seed is None:
+        m0, shift = (int(v) for v in ref.quantize_multiplier(0.01))
+        acc = np.array([1000, -1000, 12345, 50000, 50, -50, 149, -151])
+        pc_m0, pc_shift = ref.quantize_multiplier(torch.tensor([0.01, 0.002, 0.3]))
+        acc2 = np.array([[1000, 1000, 1000], [-2500, 12345, -77]])
+        m0_b, shift_b = (int(v) for v in ref.quantize_multiplier(0.3))
+        acc3 = np.array([398, -398, 100, -100, 5, -5, 3, -3])  # 398 * 0.3 = 119.4, but gemmlowp gives 120
+        cases = [("visible", acc, m0, shift, 3, -128, 127, torch.int64),
+                 ("visible", acc2, pc_m0, pc_shift, 0, 0, 255, torch.int64),
+                 ("visible", acc3, m0_b, shift_b, 0, -128, 127, torch.int32)]
+    else:
+        cases = _requantize_cases(seed)
+    for kind, acc, m0, shift, zp, qmin, qmax, dtype in cases:
+        t_acc = torch.from_numpy(acc.astype(np.int64)).to(dtype)
+        expected = ref.requantize(t_acc, m0, shift, zp, qmin, qmax).numpy()
+        m0_arg = m0.clone() if isinstance(m0, torch.Tensor) else m0
+        shift_arg = shift.clone() if isinstance(shift, torch.Tensor) else shift
+        got = as_integers(_run(task, requantize, t_acc.clone(), m0_arg, shift_arg, zp, qmin, qmax), "q", task)
+        check_shape(got, expected.shape, "q", task)
+        if np.array_equal(got, expected):
+            continue
+        hint = _hint_from(got, _requantize_variants(acc.astype(np.int64), m0, shift, zp, qmin, qmax),
+                          "q = clamp(rounding_divide_by_pot(saturating_rounding_doubling_high_mul(acc, m0), shift) "
+                          "+ zero_point, qmin, qmax).")
+        if seed is None:
+            fail(f"{task}(acc, m0={fmt(np.asarray(m0))}, shift={fmt(np.asarray(shift))}, zero_point={zp}, "
+                 f"qmin={qmin}, qmax={qmax}) with acc = {fmt(acc)}:\nexpected {fmt(expected)}\ngot      {fmt(got)}\n"
+                 f"{_first_difference({'acc': acc}, expected, got)}. Hint: {hint}")
+        fail(f"{HIDDEN} for {task} with {kind}. Hint: {hint}")
+    _passed(task, seed, len(cases))
+
+
+# --- Task 5: quantized_linear -------------------------------------------------------------------
+
+def _layer_case(gen, kind: str, conv: bool = False):
+    """A random integer layer: inputs, int8 weights, int32 bias, multipliers, output range."""
+    relu = "ReLU" in kind
+    per_channel = "per output channel" in kind
+    small_dtype = "uint8" in kind
+    asym_w = "weight zero point" in kind
+    no_bias = "no bias" in kind
+    c_in, c_out = int(gen.integers(1, 9)), int(gen.integers(1, 7))
+    if conv:
+        k = int(gen.integers(1, 4))
+        stride, padding = int(gen.integers(1, 3)), int(gen.integers(0, 3))
+        h, w = int(gen.integers(k, 9)), int(gen.integers(k, 9))
+        q_x = gen.integers(0, 256, (int(gen.integers(1, 4)), c_in, h, w))
+        q_w = gen.integers(-127, 128, (c_out, c_in, k, k))
+        geometry = {"stride": stride, "padding": padding}
+    else:
+        q_x = gen.integers(0, 256, (int(gen.integers(1, 12)), c_in * 4))
+        q_w = gen.integers(-127, 128, (c_out, c_in * 4))
+        geometry = {}
+    x_zp = int(gen.integers(0, 256))
+    q_b = None if no_bias else gen.integers(-(2**16), 2**16, c_out)
+    mult = 2.0 ** gen.uniform(-13, -7, c_out if per_channel else 1)
+    m0, shift = ref.quantize_multiplier(torch.from_numpy(mult))
+    if not per_channel:
+        m0, shift = int(m0[0]), int(shift[0])
+    qmin, qmax, y_zp = (0, 255, int(gen.integers(0, 256))) if gen.integers(0, 2) else (-128, 127, int(gen.integers(-128, 128)))
+    w_zp = int(gen.integers(-5, 6)) if asym_w else 0
+    x_dtype = torch.uint8 if small_dtype else torch.int64
+    return dict(q_x=torch.from_numpy(q_x).to(x_dtype), q_weight=torch.from_numpy(q_w).to(torch.int8),
+                q_bias=None if q_b is None else torch.from_numpy(q_b).to(torch.int32), x_zero_point=x_zp,
+                m0=m0, shift=shift, y_zero_point=y_zp, qmin=qmin, qmax=qmax, relu=relu, weight_zero_point=w_zp,
+                **geometry)
+
+
+LAYER_KINDS = ["int64 inputs and one multiplier", "a fused ReLU", "one multiplier per output channel",
+               "a uint8 input tensor", "no bias (q_bias=None)", "a weight zero point (asymmetric weights)",
+               "one multiplier per output channel and a fused ReLU"]
+
+
+def _clone(args: dict) -> dict:
+    return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+
+
+def _positional(args: dict, names: tuple) -> tuple[tuple, dict]:
+    """The arguments the way the integer digits model passes them: positional, then keywords."""
+    return tuple(args[n] for n in names), {k: v for k, v in args.items() if k not in names}
+
+
+LINEAR_POSITIONAL = ("q_x", "q_weight", "q_bias", "x_zero_point", "m0", "shift", "y_zero_point", "qmin", "qmax")
+
+
+def _linear_variants(args: dict) -> dict:
+    a = _clone(args)
+    variants = {}
+    no_zx = dict(a, x_zero_point=0)
+    variants["subtract the input zero point: acc = sum (q_W - Z_W)(q_X - Z_X) + q_b."] = no_zx
+    if a["relu"]:
+        variants["a fused ReLU clamps at the output zero point Z_Y (the integer for real 0), not at 0."] = dict(
+            a, relu=False, qmin=max(a["qmin"], 0))
+        variants["relu=True asks for a fused ReLU: clamp at max(qmin, Z_Y)."] = dict(a, relu=False)
+    if a["q_bias"] is not None:
+        variants["add the bias q_bias to the accumulator."] = dict(a, q_bias=None)
+    if a["weight_zero_point"]:
+        variants["subtract the weight zero point too: (q_W - Z_W)."] = dict(a, weight_zero_point=0)
+    out = {}
+    for hint, v in variants.items():
+        try:
+            out[hint] = ref_layers.quantized_linear(**v).numpy()
+        except (ValueError, TypeError):
+            pass
+    return out
+
+
+def _wraps_small_ints(fn, task, args, expected) -> bool:
+    """True if the submission is right once its inputs are int64: it let uint8 arithmetic wrap around."""
+    if args["q_x"].dtype not in (torch.uint8, torch.int8) and args["q_weight"].dtype not in (torch.uint8, torch.int8):
+        return False
+    wide = {k: (v.to(torch.int64) if isinstance(v, torch.Tensor) else v) for k, v in _clone(args).items()}
+    try:
+        got = as_integers(_run(task, fn, **wide), "q", task)
+    except AssertionError:
+        return False
+    return got.shape == expected.shape and np.array_equal(got, expected)
+
+
+WRAP_HINT = ("the inputs are uint8/int8 tensors, whose arithmetic wraps around (uint8: 3 - 5 = 254): "
+             "convert them to torch.int64 before subtracting and multiplying.")
+
+
+def check_quantized_linear(quantized_linear, seed=None):
+    """Task 5: the integer-only fully connected layer."""
+    task = "quantized_linear"
+    if seed is None:
+        base = dict(q_x=torch.tensor([[10, 20, 30, 40], [0, 255, 128, 7]]),
+                    q_weight=torch.tensor([[1, -2, 3, -4], [127, 0, -127, 5], [-1, -1, -1, -1]], dtype=torch.int8),
+                    q_bias=torch.tensor([100, -2000, 50], dtype=torch.int32), x_zero_point=128,
+                    m0=int(ref.quantize_multiplier(0.02)[0]), shift=int(ref.quantize_multiplier(0.02)[1]),
+                    y_zero_point=10, qmin=0, qmax=255, relu=False, weight_zero_point=0)
+        cases = [("visible", base), ("visible", dict(base, relu=True))]
+    else:
+        gen = np.random.default_rng(seed)
+        cases = [(kind, _layer_case(gen, kind)) for _ in range(4) for kind in LAYER_KINDS]
+    for kind, args in cases:
+        expected = ref_layers.quantized_linear(**_clone(args)).numpy()
+        positional, keywords = _positional(_clone(args), LINEAR_POSITIONAL)
+        got = as_integers(_run(task, quantized_linear, *positional, **keywords), "q_y", task)
+        check_shape(got, expected.shape, "q_y (N, C_out)", task)
+        if np.array_equal(got, expected):
+            continue
+        if _wraps_small_ints(quantized_linear, task, args, expected):
+            hint = WRAP_HINT
+        else:
+            hint = _hint_from(got, _linear_variants(args),
+                              "acc = (q_X - Z_X) @ (q_W - Z_W)^T + q_b, then requantize(acc, m0, shift, Z_Y, "
+                              "qmin', qmax) with qmin' = max(qmin, Z_Y) under a fused ReLU.")
+        if seed is None:
+            shown = ", ".join(f"{k}={fmt(np.asarray(v)) if isinstance(v, torch.Tensor) else v}" for k, v in args.items())
+            fail(f"{task}({shown}):\nexpected {fmt(expected)}\ngot      {fmt(got)}\nHint: {hint}")
+        fail(f"{HIDDEN} for {task} on a layer with {kind}. Hint: {hint}")
+    _passed(task, seed, len(cases))
+
+
+# --- Task 6: quantized_conv2d -------------------------------------------------------------------
+
+CONV_POSITIONAL = LINEAR_POSITIONAL + ("stride", "padding")
+
+
+def _conv_variants(args: dict) -> dict:
+    a = _clone(args)
+    variants = {}
+    if a["padding"]:
+        p = a["padding"]
+        padded = torch.nn.functional.pad(a["q_x"].to(torch.int64), (p, p, p, p), value=0)
+        variants["pad with the input zero point Z_X (the integer that stands for real 0), not with 0."] = dict(
+            a, q_x=padded, padding=0)
+    variants["a convolution layer computes a cross-correlation: do not flip the kernel."] = dict(
+        a, q_weight=a["q_weight"].flip(2, 3))
+    variants["subtract the input zero point: (q_X - Z_X) in every window."] = dict(a, x_zero_point=0)
+    c_out, c_in, kh, kw = a["q_weight"].shape
+    read_as_uvc = a["q_weight"].reshape(c_out, kh, kw, c_in).permute(0, 3, 1, 2)
+    variants["the patch columns are in (row, column, channel) order, but q_weight.reshape(C_out, -1) is in "
+             "(channel, row, column) order: arrange each patch as (C_in, kh, kw) before flattening it."] = dict(
+        a, q_weight=read_as_uvc)
+    if a["relu"]:
+        variants["a fused ReLU clamps at the output zero point Z_Y, not at 0."] = dict(
+            a, relu=False, qmin=max(a["qmin"], 0))
+    out = {}
+    for hint, v in variants.items():
+        try:
+            out[hint] = ref_layers.quantized_conv2d(**v).numpy()
+        except (ValueError, TypeError):
+            pass
+    return out
+
+
+CONV_KINDS = ["int64 inputs and one multiplier", "a fused ReLU", "one multiplier per output channel",
+              "a uint8 input tensor", "no bias (q_bias=None)", "a weight zero point (asymmetric weights)"]
+
+
+def check_quantized_conv2d(quantized_conv2d, seed=None):
+    """Task 6: the integer-only 2-D convolution (groups=1)."""
+    task = "quantized_conv2d"
+    if seed is None:
+        gen = np.random.default_rng(60)
+        q_x = torch.from_numpy(gen.integers(0, 256, (1, 2, 5, 5)))
+        q_w = torch.from_numpy(gen.integers(-127, 128, (3, 2, 3, 3))).to(torch.int8)
+        m0, shift = (int(v) for v in ref.quantize_multiplier(0.003))
+        base = dict(q_x=q_x, q_weight=q_w, q_bias=torch.tensor([500, -500, 0], dtype=torch.int32),
+                    x_zero_point=100, m0=m0, shift=shift, y_zero_point=128, qmin=0, qmax=255, stride=1,
+                    padding=1, relu=False, weight_zero_point=0)
+        cases = [("visible", base), ("visible", dict(base, stride=2, padding=0, relu=True))]
+    else:
+        gen = np.random.default_rng(seed)
+        cases = [(kind, _layer_case(gen, kind, conv=True)) for _ in range(3) for kind in CONV_KINDS]
+    for kind, args in cases:
+        expected = ref_layers.quantized_conv2d(**_clone(args)).numpy()
+        positional, keywords = _positional(_clone(args), CONV_POSITIONAL)
+        got = as_integers(_run(task, quantized_conv2d, *positional, **keywords), "q_y", task)
+        if got.shape != expected.shape:
+            k, s, p = args["q_weight"].shape[2], args["stride"], args["padding"]
+            fail(f"{task} (input of shape {tuple(args['q_x'].shape)}, kernel {k}x{k}, stride {s}, padding {p}): "
+                 f"q_y should have shape {expected.shape} (N, C_out, OH, OW), got {got.shape}. Hint: "
+                 "OH = (H + 2 * padding - kh) // stride + 1, and the channels come before the rows and columns.")
+        if np.array_equal(got, expected):
+            continue
+        n_out, c_out, oh, ow = expected.shape
+        if np.array_equal(got, expected.transpose(0, 2, 3, 1).reshape(expected.shape)):
+            hint = ("the rows of the patch product are the output positions (n, i, j) and its columns the "
+                    "channels: reshape it to (N, OH, OW, C_out), then permute to (N, C_out, OH, OW).")
+        elif _wraps_small_ints(quantized_conv2d, task, args, expected):
+            hint = WRAP_HINT
+        else:
+            hint = _hint_from(got, _conv_variants(args),
+                              "cut the padded input into patches (in the same channel, row, column order as "
+                              "q_weight.reshape(C_out, -1)) and apply your quantized_linear to them.")
+        if seed is None:
+            index = tuple(int(i) for i in np.argwhere(got != expected)[0])
+            fail(f"{task} on an input of shape {tuple(args['q_x'].shape)} with q_weight of shape "
+                 f"{tuple(args['q_weight'].shape)}, stride={args['stride']}, padding={args['padding']}, "
+                 f"relu={args['relu']}, x_zero_point={args['x_zero_point']}: {int((got != expected).sum())} of "
+                 f"{got.size} outputs differ; the first at (n, c_out, i, j) = {index}: expected {expected[index]}, "
+                 f"got {got[index]}.\nHint: {hint}")
+        fail(f"{HIDDEN} for {task} on a layer with {kind}. Hint: {hint}")
+    _passed(task, seed, len(cases))
