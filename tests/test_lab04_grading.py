@@ -1,0 +1,218 @@
+"""Lab 4 graded end to end by nbgrader: fair to correct answers, hard to game.
+
+The submissions below are graded by the tests every lab gets (tests/lab_grading.py), plus
+two of this lab's own: no line of the answer and no hidden test reaches the student.
+Fifteen submissions in all (the reference, the untouched release, the answers written
+differently, six mistakes and six attempts at gaming the grader).
+"""
+from __future__ import annotations
+
+from tests import nbgrader_course as course
+from tests.lab_grading import LabGradingTests
+
+LAB = "lab04_ptq_granularity"
+POINTS = {"test_quantize_per_group": 4, "test_dequantize_per_group": 2, "test_mxint_quantize": 4,
+          "test_scale_bits_per_weight": 3}
+
+# --- plausible wrong answers: each must lose its own question, and only that one ---------------------
+
+WRONG = {
+    "one_scale_per_row": ("quantize_per_group", "test_quantize_per_group", '''
+def quantize_per_group(x, axis, group_size, qmin, qmax, symmetric=False):
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if x.shape[axis] % group_size:
+        raise ValueError("group_size does not divide the axis")
+    moved = x.movedim(axis, -1)
+    qparams = symmetric_qparams if symmetric else asymmetric_qparams
+    scale, zero_point = qparams(moved.amin(dim=-1), moved.amax(dim=-1), qmin, qmax)
+    q = quantize(moved, scale.unsqueeze(-1), zero_point.unsqueeze(-1), qmin, qmax).movedim(-1, axis)
+    n = x.shape[axis] // group_size
+    scale = scale.unsqueeze(-1).expand(*scale.shape, n).movedim(-1, axis)
+    zero_point = zero_point.unsqueeze(-1).expand(*zero_point.shape, n).movedim(-1, axis)
+    return q, scale, zero_point
+'''),
+    "strided_groups": ("quantize_per_group", "test_quantize_per_group", '''
+def quantize_per_group(x, axis, group_size, qmin, qmax, symmetric=False):
+    x = torch.as_tensor(x, dtype=torch.float32)
+    n = x.shape[axis]
+    if n % group_size:
+        raise ValueError("group_size does not divide the axis")
+    moved = x.movedim(axis, -1)
+    groups = moved.reshape(*moved.shape[:-1], group_size, n // group_size).transpose(-1, -2)
+    qparams = symmetric_qparams if symmetric else asymmetric_qparams
+    scale, zero_point = qparams(groups.amin(dim=-1), groups.amax(dim=-1), qmin, qmax)
+    q = quantize(groups, scale.unsqueeze(-1), zero_point.unsqueeze(-1), qmin, qmax)
+    q = q.transpose(-1, -2).reshape(moved.shape).movedim(-1, axis)
+    return q, scale.movedim(-1, axis), zero_point.movedim(-1, axis)
+'''),
+    "tiled_instead_of_repeated": ("dequantize_per_group", "test_dequantize_per_group", '''
+def dequantize_per_group(q, scale, zero_point, axis, group_size):
+    reps = [1] * q.dim()
+    reps[axis] = group_size
+    return dequantize(q, torch.as_tensor(scale).repeat(*reps), torch.as_tensor(zero_point).repeat(*reps))
+'''),
+    "exponent_from_float32_log2": ("mxint_quantize", "test_mxint_quantize", '''
+def mxint_quantize(x, bits, block_size=32):
+    x = torch.as_tensor(x, dtype=torch.float32)
+    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
+    amax = blocks.abs().amax(dim=-1)
+    s = torch.floor(torch.log2(amax)).clamp(-127, 127).to(torch.int64)
+    top = 2 ** (bits - 1) - 1
+    q = torch.clamp(torch.round(blocks * torch.pow(2.0, (bits - 2 - s).float()).unsqueeze(-1)), -top, top)
+    return s, q.reshape(x.shape).to(torch.int64)
+'''),
+    "groups_floor_not_ceil": ("scale_bits_per_weight", "test_scale_bits_per_weight", '''
+def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, zero_point_bits=0):
+    out_channels, k = shape[0], math.prod(shape[1:])
+    if granularity == "mx":
+        group_size, scale_bits = group_size or 32, 8
+    scale_bits = 32 if scale_bits is None else scale_bits
+    if granularity == "tensor":
+        count = 1
+    elif granularity == "channel":
+        count = out_channels
+    else:
+        count = out_channels * (k // group_size)
+    return count * (scale_bits + zero_point_bits) / (out_channels * k)
+'''),
+    "hard_coded_visible_cases": ("scale_bits_per_weight", "test_scale_bits_per_weight", '''
+def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, zero_point_bits=0):
+    known = {"tensor": 32 / 32768, "channel": 0.0625, "group": 0.15625, "mx": 0.25}
+    if tuple(shape) == (32, 16, 3, 3):
+        return 160 * 16 / 4608
+    return known[granularity]
+'''),
+}
+
+# --- correct answers written differently (numpy, other algorithms): full marks -------------------
+
+NUMPY_ANSWERS = {
+    "quantize_per_group": '''
+def quantize_per_group(x, axis, group_size, qmin, qmax, symmetric=False):
+    x = np.asarray(x, dtype=np.float32)
+    axis = axis % x.ndim
+    n_groups, rest = divmod(x.shape[axis], group_size)
+    if rest:
+        raise ValueError(f"{group_size} does not divide {x.shape[axis]}")
+    g = np.moveaxis(x, axis, -1).reshape(*np.moveaxis(x, axis, -1).shape[:-1], n_groups, group_size)
+    lo = np.minimum(g.min(axis=-1), 0)
+    hi = np.maximum(g.max(axis=-1), 0)
+    eps = np.finfo(np.float32).eps
+    if symmetric:
+        scale = np.maximum(np.maximum(-lo, hi) / np.float32(qmax), eps).astype(np.float32)
+        zero_point = np.zeros(scale.shape, dtype=np.int64)
+    else:
+        scale = np.maximum((hi - lo) / np.float32(qmax - qmin), eps).astype(np.float32)
+        zero_point = np.clip(qmin - np.round(lo / scale), qmin, qmax).astype(np.int64)
+    q = np.clip(np.round(g / scale[..., None]) + zero_point[..., None], qmin, qmax)
+    q = np.moveaxis(q.reshape(np.moveaxis(x, axis, -1).shape), -1, axis)
+    return q.astype(np.int32), np.moveaxis(scale, -1, axis), np.moveaxis(zero_point, -1, axis)
+''',
+    "dequantize_per_group": '''
+def dequantize_per_group(q, scale, zero_point, axis, group_size):
+    s = np.repeat(np.asarray(scale, dtype=np.float64), group_size, axis=axis)
+    z = np.repeat(np.asarray(zero_point), group_size, axis=axis)
+    return s * (np.asarray(q) - z)
+''',
+    "mxint_quantize": '''
+def mxint_quantize(x, bits, block_size=32):
+    x = np.asarray(x, dtype=np.float64)
+    blocks = x.reshape(*x.shape[:-1], -1, block_size)
+    amax = np.abs(blocks).max(axis=-1)
+    exponent = np.frexp(amax)[1] - 1
+    s = np.clip(np.where(amax > 0, exponent, -127), -127, 127)
+    top = (1 << (bits - 1)) - 1
+    q = np.clip(np.rint(np.ldexp(blocks, (bits - 2 - s)[..., None])), -top, top)
+    return s.tolist(), q.reshape(x.shape).astype(np.int16)
+''',
+    "scale_bits_per_weight": '''
+def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, zero_point_bits=0):
+    rows = shape[0]
+    per_row = 1
+    for d in shape[1:]:
+        per_row *= d
+    if granularity == "tensor":
+        n_scales, bits = 1, scale_bits or 32
+    elif granularity == "channel":
+        n_scales, bits = rows, scale_bits or 32
+    else:
+        size = group_size or 32
+        n_scales = rows * (-(-per_row // size))
+        bits = 8 if granularity == "mx" else (scale_bits or 32)
+    return n_scales * (bits + zero_point_bits) / (rows * per_row)
+''',
+}
+
+# --- attempts to game the grader: nothing for the question ------------------------------------------
+
+STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+CALLS_QLIB = """
+from qlib.granularity import quantize_per_group as reference
+
+
+def quantize_per_group(x, axis, group_size, qmin, qmax, symmetric=False):
+    return reference(x, axis, group_size, qmin, qmax, symmetric)
+"""
+CALLS_QLIB_OBFUSCATED = """
+reference = __import__("ql" + "ib.granularity", fromlist=["mxint_quantize"])
+
+
+def mxint_quantize(x, bits, block_size=32):
+    return reference.mxint_quantize(x, bits, block_size)
+"""
+CALLS_QLIB_IMPORTLIB = """
+import importlib
+
+storage = importlib.import_module("qlib.scale_storage")
+
+
+def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, zero_point_bits=0):
+    return storage.scale_bits_per_weight(shape, granularity, group_size, scale_bits, zero_point_bits)
+"""
+PATCHES_ARRAY_EQUAL = """
+np.array_equal = lambda *args, **kwargs: True
+
+
+def mxint_quantize(x, bits, block_size=32):
+    return torch.zeros(x.shape[:-1] + (x.shape[-1] // block_size,), dtype=torch.int64), torch.zeros_like(x)
+"""
+CHEATS = {
+    "calls_qlib_reference": ({"quantize_per_group": CALLS_QLIB}, None, "test_quantize_per_group"),
+    "calls_qlib_obfuscated": ({"mxint_quantize": CALLS_QLIB_OBFUSCATED}, None, "test_mxint_quantize"),
+    "calls_qlib_via_importlib": ({"scale_bits_per_weight": CALLS_QLIB_IMPORTLIB}, None, "test_scale_bits_per_weight"),
+    "patches_numpy_array_equal": ({"mxint_quantize": PATCHES_ARRAY_EQUAL}, None, "test_mxint_quantize"),
+    "edits_test_cell": ({"dequantize_per_group": STUB}, ("test_dequantize_per_group", "edit"),
+                        "test_dequantize_per_group"),
+    "deletes_test_cell": ({"quantize_per_group": STUB}, ("test_quantize_per_group", "delete"),
+                          "test_quantize_per_group"),
+}
+
+EXPLAINED = [
+    ("strided_groups", "test_quantize_per_group", "CONSECUTIVE values"),
+    ("one_scale_per_row", "test_quantize_per_group", "the range of its own group_size"),
+    ("tiled_instead_of_repeated", "test_dequantize_per_group", "instead of repeated"),
+    ("exponent_from_float32_log2", "test_mxint_quantize", "torch.frexp"),
+    ("groups_floor_not_ceil", "test_scale_bits_per_weight", "ceil(K / group_size)"),
+    ("hard_coded_visible_cases", "test_scale_bits_per_weight", "A hidden check failed"),
+    ("calls_qlib_reference", "quantize_per_group", "did not run this cell"),
+    ("calls_qlib_via_importlib", "scale_bits_per_weight", "did not run this cell"),
+]
+
+
+class TestLab04Grading(LabGradingTests):
+    LAB, POINTS, N_STUBS = LAB, POINTS, 4
+    WRONG, DIFFERENT, CHEATS, EXPLAINED = WRONG, NUMPY_ANSWERS, CHEATS, EXPLAINED
+
+    def test_released_notebook_shows_no_line_of_the_answer(self, graded):
+        text = "\n".join(c.source for c in graded[2].cells)
+        assert "count = out_channels * math.ceil(k / group_size)" not in text
+        assert "torch.frexp(amax).exponent" not in text
+
+    def test_feedback_leaks_no_hidden_test(self, graded):
+        c = graded[1]["hard_coded_visible_cases"]
+        course.nbgrader("generate_feedback", LAB, "--student", "hard_coded_visible_cases", "--force", cwd=c)
+        html = next((c / "feedback" / "hard_coded_visible_cases" / LAB).glob("*.html")).read_text()
+        assert "A hidden check failed" in html
+        assert "seed=" not in html and "check_scale_bits_per_weight(scale_bits_per_weight," not in html
+        hidden_output = course.cell_output(c, LAB, "hard_coded_visible_cases", "test_scale_bits_per_weight")
+        assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
