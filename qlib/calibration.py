@@ -94,14 +94,14 @@ def clipping_error(x, threshold: float, qmin: int, qmax: int) -> float:
     """Mean squared error ``mean((x_hat - x)^2)`` of quantizing ``x`` symmetrically with ``threshold``.
 
     ``x_hat = scale * clamp(round(x / scale), qmin, qmax)``, ``scale = threshold / qmax``
-    (float32, round half to even); the squares are summed in float64. Values beyond the
+    (float32, round half to even); the differences and their squares are taken in float64. Values beyond the
     threshold contribute *clipping* error, values inside it *rounding* error.
     """
     x = as_float_tensor(x).to(torch.float32).reshape(-1)
     _checked_levels(qmin, qmax)
     if not threshold > 0:
         raise ValueError(f"threshold must be positive, got {threshold}")
-    err = (_fake_quantize_symmetric(x, threshold, qmin, qmax) - x).to(torch.float64)
+    err = _fake_quantize_symmetric(x, threshold, qmin, qmax).to(torch.float64) - x.to(torch.float64)
     return float((err * err).mean())
 
 
@@ -160,10 +160,11 @@ def _clipping_errors(x: torch.Tensor, thresholds: torch.Tensor, qmin: int, qmax:
     errors = torch.zeros(thresholds.numel(), dtype=torch.float64)
     if x.numel() == 0:
         return errors
+    x64 = x.to(torch.float64)
     chunk = max(1, 2**22 // x.numel())  # candidates per block, to bound memory
     for start in range(0, thresholds.numel(), chunk):
         t = thresholds[start:start + chunk].reshape(-1, 1)
-        err = (_fake_quantize_symmetric(x.reshape(1, -1), t, qmin, qmax) - x).to(torch.float64)
+        err = _fake_quantize_symmetric(x.reshape(1, -1), t, qmin, qmax).to(torch.float64) - x64
         errors[start:start + chunk] = (err * err).sum(dim=1) / n
     return errors
 
@@ -401,6 +402,11 @@ def kl_threshold(counts, bin_width: float, levels: int) -> float:
     Returns ``i * bin_width`` for the ``i`` of least divergence (the smallest on a tie):
     the right edge of the last bin kept. (TensorRT's slides give ``(i + 0.5) * bin_width``
     and some tools the bin centre; they differ by half a bin, 1/4096 of the range.)
+
+    A known weakness: if the first ``levels`` bins hold a single non-empty bin (values that
+    never come near 0, or data with few distinct values such as image pixels), ``P`` for
+    the next ``i`` is one spike that ``Q`` reproduces exactly, the divergence is 0, and the
+    search returns a threshold that clips nearly everything.
     """
     refuse_if_blocked("kl_threshold")
     c = _check_counts(counts)
