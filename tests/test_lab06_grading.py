@@ -1,0 +1,209 @@
+"""Lab 6 graded end to end by nbgrader: fair to correct answers, hard to game.
+
+The submissions below are graded by the tests every lab gets (tests/lab_grading.py), plus
+two of this lab's own: no line of the answer and no hidden test reaches the student.
+"""
+from __future__ import annotations
+
+from tests import nbgrader_course as course
+from tests.lab_grading import LabGradingTests
+
+LAB = "lab06_integer_inference"
+POINTS = {"test_quantize_multiplier": 3, "test_saturating_rounding_doubling_high_mul": 2,
+          "test_rounding_divide_by_pot": 2, "test_requantize": 3, "test_quantized_linear": 4,
+          "test_quantized_conv2d": 6}
+
+# --- plausible wrong answers: each must lose its own question, and only that one ---------------------
+
+WRONG = {
+    "round_ties_to_even": ("quantize_multiplier", "test_quantize_multiplier", '''
+def quantize_multiplier(multiplier):
+    f, e = math.frexp(multiplier)
+    m0 = round(f * 2**31)
+    if m0 == 2**31:
+        m0, e = 2**30, e + 1
+    return m0, -e
+'''),
+    "floor_division_in_high_mul": ("saturating_rounding_doubling_high_mul",
+                                   "test_saturating_rounding_doubling_high_mul", '''
+def saturating_rounding_doubling_high_mul(a, b):
+    ab = torch.as_tensor(a).long() * torch.as_tensor(b).long()
+    nudge = torch.where(ab >= 0, 2**30, 1 - 2**30)
+    high = (ab + nudge) // 2**31
+    return torch.where(ab == 2**62, INT32_MAX, high)
+'''),
+    "plain_right_shift": ("rounding_divide_by_pot", "test_rounding_divide_by_pot", '''
+def rounding_divide_by_pot(x, exponent):
+    return torch.as_tensor(x).long() >> torch.as_tensor(exponent).long()
+'''),
+    "single_rounding": ("requantize", "test_requantize", '''
+def requantize(acc, m0, shift, zero_point, qmin, qmax):
+    total = 31 + torch.as_tensor(shift).long()
+    scaled = (torch.as_tensor(acc).long() * torch.as_tensor(m0).long() + (1 << (total - 1))) >> total
+    return torch.clamp(scaled + zero_point, qmin, qmax)
+'''),
+    "relu_at_zero": ("quantized_linear", "test_quantized_linear", '''
+def quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
+                     relu=False, weight_zero_point=0):
+    w = q_weight.long() - torch.as_tensor(weight_zero_point).long().reshape(-1, 1)
+    acc = (q_x.long() - x_zero_point) @ w.T
+    if q_bias is not None:
+        acc = acc + q_bias.long()
+    return requantize(acc, m0, shift, y_zero_point, max(qmin, 0) if relu else qmin, qmax)
+'''),
+    "pads_with_zero": ("quantized_conv2d", "test_quantized_conv2d", '''
+def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
+                     stride=1, padding=0, groups=1, relu=False, weight_zero_point=0):
+    x = torch.nn.functional.pad(q_x.long(), (padding,) * 4)
+    w = q_weight.long()
+    n, (c_out, c_in, kh, kw) = x.shape[0], w.shape
+    patches = x.unfold(2, kh, stride).unfold(3, kw, stride)
+    oh, ow = patches.shape[2:4]
+    cols = patches.permute(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, -1)
+    q_y = quantized_linear(cols, w.reshape(c_out, -1), q_bias, x_zero_point, m0, shift, y_zero_point,
+                           qmin, qmax, relu, weight_zero_point)
+    return q_y.reshape(n, oh, ow, c_out).permute(0, 3, 1, 2)
+'''),
+    "hard_coded_visible_cases": ("quantize_multiplier", "test_quantize_multiplier", '''
+def quantize_multiplier(multiplier):
+    table = {0.3: (1288490189, 1), 0.5: (2**30, 0), 0.0119: (1635523546, 6), 1.5: (3 * 2**29, -1),
+             0.5 + 2**-32: (2**30 + 1, 0), 1 - 2**-40: (2**30, -1)}
+    return table.get(multiplier, (2**30, 0))
+'''),
+}
+
+# --- correct answers written differently: full marks ---------------------------------------------------
+
+DIFFERENT = {
+    # exact fractions instead of floats, numpy integers returned
+    "quantize_multiplier": '''
+from fractions import Fraction
+
+def quantize_multiplier(multiplier):
+    exact = Fraction(multiplier)
+    shift = 0
+    while exact * 2**shift < Fraction(1, 2):
+        shift += 1
+    while exact * 2**shift >= 1:
+        shift -= 1
+    m0 = int(exact * 2**shift * 2**31 + Fraction(1, 2))   # positive: int() of v + 1/2 rounds half up
+    if m0 == 2**31:
+        m0, shift = 2**30, shift - 1
+    return np.int64(m0), np.int64(shift)
+''',
+    # numpy, C division written with absolute values
+    "saturating_rounding_doubling_high_mul": '''
+def saturating_rounding_doubling_high_mul(a, b):
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    ab = a * b
+    num = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    result = np.sign(num) * (np.abs(num) >> 31)
+    return np.where((a == -2**31) & (b == -2**31), 2**31 - 1, result)
+''',
+    # round half away from zero in float64 (exact for |x| < 2^53)
+    "rounding_divide_by_pot": '''
+def rounding_divide_by_pot(x, exponent):
+    x = np.asarray(x, dtype=np.float64)
+    return np.sign(x) * np.floor(np.abs(x) / 2.0 ** np.asarray(exponent) + 0.5)
+''',
+    "requantize": '''
+def requantize(acc, m0, shift, zero_point, qmin, qmax):
+    high = saturating_rounding_doubling_high_mul(np.asarray(acc, dtype=np.int64), np.asarray(m0))
+    return np.clip(np.asarray(rounding_divide_by_pot(high, np.asarray(shift))) + zero_point, qmin, qmax)
+''',
+    # zero points folded into the bias ahead of the product, numpy
+    "quantized_linear": '''
+def quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
+                     relu=False, weight_zero_point=0):
+    x = np.asarray(q_x, dtype=np.int64)
+    w = np.asarray(q_weight, dtype=np.int64)
+    z_w = np.broadcast_to(np.asarray(weight_zero_point, dtype=np.int64), (w.shape[0],))
+    bias = np.zeros(w.shape[0], np.int64) if q_bias is None else np.asarray(q_bias, dtype=np.int64)
+    folded = bias - x_zero_point * w.sum(axis=1) + w.shape[1] * z_w * x_zero_point
+    acc = x @ w.T + folded - np.outer(x.sum(axis=1), z_w)
+    low = max(qmin, y_zero_point) if relu else qmin
+    return requantize(acc, m0, shift, y_zero_point, low, qmax)
+''',
+    # no im2col: one shifted slice of the input per kernel offset, then requantize per channel
+    "quantized_conv2d": '''
+def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
+                     stride=1, padding=0, groups=1, relu=False, weight_zero_point=0):
+    x = np.pad(np.asarray(q_x, dtype=np.int64), ((0, 0), (0, 0), (padding, padding), (padding, padding)),
+               constant_values=x_zero_point) - x_zero_point
+    w = np.asarray(q_weight, dtype=np.int64)
+    w = w - np.broadcast_to(np.asarray(weight_zero_point, dtype=np.int64), (w.shape[0],)).reshape(-1, 1, 1, 1)
+    n, c_in, h, wd = x.shape
+    c_out, _, kh, kw = w.shape
+    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    acc = np.zeros((n, c_out, oh, ow), dtype=np.int64)
+    for u in range(kh):
+        for v in range(kw):
+            window = x[:, :, u:u + stride * (oh - 1) + 1:stride, v:v + stride * (ow - 1) + 1:stride]
+            acc += np.einsum("nchw,oc->nohw", window, w[:, :, u, v])
+    if q_bias is not None:
+        acc += np.asarray(q_bias, dtype=np.int64).reshape(1, -1, 1, 1)
+    per_channel = [np.asarray(p).reshape(-1, 1, 1) if np.asarray(p).size > 1 else p for p in (m0, shift)]
+    low = max(qmin, y_zero_point) if relu else qmin
+    return requantize(acc, per_channel[0], per_channel[1], y_zero_point, low, qmax)
+''',
+}
+
+# --- attempts to game the grader: nothing for the question ------------------------------------------
+
+STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+CALLS_QLIB = '''
+from qlib.requantize import requantize as reference
+
+def requantize(acc, m0, shift, zero_point, qmin, qmax):
+    return reference(acc, m0, shift, zero_point, qmin, qmax)
+'''
+CALLS_QLIB_HIDDEN_IMPORT = '''
+layers = __import__("ql" + "ib.integer_layers", fromlist=["quantized_linear"])
+
+def quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
+                     relu=False, weight_zero_point=0):
+    return layers.quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
+                                   relu, weight_zero_point)
+'''
+PATCHES_NUMPY = ("np.array_equal = lambda *a, **k: True\n\n"
+                 "def saturating_rounding_doubling_high_mul(a, b):\n    return a\n")
+CHEATS = {
+    "calls_qlib_reference": ({"requantize": CALLS_QLIB}, None, "test_requantize"),
+    "calls_qlib_hidden_import": ({"quantized_linear": CALLS_QLIB_HIDDEN_IMPORT}, None, "test_quantized_linear"),
+    "patches_numpy_array_equal": ({"saturating_rounding_doubling_high_mul": PATCHES_NUMPY}, None,
+                                  "test_saturating_rounding_doubling_high_mul"),
+    "edits_test_cell": ({"rounding_divide_by_pot": STUB}, ("test_rounding_divide_by_pot", "edit"),
+                        "test_rounding_divide_by_pot"),
+    "deletes_test_cell": ({"quantized_conv2d": STUB}, ("test_quantized_conv2d", "delete"), "test_quantized_conv2d"),
+}
+
+EXPLAINED = [
+    ("round_ties_to_even", "test_quantize_multiplier", "sends a tie to the even neighbour"),
+    ("floor_division_in_high_mul", "test_saturating_rounding_doubling_high_mul", "truncates toward zero"),
+    ("plain_right_shift", "test_rounding_divide_by_pot", "rounds down"),
+    ("single_rounding", "test_requantize", "round twice"),
+    ("relu_at_zero", "test_quantized_linear", "output zero point"),
+    ("pads_with_zero", "test_quantized_conv2d", "pad with the input zero point"),
+    ("hard_coded_visible_cases", "test_quantize_multiplier", "A hidden check failed"),
+    ("calls_qlib_reference", "requantize", "did not run this cell"),
+]
+
+
+class TestLab06Grading(LabGradingTests):
+    LAB, POINTS, N_STUBS = LAB, POINTS, 6
+    WRONG, DIFFERENT, CHEATS, EXPLAINED = WRONG, DIFFERENT, CHEATS, EXPLAINED
+
+    def test_released_notebook_shows_no_line_of_the_answer(self, graded):
+        text = "\n".join(c.source for c in graded[2].cells)
+        for line in ("m0 = math.floor(f * 2**31 + 0.5)", "threshold = (mask >> 1) + (x < 0)",
+                     "patches.permute(0, 2, 3, 1, 4, 5)"):  # lines of the reference answers
+            assert line not in text
+
+    def test_feedback_leaks_no_hidden_test(self, graded):
+        c = graded[1]["hard_coded_visible_cases"]
+        course.nbgrader("generate_feedback", LAB, "--student", "hard_coded_visible_cases", "--force", cwd=c)
+        html = next((c / "feedback" / "hard_coded_visible_cases" / LAB).glob("*.html")).read_text()
+        assert "A hidden check failed" in html
+        assert "seed=" not in html and "check_quantize_multiplier(quantize_multiplier," not in html
+        hidden_output = course.cell_output(c, LAB, "hard_coded_visible_cases", "test_quantize_multiplier")
+        assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
