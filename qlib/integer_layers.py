@@ -124,6 +124,8 @@ def integer_matmul(a, b) -> torch.Tensor:
        (``ValueError`` beyond: the products could overflow int64).
 
     ``a`` and ``b`` hold integers (any integer dtype); a transposed view is fine.
+    Route 2 carries the integers in float64 tensors; routes 1 and 3 use integer
+    tensors only (8-bit layers, as in the integer digits model, take route 1).
     """
     a = _int_tensor(a, "a") if not _is_small_int(a) else a
     b = _int_tensor(b, "b") if not _is_small_int(b) else b

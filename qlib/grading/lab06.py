@@ -252,7 +252,8 @@ def check_rounding_divide_by_pot(rounding_divide_by_pot, seed=None):
         check_shape(got, expected.shape, "the result", task)
         if np.array_equal(got, expected):
             continue
-        hint = _hint_from(got, _rdbpot_variants(x, np.asarray(e)), "compare your steps with the formula in the docstring.")
+        hint = _hint_from(got, _rdbpot_variants(x, np.asarray(e)),
+                          "compare your steps with the formula in the docstring.")
         if seed is None:
             fail(f"{task}(x, exponent={e}) with x = {fmt(x)}:\nexpected {fmt(expected)}\ngot      {fmt(got)}\n"
                  f"{_first_difference({'x': x}, expected, got)}. Hint: {hint}")
@@ -368,7 +369,8 @@ def _layer_case(gen, kind: str, conv: bool = False):
     m0, shift = ref.quantize_multiplier(torch.from_numpy(mult))
     if not per_channel:
         m0, shift = int(m0[0]), int(shift[0])
-    qmin, qmax, y_zp = (0, 255, int(gen.integers(0, 256))) if gen.integers(0, 2) else (-128, 127, int(gen.integers(-128, 128)))
+    qmin, qmax = (0, 255) if gen.integers(0, 2) else (-128, 127)
+    y_zp = int(gen.integers(qmin, qmax + 1))
     w_zp = int(gen.integers(-5, 6)) if asym_w else 0
     x_dtype = torch.uint8 if small_dtype else torch.int64
     return dict(q_x=torch.from_numpy(q_x).to(x_dtype), q_weight=torch.from_numpy(q_w).to(torch.int8),
@@ -459,7 +461,8 @@ def check_quantized_linear(quantized_linear, seed=None):
                               "acc = (q_X - Z_X) @ (q_W - Z_W)^T + q_b, then requantize(acc, m0, shift, Z_Y, "
                               "qmin', qmax) with qmin' = max(qmin, Z_Y) under a fused ReLU.")
         if seed is None:
-            shown = ", ".join(f"{k}={fmt(np.asarray(v)) if isinstance(v, torch.Tensor) else v}" for k, v in args.items())
+            shown = ", ".join(f"{k}={fmt(np.asarray(v)) if isinstance(v, torch.Tensor) else v}"
+                              for k, v in args.items())
             fail(f"{task}({shown}):\nexpected {fmt(expected)}\ngot      {fmt(got)}\nHint: {hint}")
         fail(f"{HIDDEN} for {task} on a layer with {kind}. Hint: {hint}")
     _passed(task, seed, len(cases))
