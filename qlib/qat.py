@@ -36,6 +36,9 @@ weight that integer inference uses, and nothing depends on batch statistics
 during fine-tuning. (The alternative, keeping batch norm and re-folding after
 training, quantizes a weight that is never deployed.)
 
+After training, :func:`to_integer_model` turns an ``"ste"`` or ``"pact"`` digits CNN into
+the integer-only model of chapter 6 (:mod:`qlib.integer_model`) with the ranges QAT learned.
+
 One bit: a weight quantizer at 1 bit is binary, ``W_hat = s * sign(W)``
 (sign(0) = +1), ``s = max|W|`` per channel for ``"ste"`` (the min-max rule) or a
 learned step for ``"lsq"``; see :mod:`qlib.lsq` and chapter 8.
@@ -54,7 +57,7 @@ from qlib.folding import fold_batchnorms
 from qlib.granularity import per_channel_range, qparams
 from qlib.linear import integer_range
 from qlib.lsq import LSQBinarize, LSQQuantizer
-from qlib.observers import MovingAverageMinMaxObserver, Observer
+from qlib.observers import MinMaxObserver, MovingAverageMinMaxObserver, Observer
 from qlib.pact import PACTQuantizer
 from qlib.ste import FakeQuantizeSTE
 
@@ -297,3 +300,79 @@ def calibrate(model: nn.Module, data, n_batches: int | None = None, batch_size: 
             break
         model(images)
     return model.eval()
+
+
+# --- to the integer-only model ----------------------------------------------------------------
+
+def _input_range(quantizer: nn.Module, name: str) -> tuple[float, float]:
+    """The real input range ``[rmin, rmax]`` a QAT layer's input quantizer settled on."""
+    if isinstance(quantizer, ActivationFakeQuantize):
+        rmin, rmax = quantizer.observer.range()
+        return float(rmin), float(rmax)
+    if isinstance(quantizer, PACTQuantizer):
+        if not quantizer.initialized:
+            raise RuntimeError(f"{name}: the PACT clipping value is not set yet; run data through the model first")
+        return 0.0, float(quantizer.alpha.detach())
+    raise ValueError(f"{name}: only 'ste' and 'pact' QAT models convert (their weights use min-max scales, as "
+                     f"the integer model does); this layer's inputs use {type(quantizer).__name__}")
+
+
+def to_integer_model(qat_model: nn.Module, calibration_images, linear=None, conv2d=None, max_pool2d=None):
+    """The integer-only model (:mod:`qlib.integer_model`, chapter 6) of a trained QAT digits CNN.
+
+    ``qat_model`` comes from ``prepare_qat(DigitsCNN, w_bits, a_bits, "ste" or "pact")`` with
+    per-channel weights, after training. The integer model gets the QAT master weights
+    (batch norms already folded) and, as the ranges of its activations, exactly the input
+    ranges the QAT layers learned: the image range of ``conv1``, the ReLU output of ``conv1``
+    from ``conv2``'s input, that of ``conv2`` from ``fc1``'s (max pooling keeps the maximum),
+    that of ``fc1`` from ``fc2``'s. Only the logits' range, which QAT never quantized, is
+    measured on ``calibration_images`` (min-max). Weights are quantized per output channel with
+    ``max|W_c| / qmax`` on the narrow range, the same grid as the QAT weights. So the integer
+    model computes what the QAT model computed in eval mode, up to the integer requantization
+    and the 8-or-fewer-bit logits.
+    """
+    from qlib import integer_model as im
+    from qlib.models import DigitsCNN
+
+    layers = dict(qat_layers(qat_model))
+    if sorted(layers) != ["conv1", "conv2", "fc1", "fc2"] or not isinstance(qat_model, DigitsCNN):
+        raise TypeError("to_integer_model converts a QAT DigitsCNN made by prepare_qat(DigitsCNN, ...)")
+    w_quant = [layer.weight_quantizer for layer in layers.values()]
+    if not all(isinstance(q, WeightFakeQuantize) and q.per_channel for q in w_quant):
+        raise ValueError("only per-channel min-max weights ('ste' or 'pact' with per_channel=True) convert")
+    w_bits = {q.bits for q in w_quant}
+    if len(w_bits) != 1 or min(w_bits) < 2:
+        raise ValueError(f"the integer model needs one weight bit width of at least 2, got {sorted(w_bits)}")
+    in_quant = {name: layer.input_quantizer for name, layer in layers.items()}
+    a_bits = {getattr(q, "bits", None) for q in in_quant.values()}
+    if len(a_bits) != 1 or None in a_bits:
+        raise ValueError("every layer's input must be quantized with the same number of bits")
+    (a_bits,), (w_bits,) = a_bits, w_bits
+
+    float_model = copy.deepcopy(qat_model).eval()
+    for name, layer in layers.items():
+        plain = nn.Conv2d if isinstance(layer, QATConv2d) else nn.Linear
+        setattr(float_model, name, _plain_copy(layer, plain))
+    observed = im.ObservedDigitsCNN(float_model, lambda: MinMaxObserver(a_bits, signed=False))
+    im.calibrate(observed, calibration_images)   # sets every range; four are replaced next
+    for activation, layer_name in (("input", "conv1"), ("conv1", "conv2"), ("conv2", "fc1"), ("fc1", "fc2")):
+        rmin, rmax = _input_range(in_quant[layer_name], layer_name)
+        fixed = MinMaxObserver(a_bits, signed=False)
+        fixed(torch.tensor([rmin, rmax], dtype=torch.float32))
+        observed.observers[activation] = fixed
+    return im.convert(observed, w_bits, linear, conv2d, max_pool2d)
+
+
+def _plain_copy(layer: nn.Module, plain):
+    """An ``nn.Conv2d``/``nn.Linear`` holding a QAT layer's master weight and bias."""
+    with torch.random.fork_rng():
+        if plain is nn.Conv2d:
+            out = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                            layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
+        else:
+            out = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(layer.weight)
+        if layer.bias is not None:
+            out.bias.copy_(layer.bias)
+    return out

@@ -6,9 +6,8 @@ Chapter: Quantization-aware training.
 pretrained weights: one initializing batch (activation ranges, LSQ steps, PACT
 clipping values), then a few epochs of Adam or SGD with a cosine learning-rate
 decay on the cross-entropy, one printed line per epoch, and the test accuracy of
-the quantized model. Everything random
-(the batch order) comes from the seed, so a run is repeatable to the bit on a
-given machine and thread count.
+the quantized model. Everything random (the batch order) comes from the seed, so
+a run is repeatable to the bit on a given machine and thread count.
 
 :func:`accuracy_table` runs the comparison of the chapter: for each
 ``(w_bits, a_bits)``, post-training quantization (min-max ranges measured on the
@@ -131,8 +130,19 @@ def accuracy_table(train: Digits, test: Digits, model_name: str = "cnn", bit_pai
     """``{(w_bits, a_bits): {method: test accuracy}}`` for PTQ and the QAT methods, from the pretrained model.
 
     ``"ptq"`` is :func:`ptq_accuracy`; the others are :func:`qat_accuracy` with the
-    settings of :data:`SETTINGS`. ``log`` gets one line per configuration.
+    settings of :data:`SETTINGS`. ``log`` gets one line per configuration. Runs on one
+    thread (restored afterwards): with two, PyTorch may sum in another order and a run
+    can end one test image apart, so the table would depend on the machine.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _accuracy_table(train, test, model_name, bit_pairs, methods, seed, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _accuracy_table(train, test, model_name, bit_pairs, methods, seed, log) -> dict:
     model = load_pretrained(model_name)
     table = {}
     for w_bits, a_bits in bit_pairs:

@@ -31,6 +31,7 @@ from qlib.qat import (
     calibrate,
     prepare_qat,
     qat_layers,
+    to_integer_model,
 )
 from qlib.qat_training import ptq_accuracy, train_qat
 
@@ -201,3 +202,24 @@ def test_training_is_seeded_logged_and_recovers_what_ptq_loses(digits):
     assert len(lines) == 4 and lines[0].startswith("epoch 1/2: loss")
     ptq = ptq_accuracy(cnn, train, test, 2, 2)
     assert runs[0][0] > ptq + 0.15, (ptq, runs[0][0])
+
+
+def test_trained_qat_model_converts_to_the_integer_model(digits):
+    train, test = digits
+    qat = prepare_qat(load_pretrained("cnn"), 8, 8, "ste")
+    qat_acc = train_qat(qat, train, test, epochs=1, log=None)
+    integer = to_integer_model(qat, train.images)
+    assert [layer.name for layer in integer.layers] == ["conv1", "conv2", "fc1", "fc2"]
+    # the conv1 input range is the one QAT learned, not a new calibration
+    assert integer.input_qparams.scale == pytest.approx(float(qat.conv1.input_quantizer.qparams()[0]), rel=1e-6)
+    with torch.no_grad():
+        agree = (integer(test.images).argmax(1) == qat.eval()(test.images).argmax(1)).double().mean().item()
+    assert agree >= 0.99
+    assert abs(accuracy(integer, test) - qat_acc) <= 2 / len(test)
+
+
+def test_lsq_models_do_not_convert(digits):
+    train, _ = digits
+    qat = calibrate(prepare_qat(load_pretrained("cnn"), 8, 8, "lsq"), train, n_batches=1)
+    with pytest.raises(ValueError, match="per-channel min-max"):
+        to_integer_model(qat, train.images[:64])
