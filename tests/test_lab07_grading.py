@@ -1,0 +1,245 @@
+"""Lab 7 graded end to end by nbgrader: fair to correct answers, hard to game.
+
+The submissions below are graded by the tests every lab gets (tests/lab_grading.py), plus
+two of this lab's own: no line of the answer and no hidden test reaches the student.
+"""
+from __future__ import annotations
+
+from tests import nbgrader_course as course
+from tests.lab_grading import LabGradingTests
+
+LAB = "lab07_qat"
+POINTS = {"test_ste_forward": 2, "test_ste_backward": 3, "test_lsq_forward": 2, "test_lsq_backward": 4,
+          "test_quantized_forward": 3, "test_qat_finetune": 4}
+
+WRAPPER = '''
+
+def fake_quant_ste(x, scale, zero_point, qmin, qmax):
+    return FakeQuantSTE.apply(x, scale, zero_point, qmin, qmax)
+'''
+
+# --- plausible wrong answers: each must lose its own question, and only that one ---------------------
+
+WRONG = {
+    "ste_mask_before_rounding": ("FakeQuantSTE", "test_ste_backward", '''
+class FakeQuantSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax):
+        v = x / scale + zero_point
+        ctx.save_for_backward((v >= qmin) & (v <= qmax))
+        q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+        return (q - zero_point) * scale
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (inside,) = ctx.saved_tensors
+        return grad_output * inside, None, None, None, None
+''' + WRAPPER),
+    "hard_coded_visible_cases": ("FakeQuantSTE", "test_ste_forward", '''
+VISIBLE = {8: [-1.0, -0.5, 0.0, 0.0, 0.0, 1.0, 1.5, 1.5], 5: [0.0, 2.0, 2.0, 2.0, -3.0],
+           9: [-2.0, -2.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0], 6: [[0.0, 0.25, -0.5], [0.0, 0.5, -1.0]]}
+
+
+class FakeQuantSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax):
+        q = torch.round(x / scale) + zero_point
+        ctx.save_for_backward((q >= qmin) & (q <= qmax))
+        if x.numel() in VISIBLE:
+            return torch.tensor(VISIBLE[x.numel()])
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (inside,) = ctx.saved_tensors
+        return grad_output * inside, None, None, None, None
+''' + WRAPPER),
+    "lsq_without_grad_scale": ("LSQFakeQuant", "test_lsq_backward", '''
+class LSQFakeQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v, step, qmin, qmax, grad_scale):
+        q = torch.round(v / step)
+        ctx.save_for_backward(v, step, q)
+        ctx.qmin, ctx.qmax = qmin, qmax
+        return torch.clamp(q, qmin, qmax) * step
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        v, step, q = ctx.saved_tensors
+        below, above = q < ctx.qmin, q > ctx.qmax
+        inside = ~(below | above)
+        d = torch.where(inside, q - v / step, torch.where(below, float(ctx.qmin), float(ctx.qmax)))
+        return grad_output * inside, (grad_output * d).sum().reshape(step.shape), None, None, None
+'''),
+    "quantized_forward_per_tensor_weights": ("quantized_forward", "test_quantized_forward", '''
+def quantized_forward(model, images, bits, input_max):
+    qmax_w, qmax_x = 2 ** (bits - 1) - 1, 2 ** bits - 1
+
+    def weight(layer):
+        w = layer.weight
+        return fake_quant_ste(w, w.detach().abs().max() / qmax_w, 0, -qmax_w - 1, qmax_w)
+
+    def inputs(x, name):
+        return fake_quant_ste(x, input_max[name] / qmax_x, 0, 0, qmax_x)
+
+    x = F.relu(F.conv2d(inputs(images, "conv1"), weight(model.conv1), model.conv1.bias, padding=1))
+    x = F.relu(F.conv2d(inputs(x, "conv2"), weight(model.conv2), model.conv2.bias, padding=1))
+    x = F.max_pool2d(x, 2).flatten(1)
+    x = F.relu(F.linear(inputs(x, "fc1"), weight(model.fc1), model.fc1.bias))
+    return F.linear(inputs(x, "fc2"), weight(model.fc2), model.fc2.bias)
+'''),
+    "finetune_without_quantizer": ("qat_finetune", "test_qat_finetune", '''
+def qat_finetune(model, train_set, bits, input_max, epochs, lr, seed):
+    model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for epoch in range(epochs):
+        order = torch.randperm(len(train_set), generator=gen)
+        for start in range(0, len(train_set), 64):
+            idx = order[start:start + 64]
+            loss = F.cross_entropy(model(train_set.images[idx]), train_set.labels[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        print(f"epoch {epoch + 1}: loss {loss.item():.4f}")
+    return model
+'''),
+}
+
+# --- correct answers written differently: full marks ---------------------------------------------------
+
+DIFFERENT = {
+    "FakeQuantSTE": '''
+class FakeQuantSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax):
+        scale = torch.as_tensor(scale, dtype=x.dtype)
+        q_r = torch.round(x * (1.0 / scale)) + zero_point
+        ctx.save_for_backward(q_r)
+        ctx.bounds = (qmin, qmax)
+        return (q_r.clamp(qmin, qmax) - zero_point) * scale
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (q_r,) = ctx.saved_tensors
+        lo, hi = ctx.bounds
+        keep = torch.logical_and(q_r >= lo, q_r <= hi)
+        return torch.where(keep, grad_output, torch.zeros_like(grad_output)), None, None, None, None
+''' + WRAPPER,
+    "LSQFakeQuant": '''
+class LSQFakeQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v, step, qmin, qmax, grad_scale):
+        q = torch.round(v / step)
+        v_hat = q.clamp(qmin, qmax) * step
+        ctx.save_for_backward(v, step, q, v_hat)
+        ctx.args = (qmin, qmax, grad_scale)
+        return v_hat
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        v, step, q, v_hat = ctx.saved_tensors
+        qmin, qmax, g = ctx.args
+        inside = (q >= qmin) & (q <= qmax)
+        d = torch.full_like(v, float(qmax))
+        d[q < qmin] = float(qmin)
+        d[inside] = ((v_hat - v) / step)[inside]      # = q - v / step inside the range
+        grad_step = g * torch.dot(grad_output.flatten(), d.flatten())
+        return grad_output * inside.to(grad_output.dtype), grad_step.reshape(step.shape), None, None, None
+''',
+    "quantized_forward": '''
+def quantized_forward(model, images, bits, input_max):
+    x = images
+    for name in ("conv1", "conv2", "fc1", "fc2"):
+        layer = getattr(model, name)
+        w = layer.weight
+        flat = w.detach().reshape(w.shape[0], -1)
+        w_scale = (flat.abs().max(dim=1).values / (2 ** (bits - 1) - 1)).reshape([-1] + [1] * (w.dim() - 1))
+        w_hat = fake_quant_ste(w, w_scale, 0, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        x_hat = fake_quant_ste(x, torch.tensor(input_max[name]) / (2 ** bits - 1), 0, 0, 2 ** bits - 1)
+        if name.startswith("conv"):
+            x = torch.relu(layer._conv_forward(x_hat, w_hat, layer.bias))
+            if name == "conv2":
+                x = F.max_pool2d(x, kernel_size=2).reshape(len(x), -1)
+        else:
+            x = x_hat @ w_hat.t() + layer.bias
+            if name == "fc1":
+                x = torch.clamp(x, min=0)
+    return x
+''',
+    "qat_finetune": '''
+def qat_finetune(model, train_set, bits, input_max, epochs, lr, seed):
+    trained = copy.deepcopy(model)
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    opt = torch.optim.Adam(trained.parameters(), lr=lr)
+    for epoch in range(epochs):
+        losses = []
+        for idx in torch.split(torch.randperm(len(train_set.labels), generator=gen), 64):
+            log_p = F.log_softmax(quantized_forward(trained, train_set.images[idx], bits, input_max), dim=1)
+            loss = F.nll_loss(log_p, train_set.labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        print("epoch", epoch + 1, "loss", sum(losses) / len(losses))
+    return trained
+''',
+}
+
+# --- attempts to game the grader: nothing for the question ------------------------------------------
+
+STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+CALLS_QLIB = "from qlib.grading.lab07 import reference_quantized_forward as quantized_forward\n"
+CALLS_QLIB_OBFUSCATED = '''
+training = __import__("ql" + "ib.qat_training", fromlist=["train_qat"])
+
+
+def qat_finetune(model, train_set, bits, input_max, epochs, lr, seed):
+    return copy.deepcopy(model)
+'''
+PATCHES_TORCH_EQUAL = ("torch.equal = lambda a, b: True\n\n"
+                       "def qat_finetune(model, train_set, bits, input_max, epochs, lr, seed):\n"
+                       "    return copy.deepcopy(model)\n")
+PATCHES_GRADER = ("grader.check_quantized_forward = lambda *a, **k: None\n\n"
+                  "def quantized_forward(model, images, bits, input_max):\n    return model(images)\n")
+LOOPS = "def quantized_forward(model, images, bits, input_max):\n    while True:\n        pass\n"
+CHEATS = {
+    "calls_qlib_reference": ({"quantized_forward": CALLS_QLIB}, None, "test_quantized_forward"),
+    "calls_qlib_obfuscated": ({"qat_finetune": CALLS_QLIB_OBFUSCATED}, None, "test_qat_finetune"),
+    "patches_torch_equal": ({"qat_finetune": PATCHES_TORCH_EQUAL}, None, "test_qat_finetune"),
+    "patches_grader": ({"quantized_forward": PATCHES_GRADER}, None, "test_quantized_forward"),
+    "edits_test_cell": ({"quantized_forward": STUB}, ("test_quantized_forward", "edit"), "test_quantized_forward"),
+    "deletes_test_cell": ({"qat_finetune": STUB}, ("test_qat_finetune", "delete"), "test_qat_finetune"),
+    "infinite_loop": ({"quantized_forward": LOOPS}, None, "test_quantized_forward"),
+}
+
+EXPLAINED = [
+    ("ste_mask_before_rounding", "test_ste_backward", "decide it on the rounded value"),
+    ("hard_coded_visible_cases", "test_ste_forward", "A hidden check failed"),
+    ("lsq_without_grad_scale", "test_lsq_backward", "the gradient scale is missing"),
+    ("quantized_forward_per_tensor_weights", "test_quantized_forward", "one scale per output channel"),
+    ("finetune_without_quantizer", "test_qat_finetune", "it should reach 0.90"),
+    ("calls_qlib_reference", "quantized_forward", "did not run this cell"),
+    ("patches_torch_equal", "qat_finetune", "torch.equal"),
+    ("infinite_loop", "test_quantized_forward", "did not return within"),
+]
+
+
+class TestLab07Grading(LabGradingTests):
+    LAB, POINTS, N_STUBS = LAB, POINTS, 6
+    WRONG, DIFFERENT, CHEATS, EXPLAINED = WRONG, DIFFERENT, CHEATS, EXPLAINED
+
+    def test_released_notebook_shows_no_line_of_the_answer(self, graded):
+        text = "\n".join(c.source for c in graded[2].cells)
+        assert "ctx.save_for_backward((q >= qmin)" not in text  # a line of the reference answer
+        assert "optimizer.step()" not in text
+
+    def test_feedback_leaks_no_hidden_test(self, graded):
+        c = graded[1]["hard_coded_visible_cases"]
+        course.nbgrader("generate_feedback", LAB, "--student", "hard_coded_visible_cases", "--force", cwd=c)
+        html = next((c / "feedback" / "hard_coded_visible_cases" / LAB).glob("*.html")).read_text()
+        assert "A hidden check failed" in html
+        assert "seed=" not in html and "check_fake_quant_ste_forward(FakeQuantSTE," not in html
+        hidden_output = course.cell_output(c, LAB, "hard_coded_visible_cases", "test_ste_forward")
+        assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
