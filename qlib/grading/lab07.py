@@ -149,7 +149,8 @@ def _ste_visible():
         ("visible", torch.tensor([-1.0, -0.26, 0.0, 0.24, 0.25, 0.75, 1.3, 9.0]), 0.5, 0, -4, 3),
         ("visible", torch.tensor([0.5, 1.5, 2.5, 3.5, -7.0]), 1.0, 1, -2, 3),
         ("visible", torch.tensor([-2.6, -2.4, -0.3, 0.0, 1.2, 1.4, 1.5, 1.6, 3.0]), 1.0, 0, -2, 1),
-        ("one scale per row", torch.tensor([[0.1, 0.7, -0.9], [0.1, 0.7, -0.9]]), torch.tensor([[0.25], [0.5]]), 0, -2, 1),
+        ("one scale per row", torch.tensor([[0.1, 0.7, -0.9], [0.1, 0.7, -0.9]]), torch.tensor([[0.25], [0.5]]),
+         0, -2, 1),
     ]
 
 
@@ -195,7 +196,8 @@ def _forward_variants(x, scale, zp, qmin, qmax):
         "the result is not clamped to [qmin, qmax].": (np.round(v) + zp - zp) * s,
         "the output should be dequantized: return (q - zero_point) * scale, not the integer q.":
             np.clip(np.round(v) + zp, qmin, qmax),
-        "floor instead of round: use torch.round (round half to even).": (np.clip(np.floor(v) + zp, qmin, qmax) - zp) * s,
+        "floor instead of round: use torch.round (round half to even).":
+            (np.clip(np.floor(v) + zp, qmin, qmax) - zp) * s,
         "the zero point is not subtracted again when dequantizing.": np.clip(np.round(v) + zp, qmin, qmax) * s,
     }
 
@@ -281,7 +283,8 @@ def check_fake_quant_ste_backward(FakeQuantSTE, seed=None):
         hint = next((h for h, v in _mask_variants(x, scale, zp, qmin, qmax, upstream).items()
                      if np.array_equal(got[~near_tie(_ratio(x, scale))],
                                        np.broadcast_to(v, got.shape)[~near_tie(_ratio(x, scale))])),
-                    "return grad_output * mask, mask = (q >= qmin) & (q <= qmax) with q = round(x / scale) + zero_point.")
+                    "return grad_output * mask, mask = (q >= qmin) & (q <= qmax) with "
+                    "q = round(x / scale) + zero_point.")
         if seed is None:
             fail(f"{task} with {_where(kind, x, scale, zp, qmin, qmax)} and grad_output = {fmt(upstream.numpy())}:\n"
                  f"expected gradient {fmt(expected)}\ngot               {fmt(got)}\nHint: {hint}")
@@ -497,7 +500,8 @@ def check_quantized_forward(quantized_forward, seed=None):
                         "point 0, integers [0, 2**bits - 1]; ReLU after conv1, conv2 and fc1; max pooling after conv2.")
             prefix = f"{task} ({where})" if seed is None else f"{HIDDEN} for {task} at {bits} bits"
             fail(f"{prefix}: {int((~rows_ok).sum())} of {len(images)} images get different logits."
-                 + (f"\nfirst image: expected {fmt(e[~rows_ok][0])}\ngot {fmt(got[~rows_ok][0])}" if seed is None else "")
+                 + (f"\nfirst image: expected {fmt(e[~rows_ok][0])}\ngot {fmt(got[~rows_ok][0])}"
+                    if seed is None else "")
                  + f"\nHint: {hint}")
         if grads is None or any(gr is None for gr in grads):
             fail(f"{task} ({where}): no gradient reaches the weights (model.conv1.weight, model.fc2.weight). Quantize "
