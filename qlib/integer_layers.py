@@ -236,7 +236,7 @@ def _multiply_in_place(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor)
       and gemmlowp's ``trunc((ab + nudge) / 2^31)`` equals ``floor((ab + 2^30) / 2^31)``
       (for ab < 0: ceil((ab + 1 - 2^30) / 2^31) = floor((ab + 2^30) / 2^31));
     * the rounding right shift by ``n >= 1`` with ties away from zero is
-      ``floor((y + 2^(n-1) - [y < 0]) / 2^n)``, and ``-[y < 0]`` is ``y >> 63``.
+      ``floor((y + 2^(n-1) - [y < 0]) / 2^n)``.
 
     ``acc`` (int64, overwritten) may be any shape; ``m0``/``shift`` broadcast against it.
     """
@@ -246,11 +246,13 @@ def _multiply_in_place(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor)
         n = int(shift)
         if n == 0:
             return acc
-        return acc.add_((acc >> 63).add_(2 ** (n - 1))).bitwise_right_shift_(n)
-    negative = acc >> 63                         # -1 where acc < 0, else 0
+        acc.add_(acc < 0, alpha=-1)              # - [y < 0]
+        return acc.add_(2 ** (n - 1)).bitwise_right_shift_(n)
+    negative = acc < 0
     if bool((shift == 0).any()):
-        negative &= -(shift > 0).to(torch.int64)  # no correction where n = 0
-    return acc.add_(negative).add_((1 << shift) >> 1).bitwise_right_shift_(shift)
+        negative &= shift > 0                    # no correction where n = 0
+    acc.add_(negative, alpha=-1)
+    return acc.add_((1 << shift) >> 1).bitwise_right_shift_(shift)
 
 
 def quantized_linear(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero_point: int,

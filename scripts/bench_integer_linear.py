@@ -156,7 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024, help="batch = in_features = out_features")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every candidate")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     engines = torch.backends.quantized.supported_engines
