@@ -10,7 +10,7 @@ and every other value is rounded more coarsely. The calibrators here choose a
 
 (zero point 0, round half to even, ``x / scale`` computed as ``x * (1 / scale)`` in
 float32 as in :mod:`qlib.linear`). Values beyond ``T`` are clipped; values inside are
-rounded to a finer grid. Every calibrator looks at ``|x|``:
+rounded to a finer grid. One threshold serves both signs:
 
 * :func:`percentile_threshold`: ``T`` = the ``p``-th percentile of ``|x|`` (e.g. 99.9 or
   99.99), linear interpolation between order statistics, as ``numpy.percentile``.
@@ -21,7 +21,11 @@ rounded to a finer grid. Every calibrator looks at ``|x|``:
   first ``i`` bins, everything beyond added to the last one) is compared with the
   candidate ``Q`` (the same ``i`` bins folded into ``levels`` quantized bins and spread
   back, see :func:`candidate_distribution`); the threshold is ``i * bin_width`` for the
-  ``i`` of least ``KL(P || Q)``.
+  ``i`` of least ``KL(P || Q)``. Applied to data (``get_calibrator("kl")``), exact zeros
+  are left out of the histogram by default: they quantize exactly at every threshold,
+  and the spike a ReLU leaves in bin 0 would drag the threshold far down (TensorRT's
+  descriptions do not say what it does with them). The search collapses on data whose
+  first bins are empty, such as the 17 pixel levels of the digits (see :func:`kl_threshold`).
 
 Each has the same form ``calibrator(x, qmin, qmax) -> T`` through :func:`get_calibrator`,
 so an observer (:class:`ClippingObserver` and its subclasses below, built on
@@ -459,7 +463,8 @@ def get_calibrator(name: str, **options):
     * ``"percentile"``: :func:`percentile_threshold` (option ``percentile``, default 99.99);
     * ``"mse"``: :func:`mse_threshold` (option ``n_candidates``, default 100);
     * ``"kl"``: :func:`kl_threshold` on :func:`abs_histogram` of ``x`` with ``levels = qmax + 1``
-      (option ``bins``, default 2048).
+      (options ``bins``, default 2048, and ``ignore_zeros``, default True: exact zeros are
+      left out of the histogram; an all-zero ``x`` gives 0.0).
     """
     try:
         fn = CALIBRATORS[name]
