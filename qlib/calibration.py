@@ -185,6 +185,34 @@ def mse_curve(x, qmin: int, qmax: int, n_candidates: int = MSE_CANDIDATES) -> tu
     return thresholds, _clipping_errors(x, thresholds, qmin, qmax)
 
 
+def error_components(x, thresholds, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rounding, clipping)``: the two parts of the quantization MSE of ``x`` at each threshold.
+
+    A value is *clipped* when ``round(x / scale)`` falls outside ``[qmin, qmax]`` and the clamp
+    moves it; every other value only suffers *rounding*. Both parts are sums of squared
+    errors divided by the number of values, so ``rounding + clipping`` is the MSE of
+    :func:`mse_curve` at the same thresholds. Rounding error grows with the threshold,
+    clipping error shrinks: the trade-off the MSE search balances.
+    """
+    x = as_float_tensor(x).to(torch.float32).reshape(1, -1)
+    _checked_levels(qmin, qmax)
+    t = torch.as_tensor(thresholds, dtype=torch.float64).reshape(-1, 1)
+    if bool((t <= 0).any()):
+        raise ValueError("thresholds must be positive")
+    rounding = torch.zeros(t.shape[0], dtype=torch.float64)
+    clipping = torch.zeros(t.shape[0], dtype=torch.float64)
+    chunk = max(1, 2**22 // x.numel())
+    for start in range(0, t.shape[0], chunk):
+        scale = threshold_scale(t[start:start + chunk], qmax)
+        codes = torch.round(x * torch.reciprocal(scale))
+        clipped = (codes < qmin) | (codes > qmax)
+        err = fake_quantize_with_scale(x, scale, qmin, qmax).to(torch.float64) - x.to(torch.float64)
+        sq = err * err
+        clipping[start:start + chunk] = torch.where(clipped, sq, 0.0).sum(dim=1) / x.numel()
+        rounding[start:start + chunk] = torch.where(clipped, 0.0, sq).sum(dim=1) / x.numel()
+    return rounding, clipping
+
+
 def _mse_threshold(x: torch.Tensor, qmin: int, qmax: int, n_candidates: int) -> float:
     amax = float(x.abs().max())
     if amax == 0.0:

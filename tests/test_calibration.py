@@ -142,6 +142,18 @@ def test_mse_threshold_is_the_brute_force_minimum(bits, signed, seed):
     assert cal.clipping_error(x, got, qmin, qmax) == pytest.approx(errors[k], rel=1e-9)
 
 
+def test_error_components_add_up_and_trade_off():
+    x = _heavy_tailed(4, n=3000)
+    t, total = cal.mse_curve(x, -8, 7, n_candidates=40)
+    rounding, clipping = cal.error_components(x, t, -8, 7)
+    torch.testing.assert_close(rounding + clipping, total, rtol=1e-12, atol=0)
+    assert clipping[-1] == 0 and clipping[0] > clipping[-2]            # min-max clips nothing
+    assert rounding[0] < rounding[-1]
+    # by hand: x = [0.3, 2.0], T = 1 with 2 levels each side (scale 0.5): 0.3 -> 0.5, 2.0 -> 1.0 (clipped)
+    r, c = cal.error_components(torch.tensor([0.3, 2.0]), [1.0], -2, 2)
+    assert r.item() == pytest.approx(0.2 ** 2 / 2) and c.item() == pytest.approx(1.0 / 2)
+
+
 def test_mse_threshold_clips_an_outlier():
     # one value at 5 among 1001 in [-1, 1]: clipping it costs (5 - T)^2 / 1002, rounding the
     # bulk on the min-max grid (step 5/7) costs about step^2 / 12 = 0.04 per value
