@@ -369,7 +369,7 @@ def check_kl_threshold(kl_threshold, seed=None):
         i_got = got / width
         k = int(round(i_got)) - levels
         if abs(i_got - round(i_got)) < 1e-6 and 0 <= k < divergences.size and (
-                divergences[k] <= divergences.min() * (1 + 1e-9) + 1e-12):
+                divergences[k] <= divergences.min() * (1 + 1e-6) + 1e-9):  # float32 sums pass too
             continue
         hint = _kl_hint(counts, levels, width, got)
         if seed is None:
