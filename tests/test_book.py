@@ -50,7 +50,8 @@ def test_chapter_shows_computed_results_and_figures(site):
 
 
 @pytest.mark.parametrize("lab", ["lab01_number_formats", "lab02_kmeans_huffman", "lab03_linear_quantization",
-                                 "lab04_ptq_granularity", "lab06_integer_inference"])
+                                 "lab04_ptq_granularity", "lab05_calibration", "lab06_integer_inference",
+                                 "lab07_qat"])
 def test_lab_page_is_shown_not_executed(site, lab):
     text = (site / "labs" / lab / f"{lab}.html").read_text()
     assert "NotImplementedError" in text  # the student stubs are shown
