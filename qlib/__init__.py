@@ -13,11 +13,34 @@ Modules, one idea each:
 * :mod:`qlib.storage`: honest bit accounting of compressed layers and models (chapter 2)
 * :mod:`qlib.deep_compression`: prune, cluster, retrain, Huffman-code the digits CNN (chapter 2)
 * :mod:`qlib.linear`: integer ranges, scale and zero point, quantize, dequantize (chapter 3)
-* :mod:`qlib.granularity`: per-tensor, per-channel and per-group quantization (chapters 3-4)
+* :mod:`qlib.granularity`: per-tensor, per-channel, per-group quantization and MX-style
+  power-of-two integer blocks (chapters 3-4)
+* :mod:`qlib.scale_storage`: the storage cost of scales and zero points in bits per weight (chapter 4)
+* :mod:`qlib.weights`: fake-quantizing a whole model's weights at any granularity; the
+  accuracy-versus-bits sweep (chapters 3-4)
+* :mod:`qlib.observers`: min-max, moving-average and per-channel range observers, one qparams formula (chapters 5-7)
+* :mod:`qlib.calibration`: percentile, MSE-optimal and KL (TensorRT) clipping thresholds and their observers (chapter 5)
 * :mod:`qlib.rounding`: rounding modes, named by their tie rule
+* :mod:`qlib.stochastic_rounding`: stochastic rounding seeded through a torch.Generator (chapter 5)
+* :mod:`qlib.adaround`: AdaRound, learned up/down rounding layer by layer (chapter 5)
+* :mod:`qlib.ptq`: static, dynamic and N2D2 post-training quantization of the digits models (chapter 5)
+* :mod:`qlib.requantize`: fixed-point multiplier (M0, shift), gemmlowp/TFLite requantization (chapter 6)
+* :mod:`qlib.integer_layers`: integer-only fully connected, convolution and pooling layers, exact int8 GEMM (chapter 6)
+* :mod:`qlib.shift_scaling`: N2D2 fixed-point, single- and double-shift scale approximations (chapter 6)
+* :mod:`qlib.folding`: batch-norm folding into the preceding convolution or linear layer (chapter 6)
+* :mod:`qlib.integer_model`: the digits CNN as an integer-only model, its fake-quantized
+  simulation, a float-tensor guard (chapter 6)
+* :mod:`qlib.ste`: fake quantization with the straight-through estimator (chapter 7)
+* :mod:`qlib.lsq`: learned step size quantization, gradient scale and initial step (chapter 7)
+* :mod:`qlib.pact`: PACT, a learned activation clipping value (chapter 7)
+* :mod:`qlib.qat`: QAT layers with FP32 master weights, prepare_qat, conversion to the integer model (chapter 7)
+* :mod:`qlib.qat_training`: seeded QAT fine-tuning and the PTQ/STE/LSQ table (chapter 7)
+* :mod:`qlib.binary`: BinaryConnect sign, XNOR scaling, binary activations (chapter 8)
+* :mod:`qlib.ternary`: ternary weight networks, threshold and scale (chapter 8)
+* :mod:`qlib.low_bit_training`: short fine-tuning with binary, ternary or low-bit weights and FP32 latent weights (chapter 8)
+* :mod:`qlib.mixed_precision`: per-layer sensitivity and bit allocation under a size budget (chapter 8)
 * :mod:`qlib.data`: the digits data set with its fixed split
 * :mod:`qlib.models`: the digits CNN and MLP with pretrained FP32 checkpoints
-* :mod:`qlib.weights`: fake-quantizing the weights of a whole model
 * :mod:`qlib.grading`: checks that the labs' test cells call
 """
 from qlib.granularity import (
