@@ -63,6 +63,7 @@ def test_lab_page_is_shown_not_executed(site, lab):
     ("01_number_formats", ["1 10000111 00111010101000000000000", "448", "57344"]),
     ("02_kmeans_huffman", ["3.2"]),
     ("04_ptq_granularity", ["2.28", "2.08", "0.1562", "4.256"]),
+    ("05_calibration", ["112.37", "0.01647", "26.7%", "91.4%", "0.0630"]),
     ("06_integer_inference", ["136671", "2051462828"]),
 ])
 def test_other_chapters_show_their_worked_examples(site, chapter, numbers):
