@@ -1,0 +1,362 @@
+"""Checks for lab08_binary_mixed, called by the lab's test cells.
+
+Same contract as :mod:`qlib.grading.lab03`: visible cases explained in full (input, expected,
+got, a hint); hidden cases (``seed``) name the kind of input and the likely mistake, never the
+input or the number of cases. Expected values come from :mod:`qlib.binary`,
+:mod:`qlib.ternary` and :mod:`qlib.mixed_precision`, computed before the student's function runs;
+while it runs, those references are blocked.
+
+Exact where the math is exact: the codes b and t must match bit for bit; the float32 means
+alpha and delta to a relative 1e-5 (a mean summed in another order, or in float64, is right
+too). Hidden ternary inputs keep every weight clear of the threshold, except the cases built so
+that a weight sits on it exactly. Sensitivity drops may differ by one image (a batch size other
+than the reference's can flip one argmax).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from qlib import binary as ref_binary
+from qlib import mixed_precision as ref_mixed
+from qlib import ternary as ref_ternary
+from qlib.grading.harness import as_array, as_integers, check_shape, fail, fmt, run_submission, time_limit  # noqa: F401
+
+#: The qlib functions that this lab asks students to write; unavailable while their code runs.
+REFERENCES = ("binarize", "ternarize", "quantization_sensitivity")
+HIDDEN = "A hidden check failed"
+RTOL = 1e-5
+
+
+def _run(task, fn, *args, seconds=20.0):
+    return run_submission(task, fn, *args, blocked=REFERENCES, seconds=seconds)
+
+
+def _passed(task, seed, n_cases):
+    """Report success; hidden checks do not say how many cases they ran."""
+    print(f"{task}: {n_cases} visible case{'s' * (n_cases != 1)} passed" if seed is None
+          else f"{task}: hidden checks passed")
+
+
+def _tuple(value, n, names, task):
+    if not isinstance(value, (tuple, list)) or len(value) != n:
+        got = type(value).__name__ + (f" of length {len(value)}" if isinstance(value, (tuple, list)) else "")
+        fail(f"{task}: should return {n} values ({', '.join(names)}), got {got}.")
+    return value
+
+
+def _scale_shape(w: torch.Tensor, per_channel: bool) -> tuple:
+    return (w.shape[0],) if per_channel else ()
+
+
+def _as_scale(value, what, task, w, per_channel, seed, hint=""):
+    """The student's alpha or delta as an array of the expected shape ([C] per channel, () per tensor)."""
+    arr = as_array(value, what, task, nan_hint=hint)
+    expected = _scale_shape(w, per_channel)
+    if per_channel and arr.size == 1 and w.shape[0] > 1:
+        where = "" if seed is not None else f" ({w.shape[0]} for a weight of shape {tuple(w.shape)})"
+        fail(f"{task}: {what} is one number, but per_channel=True asks for one {what} per output channel"
+             f"{where}: take the mean over each w[c].")
+    if not per_channel and arr.size != 1:
+        fail(f"{task}: per_channel=False asks for a single {what} for the whole tensor, got {arr.size} values.")
+    if arr.size != int(np.prod(expected)):
+        fail(f"{task}: expected one {what} per output channel (w.shape[0] values), got {arr.size}"
+             + (f" for a weight of shape {tuple(w.shape)}." if seed is None else "."))
+    return arr.reshape(expected)
+
+
+def _codes(value, what, task, w, seed):
+    """The student's codes b or t as int64, of w's shape."""
+    arr = as_integers(value, what, task)
+    if tuple(arr.shape) != tuple(w.shape):
+        if seed is None:
+            check_shape(arr, tuple(w.shape), what, task)
+        fail(f"{HIDDEN} for {task}: {what} does not have the shape of w.")
+    return arr
+
+
+def _where(w, per_channel):
+    return f"w of shape {tuple(w.shape)}, per_channel={per_channel}"
+
+
+def _random_weight(gen: torch.Generator, shape, i):
+    """Weights whose output channels differ in spread; some exact zeros (+0.0 and -0.0)."""
+    w = torch.randn(shape, generator=gen)
+    spread = 10.0 ** (torch.rand(shape[0], generator=gen) * 3 - 2)
+    w = w * spread.reshape((-1,) + (1,) * (len(shape) - 1))
+    flat = w.reshape(-1)
+    flat[torch.randperm(flat.numel(), generator=gen)[: max(1, flat.numel() // 10)]] = 0.0
+    if i % 2:
+        flat[0] = -0.0
+    return w
+
+
+SHAPES = [(16, 1, 3, 3), (8, 12), (5, 4, 3, 3), (10, 64), (6, 1), (3, 2, 5)]
+
+
+# --- Task 1: binarize ------------------------------------------------------------------------------
+
+def _binarize_cases(seed):
+    if seed is None:
+        return [("the example above", torch.tensor([0.8, -0.3, 0.0, -1.3]), False),
+                ("a small matrix, one row per output channel",
+                 torch.tensor([[1.0, -3.0, 0.5], [0.0, 0.0, 0.0], [-0.5, 0.25, -0.75]]), True),
+                ("a convolution weight", torch.randn((4, 2, 3, 3), generator=torch.Generator().manual_seed(8)),
+                 True)]
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(24):
+        w = _random_weight(gen, SHAPES[i % len(SHAPES)], i)
+        if i % 5 == 3:
+            w[0] = 0.0  # an all-zero output channel
+        kind = "with exact zeros" + (" and an all-zero channel" if i % 5 == 3 else "")
+        cases.append((f"random weights {kind}", w, i % 3 != 0))
+    return cases
+
+
+def _binarize_hint(w, per_channel, b, alpha, b_ref, alpha_ref) -> str:
+    if not np.array_equal(b, b_ref):
+        if (b == 0).any():
+            return ("b holds 0 where w is 0: one bit has only +1 and -1, and sign(0) is +1 here "
+                    "(torch.sign(0) is 0; use torch.where(w >= 0, 1, -1)).")
+        if np.array_equal(b, -b_ref):
+            return "b has the opposite sign: +1 where w >= 0, -1 where w < 0."
+        return "b = +1 where w >= 0 and -1 where w < 0."
+    wn = w.numpy().astype(np.float64)
+    rows = wn.reshape(wn.shape[0], -1) if per_channel else wn.reshape(1, -1)
+    variants = {
+        "alpha is the largest |w|: the best scale is the MEAN of |w| (see the derivation above).":
+            np.abs(rows).max(axis=1),
+        "alpha is the mean of w, not of |w|: take the absolute values first.": rows.mean(axis=1),
+        "alpha looks like the root mean square; the best scale is the mean of |w|.":
+            np.sqrt((rows ** 2).mean(axis=1)),
+    }
+    for hint, v in variants.items():
+        if v.size == alpha.size and np.allclose(alpha.reshape(-1), v.reshape(-1), rtol=RTOL, atol=1e-12):
+            return hint
+    return "alpha = mean |w| over each output channel (per_channel=True) or over the whole tensor."
+
+
+def check_binarize(binarize, seed=None):
+    """Task 1: b = sign(w) with sign(0) = +1, alpha = mean |w| per output channel or per tensor."""
+    task = "binarize"
+    cases = _binarize_cases(seed)
+    for kind, w, per_channel in cases:
+        b_ref, alpha_ref = (t.numpy() for t in ref_binary.binarize(w, per_channel))
+        got = _tuple(_run(task, binarize, w.clone(), per_channel), 2, ("b", "alpha"), task)
+        b = _codes(got[0], "b", task, w, seed)
+        alpha = _as_scale(got[1], "alpha", task, w, per_channel, seed,
+                          hint="an all-zero channel has mean |w| = 0: alpha 0, no division needed.")
+        ok = np.array_equal(b, b_ref) and np.allclose(alpha, alpha_ref, rtol=RTOL, atol=1e-30)
+        if ok:
+            continue
+        hint = _binarize_hint(w, per_channel, b, alpha, b_ref, alpha_ref)
+        if seed is None:
+            fail(f"{task}({_where(w, per_channel)}) on {kind}, w = {fmt(w.numpy())}:\n"
+                 f"expected b = {fmt(b_ref)}, alpha = {fmt(alpha_ref)}\n"
+                 f"got      b = {fmt(b)}, alpha = {fmt(alpha)}\nHint: {hint}")
+        fail(f"{HIDDEN} for binarize on {kind} (per_channel={per_channel}). Hint: {hint}")
+    _passed(task, seed, len(cases))
+
+
+# --- Task 2: ternarize -----------------------------------------------------------------------------
+
+def _clear_of_threshold(w: torch.Tensor, per_channel: bool) -> bool:
+    """True if no |w| lies within a relative 1e-4 of its threshold (float32 and float64 agree there)."""
+    _, _, delta = ref_ternary.ternarize(w, per_channel)
+    d = delta.reshape((-1,) + (1,) * (w.ndim - 1)) if per_channel else delta
+    gap = (w.abs() - d).abs()
+    return bool(((gap > 1e-4 * d) | (d == 0)).all())   # an all-zero channel has delta 0 and t 0: no doubt
+
+
+def _on_threshold(gen: torch.Generator, per_channel: bool):
+    """Weights of which some sit exactly on the threshold: each channel is 2^k * (7, -13, -7, 13, ...)."""
+    rows = []
+    for c in range(3 if per_channel else 1):
+        k = int(torch.randint(-6, 6, (1,), generator=gen))
+        base = torch.tensor([7.0, -13.0, -7.0, 13.0, 7.0, -13.0])[torch.randperm(6, generator=gen)]
+        rows.append(base * 2.0**k)   # mean |w| = 10 * 2^k; float32(0.7) * 10 * 2^k = 7 * 2^k exactly
+    w = torch.stack(rows)
+    return w if per_channel else w.reshape(-1)
+
+
+def _ternarize_cases(seed):
+    if seed is None:
+        return [("the example above", torch.tensor([1.0, -0.2, 0.5, -2.0, 0.05, 0.3]), False),
+                ("weights on the threshold: mean |w| = 10, so delta = 7 exactly",
+                 torch.tensor([7.0, -13.0, -7.0, 13.0]), False),
+                ("a matrix with an all-zero output channel",
+                 torch.tensor([[7.0, -13.0], [0.0, 0.0], [1.0, -0.25]]), True)]
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(200):
+        if len(cases) == 24:
+            break
+        per_channel = i % 3 != 0
+        w = _random_weight(gen, SHAPES[i % len(SHAPES)], i)
+        zero_channel = i % 5 == 3
+        if zero_channel:
+            w[0] = 0.0
+        if _clear_of_threshold(w, per_channel):
+            cases.append(("random weights" + (" with an all-zero channel" if zero_channel else ""), w, per_channel))
+    for per_channel in (False, True):
+        cases.append(("weights exactly on the threshold |w| = delta", _on_threshold(gen, per_channel), per_channel))
+    return cases
+
+
+def _ternarize_hint(w, per_channel, t, alpha, delta, refs) -> str:
+    t_ref, alpha_ref, delta_ref = refs
+    wn = w.numpy().astype(np.float64)
+    rows = np.abs(wn.reshape(wn.shape[0], -1) if per_channel else wn.reshape(1, -1))
+    mean = rows.mean(axis=1)
+    if not np.allclose(delta.reshape(-1), delta_ref.reshape(-1), rtol=RTOL, atol=1e-30):
+        if np.allclose(delta.reshape(-1), 0.7 * rows.max(axis=1), rtol=RTOL):
+            return "delta uses the largest |w|; TWN's threshold is 0.7 times the MEAN of |w|."
+        if np.allclose(delta.reshape(-1), 0.7 * (wn.reshape(rows.shape)).mean(axis=1), rtol=RTOL):
+            return "delta uses the mean of w; take the mean of |w|."
+        return "delta = 0.7 * mean |w| over each output channel (or the whole tensor)."
+    d = delta_ref.reshape((-1,) + (1,) * (wn.ndim - 1)) if per_channel else delta_ref
+    if not np.array_equal(t, t_ref):
+        at = np.abs(wn) == d
+        if at.any() and np.array_equal(t[~at], t_ref[~at]):
+            return "a weight exactly at the threshold, |w| = delta, must become 0: keep only |w| > delta (strict)."
+        if np.array_equal(t, -t_ref):
+            return "t has the opposite sign: +1 where w > delta, -1 where w < -delta."
+        return "t = +1 where w > delta, -1 where w < -delta, 0 otherwise."
+    kept = np.abs(t_ref.reshape(rows.shape)).astype(bool)
+    if np.allclose(alpha.reshape(-1), mean, rtol=RTOL):
+        return "alpha is the mean of all |w|; TWN's alpha is the mean of |w| over the weights ABOVE delta only."
+    if np.allclose(alpha.reshape(-1), (rows * kept).sum(axis=1) / rows.shape[1], rtol=RTOL):
+        return "alpha divides by the number of all weights; divide by the number of weights above delta."
+    return "alpha = mean of |w| over the weights with |w| > delta (0 if there is none)."
+
+
+def check_ternarize(ternarize, seed=None):
+    """Task 2: TWN: delta = 0.7 mean|w|, t in {-1, 0, 1} with a strict threshold, alpha = mean |w| above it."""
+    task = "ternarize"
+    cases = _ternarize_cases(seed)
+    for kind, w, per_channel in cases:
+        refs = tuple(t.numpy() for t in ref_ternary.ternarize(w, per_channel))
+        t_ref, alpha_ref, delta_ref = refs
+        got = _tuple(_run(task, ternarize, w.clone(), per_channel), 3, ("t", "alpha", "delta"), task)
+        t = _codes(got[0], "t", task, w, seed)
+        zero_hint = "a channel with no weight above delta gets alpha = 0 (do not divide 0 by 0)."
+        alpha = _as_scale(got[1], "alpha", task, w, per_channel, seed, hint=zero_hint)
+        delta = _as_scale(got[2], "delta", task, w, per_channel, seed)
+        ok = (np.array_equal(t, t_ref) and np.allclose(alpha, alpha_ref, rtol=RTOL, atol=1e-30)
+              and np.allclose(delta, delta_ref, rtol=RTOL, atol=1e-30))
+        if ok:
+            continue
+        hint = _ternarize_hint(w, per_channel, t, alpha, delta, refs)
+        if seed is None:
+            fail(f"{task}({_where(w, per_channel)}) on {kind}, w = {fmt(w.numpy())}:\n"
+                 f"expected t = {fmt(t_ref)}, alpha = {fmt(alpha_ref)}, delta = {fmt(delta_ref)}\n"
+                 f"got      t = {fmt(t)}, alpha = {fmt(alpha)}, delta = {fmt(delta)}\nHint: {hint}")
+        fail(f"{HIDDEN} for ternarize on {kind} (per_channel={per_channel}). Hint: {hint}")
+    _passed(task, seed, len(cases))
+
+
+# --- Task 3: the sensitivity scan ----------------------------------------------------------------
+
+def _linear_per_tensor(w, bits):
+    from qlib.granularity import fake_quantize_tensor
+
+    return fake_quantize_tensor(w, bits, "tensor")
+
+
+def _keep_large(w, bits):
+    """Keep the largest 2^-bits share of the weights (by magnitude), zero the rest: bits-dependent, not a quantizer."""
+    k = max(1, int(w.numel() * 2.0 ** -bits))
+    threshold = w.detach().abs().reshape(-1).kthvalue(w.numel() - k + 1).values
+    return w * (w.abs() >= threshold)
+
+
+def _sensitivity_cases(seed):
+    from qlib.data import Digits, load_digits
+
+    test = load_digits("test")
+    if seed is None:
+        return [("cnn", test, "the 360 test images", [1, 2, 4], ref_mixed.fake_quantize_weight,
+                 "fake_quantize_weight (1 bit binary, 2 bits ternary, more bits linear)")]
+    train = load_digits("train")
+    subset = Digits(train.images[:400], train.labels[:400])
+    return [
+        ("cnn", test, "the test images", [8, 2, 1], ref_mixed.fake_quantize_weight, "the chapter's quantizers"),
+        ("mlp", test, "the test images", [2, 3], _linear_per_tensor, "linear per-tensor quantization"),
+        ("cnn", subset, "400 training images", [1, 3], _keep_large, "a quantizer that keeps the largest weights"),
+    ]
+
+
+def _scan_variants(model, data, bit_widths, fake_quant):
+    """What common mistakes would return, to name the one a submission made."""
+    import copy
+
+    from qlib.models import accuracy
+    from qlib.weights import quantized_layers
+
+    def train_mode_accuracy(m):
+        m.train()
+        with torch.no_grad():
+            return sum(int((m(x).argmax(dim=1) == y).sum()) for x, y in data.batches()) / len(data)
+
+    reference = accuracy(model, data)
+    accs, cumulative, train_mode = {}, {}, {}
+    one_copy = copy.deepcopy(model)  # the mistake: a single copy for the whole scan
+    for name, _ in quantized_layers(model):
+        accs[name], cumulative[name], train_mode[name] = [], [], []
+        for bits in bit_widths:
+            fresh = copy.deepcopy(model)
+            with torch.no_grad():
+                for m in (fresh, one_copy):
+                    weight = dict(quantized_layers(m))[name].weight
+                    weight.copy_(torch.as_tensor(fake_quant(weight.detach().clone(), bits)))
+            accs[name].append(accuracy(fresh, data))
+            cumulative[name].append(reference - accuracy(one_copy, data))
+            train_mode[name].append(reference - train_mode_accuracy(fresh))
+    return {
+        "the quantized copies seem to be evaluated in training mode, where batch norm uses the statistics "
+        "of the batch: call model.eval() (the accuracy function of the set-up cell does).": train_mode,
+        "these are accuracies; return the DROP, accuracy(FP32) - accuracy(quantized).": accs,
+        "the drop has the wrong sign: accuracy(FP32 model) - accuracy(quantized copy).":
+            {n: [a - reference for a in v] for n, v in accs.items()},
+        "quantized layers stay quantized from one point to the next: quantize a fresh copy of the model "
+        "for every (layer, bits) point, so that only ONE layer is quantized at a time.": cumulative,
+    }
+
+
+def check_quantization_sensitivity(quantization_sensitivity, seed=None):
+    """Task 3: accuracy drop with one layer at a time fake-quantized, for each bit width."""
+    from qlib.models import load_pretrained
+
+    task = "quantization_sensitivity"
+    cases = _sensitivity_cases(seed)
+    for name, data, data_kind, bit_widths, fake_quant, quant_kind in cases:
+        model = load_pretrained(name)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        expected = ref_mixed.quantization_sensitivity(model, data, bit_widths, fake_quant)
+        got = _run(task, quantization_sensitivity, model, data, list(bit_widths), fake_quant, seconds=60.0)
+        where = (f"the digits {name.upper()} on {data_kind}, bit_widths={bit_widths}, fake_quant={quant_kind}")
+        prefix = f"{task} ({where})" if seed is None else f"{HIDDEN} for {task} ({where})"
+        if any(not torch.equal(before[k], v) for k, v in model.state_dict().items()):
+            fail(f"{prefix}: the model passed in was changed. Quantize a copy (copy.deepcopy(model)).")
+        if not isinstance(got, dict):
+            fail(f"{task}: should return a dict {{layer name: [drop at each bit width]}}, got {type(got).__name__}.")
+        if list(got) != list(expected):
+            fail(f"{prefix}: expected the layers {list(expected)} in model order, got {list(got)}. "
+                 "Hint: the Linear and Conv2d layers of model.named_modules().")
+        n = len(data)
+        for layer, exp in expected.items():
+            g = as_array(got[layer], f"the drops of {layer}", task).astype(np.float64).reshape(-1)
+            check_shape(g, (len(bit_widths),), f"the drops of {layer}", task)
+            if np.all(np.abs(g - np.asarray(exp)) <= 1.0 / n + 1e-9):
+                continue
+            hint = "drop = accuracy(model) - accuracy(copy with only this layer's weight replaced by fake_quant)."
+            for h, variant in _scan_variants(model, data, bit_widths, fake_quant).items():
+                v = np.asarray(variant[layer])
+                if np.all(np.abs(g - v) <= 1.0 / n + 1e-9):
+                    hint = h
+                    break
+            if seed is None:
+                fail(f"{prefix}: layer {layer}: expected drops {fmt(np.asarray(exp))}, got {fmt(g)}. Hint: {hint}")
+            fail(f"{prefix}: the drops of layer {layer} differ. Hint: {hint}")
+    _passed(task, seed, len(cases))

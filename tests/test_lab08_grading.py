@@ -1,0 +1,177 @@
+"""Lab 8 graded end to end by nbgrader: fair to correct answers, hard to game.
+
+The submissions below are graded by the tests every lab gets (tests/lab_grading.py), plus two of
+this lab's own: no line of the answer and no hidden test reaches the student.
+"""
+from __future__ import annotations
+
+from tests import nbgrader_course as course
+from tests.lab_grading import LabGradingTests
+
+LAB = "lab08_binary_mixed"
+POINTS = {"test_binarize": 4, "test_ternarize": 6, "test_quantization_sensitivity": 5}
+
+# --- plausible wrong answers: each must lose its own question, and only that one ---------------------
+
+WRONG = {
+    "sign_of_zero_is_zero": ("binarize", "test_binarize", '''
+def binarize(w, per_channel=True):
+    alpha = w.abs().reshape(w.shape[0], -1).mean(dim=1) if per_channel else w.abs().mean()
+    return torch.sign(w), alpha
+'''),
+    "threshold_not_strict": ("ternarize", "test_ternarize", '''
+def ternarize(w, per_channel=True):
+    rows = (w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)).abs()
+    delta = 0.7 * rows.mean(dim=1)
+    kept = rows >= delta[:, None]
+    alpha = (rows * kept).sum(dim=1) / kept.sum(dim=1).clamp(min=1)
+    t = (torch.sign(w).reshape(rows.shape) * kept).reshape(w.shape)
+    return (t, alpha, delta) if per_channel else (t, alpha[0], delta[0])
+'''),
+    "alpha_over_all_weights": ("ternarize", "test_ternarize", '''
+def ternarize(w, per_channel=True):
+    rows = (w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)).abs()
+    delta = 0.7 * rows.mean(dim=1)
+    kept = rows > delta[:, None]
+    alpha = rows.mean(dim=1)
+    t = (torch.sign(w).reshape(rows.shape) * kept).reshape(w.shape)
+    return (t, alpha, delta) if per_channel else (t, alpha[0], delta[0])
+'''),
+    "returns_accuracies": ("quantization_sensitivity", "test_quantization_sensitivity", '''
+def quantization_sensitivity(model, data, bit_widths, fake_quant):
+    result = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            result[name] = []
+            for bits in bit_widths:
+                quantized = copy.deepcopy(model)
+                with torch.no_grad():
+                    layer = quantized.get_submodule(name)
+                    layer.weight.copy_(fake_quant(layer.weight, bits))
+                result[name].append(accuracy(quantized, data))
+    return result
+'''),
+    "hard_coded_visible_cases": ("ternarize", "test_ternarize", '''
+def ternarize(w, per_channel=True):
+    if tuple(w.shape) == (6,):
+        return torch.tensor([1, 0, 1, -1, 0, 0]), 3.5 / 3, 0.4725
+    if tuple(w.shape) == (4,):
+        return torch.tensor([0, -1, 0, 1]), 13.0, 7.0
+    return torch.tensor([[0, -1], [0, 0], [1, 0]]), torch.tensor([13.0, 0.0, 1.0]), torch.tensor([7.0, 0.0, 0.4375])
+'''),
+}
+
+# --- correct answers written differently: full marks ---------------------------------------------------
+
+DIFFERENT = {
+    "binarize": '''
+def binarize(w, per_channel=True):
+    x = np.asarray(w, dtype=np.float64)
+    b = np.where(x >= 0, 1.0, -1.0)                   # floats holding whole numbers are fine
+    if per_channel:
+        alpha = np.array([np.abs(x[c]).sum() / x[c].size for c in range(x.shape[0])])
+    else:
+        alpha = float(np.abs(x).sum() / x.size)
+    return b, alpha
+''',
+    "ternarize": '''
+def ternarize(w, per_channel=True):
+    x = np.asarray(w, dtype=np.float64)
+    groups = [x[c] for c in range(x.shape[0])] if per_channel else [x]
+    t = np.zeros(x.shape, dtype=np.int64)
+    alphas, deltas = [], []
+    for c, g in enumerate(groups):
+        delta = 0.7 * np.abs(g).mean()
+        above = np.abs(g) > delta
+        codes = np.where(g > delta, 1, np.where(g < -delta, -1, 0))
+        if per_channel:
+            t[c] = codes
+        else:
+            t = codes
+        alphas.append(np.abs(g)[above].mean() if above.any() else 0.0)
+        deltas.append(delta)
+    if per_channel:
+        return t, np.array(alphas), np.array(deltas)
+    return t, alphas[0], deltas[0]
+''',
+    "quantization_sensitivity": '''
+def quantization_sensitivity(model, data, bit_widths, fake_quant):
+    def correct_share(m):
+        m.eval()
+        with torch.no_grad():                     # all images in one batch
+            return (m(data.images).argmax(dim=1) == data.labels).double().mean().item()
+
+    base = correct_share(model)
+    names = [n for n, m in model.named_modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d)]
+    table = {n: np.zeros(len(bit_widths)) for n in names}
+    for i, bits in enumerate(bit_widths):          # bit widths outside, layers inside
+        for n in names:
+            m = copy.deepcopy(model)
+            p = dict(m.named_parameters())[n + ".weight"]
+            with torch.no_grad():
+                p.data = fake_quant(p.data.clone(), bits)
+            table[n][i] = base - correct_share(m)
+    return table
+''',
+}
+
+# --- attempts to game the grader: nothing for the question ------------------------------------------
+
+STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+CALLS_QLIB = '''
+from qlib.ternary import ternarize as reference_ternarize
+
+def ternarize(w, per_channel=True):
+    return reference_ternarize(w, per_channel)
+'''
+CALLS_QLIB_VIA_IMPORTLIB = '''
+import importlib
+
+binary = importlib.import_module("ql" + "ib.binary")
+
+def binarize(w, per_channel=True):
+    return binary.binarize(w, per_channel)
+'''
+PATCHES_NUMPY = ('np.array_equal = lambda *a, **k: True\nnp.allclose = lambda *a, **k: True\n\n'
+                 'def binarize(w, per_channel=True):\n    return w, w.abs().mean()\n')
+LOOPS = "def binarize(w, per_channel=True):\n    while True:\n        pass\n"
+CHEATS = {
+    "calls_qlib_reference": ({"ternarize": CALLS_QLIB}, None, "test_ternarize"),
+    "calls_qlib_via_importlib": ({"binarize": CALLS_QLIB_VIA_IMPORTLIB}, None, "test_binarize"),
+    "patches_numpy_comparisons": ({"binarize": PATCHES_NUMPY}, None, "test_binarize"),
+    "edits_test_cell": ({"ternarize": STUB}, ("test_ternarize", "edit"), "test_ternarize"),
+    "deletes_test_cell": ({"quantization_sensitivity": STUB}, ("test_quantization_sensitivity", "delete"),
+                          "test_quantization_sensitivity"),
+    "infinite_loop": ({"binarize": LOOPS}, None, "test_binarize"),
+}
+
+EXPLAINED = [
+    ("sign_of_zero_is_zero", "test_binarize", "sign(0) is +1"),
+    ("threshold_not_strict", "test_ternarize", "strict"),
+    ("alpha_over_all_weights", "test_ternarize", "ABOVE delta only"),
+    ("returns_accuracies", "test_quantization_sensitivity", "return the DROP"),
+    ("hard_coded_visible_cases", "test_ternarize", "A hidden check failed"),
+    ("calls_qlib_reference", "ternarize", "did not run this cell"),
+    ("patches_numpy_comparisons", "binarize", "np.array_equal"),
+    ("infinite_loop", "test_binarize", "did not return within"),
+]
+
+
+class TestLab08Grading(LabGradingTests):
+    LAB, POINTS, N_STUBS = LAB, POINTS, 3
+    WRONG, DIFFERENT, CHEATS, EXPLAINED = WRONG, DIFFERENT, CHEATS, EXPLAINED
+
+    def test_released_notebook_shows_no_line_of_the_answer(self, graded):
+        text = "\n".join(c.source for c in graded[2].cells)
+        assert "torch.where(w >= 0, 1, -1).to(torch.int8)" not in text  # lines of the reference answers
+        assert "kept.sum(dim=1)" not in text and "reference - accuracy(quantized, data)" not in text
+
+    def test_feedback_leaks_no_hidden_test(self, graded):
+        c = graded[1]["hard_coded_visible_cases"]
+        course.nbgrader("generate_feedback", LAB, "--student", "hard_coded_visible_cases", "--force", cwd=c)
+        html = next((c / "feedback" / "hard_coded_visible_cases" / LAB).glob("*.html")).read_text()
+        assert "A hidden check failed" in html
+        assert "seed=" not in html and "check_ternarize(ternarize," not in html
+        hidden_output = course.cell_output(c, LAB, "hard_coded_visible_cases", "test_ternarize")
+        assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
+        assert "(16, 1, 3, 3)" not in hidden_output  # not even the shape of the hidden input
