@@ -51,7 +51,7 @@ def test_chapter_shows_computed_results_and_figures(site):
 
 @pytest.mark.parametrize("lab", ["lab01_number_formats", "lab02_kmeans_huffman", "lab03_linear_quantization",
                                  "lab04_ptq_granularity", "lab05_calibration", "lab06_integer_inference",
-                                 "lab07_qat"])
+                                 "lab07_qat", "lab08_binary_mixed"])
 def test_lab_page_is_shown_not_executed(site, lab):
     text = (site / "labs" / lab / f"{lab}.html").read_text()
     assert "NotImplementedError" in text  # the student stubs are shown
@@ -65,6 +65,7 @@ def test_lab_page_is_shown_not_executed(site, lab):
     ("04_ptq_granularity", ["2.28", "2.08", "0.1562", "4.256"]),
     ("05_calibration", ["112.37", "0.01647", "26.7%", "91.4%", "0.0630"]),
     ("06_integer_inference", ["136671", "2051462828"]),
+    ("08_binary_mixed", ["38,160", "42,064", "6 / 8 / 1 / 8", "22.5"]),
 ])
 def test_other_chapters_show_their_worked_examples(site, chapter, numbers):
     text = (site / "book" / f"{chapter}.html").read_text()
