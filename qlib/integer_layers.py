@@ -236,7 +236,8 @@ def _multiply_in_place(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor)
       and gemmlowp's ``trunc((ab + nudge) / 2^31)`` equals ``floor((ab + 2^30) / 2^31)``
       (for ab < 0: ceil((ab + 1 - 2^30) / 2^31) = floor((ab + 2^30) / 2^31));
     * the rounding right shift by ``n >= 1`` with ties away from zero is
-      ``floor((y + 2^(n-1) - [y < 0]) / 2^n)``.
+      ``floor((y + 2^(n-1) - [y < 0]) / 2^n)``, and ``-[y < 0]`` is ``y >> 63``
+      (the arithmetic shift copies the sign bit of the int64 ``y`` into every bit).
 
     ``acc`` (int64, overwritten) may be any shape; ``m0``/``shift`` broadcast against it.
     """
@@ -246,12 +247,12 @@ def _multiply_in_place(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor)
         n = int(shift)
         if n == 0:
             return acc
-        acc.add_(acc < 0, alpha=-1)              # - [y < 0]
+        acc.add_(acc >> 63)                      # - [y < 0]
         return acc.add_(2 ** (n - 1)).bitwise_right_shift_(n)
-    negative = acc < 0
-    if bool((shift == 0).any()):
-        negative &= shift > 0                    # no correction where n = 0
-    acc.add_(negative, alpha=-1)
+    minus_one_if_negative = acc >> 63
+    if bool((shift == 0).any()):                 # no correction where n = 0
+        minus_one_if_negative &= -(shift > 0).to(torch.int64)
+    acc.add_(minus_one_if_negative)
     return acc.add_((1 << shift) >> 1).bitwise_right_shift_(shift)
 
 
