@@ -65,6 +65,7 @@ def test_lab_page_is_shown_not_executed(site, lab):
     ("04_ptq_granularity", ["2.28", "2.08", "0.1562", "4.256"]),
     ("05_calibration", ["112.37", "0.01647", "26.7%", "91.4%", "0.0630"]),
     ("06_integer_inference", ["136671", "2051462828"]),
+    ("07_qat", ["73.33", "64.44", "53.61", "1157"]),
     ("08_binary_mixed", ["38,160", "42,064", "6 / 8 / 1 / 8", "22.5"]),
 ])
 def test_other_chapters_show_their_worked_examples(site, chapter, numbers):
