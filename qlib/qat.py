@@ -62,6 +62,8 @@ from qlib.pact import PACTQuantizer
 from qlib.ste import FakeQuantizeSTE
 
 METHODS = ("ste", "lsq", "pact")
+#: Bits of the integer model's logits at the least (QAT never quantizes them).
+LOGIT_BITS = 8
 _QAT_SOURCES = (nn.Linear, nn.Conv2d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -327,9 +329,11 @@ def to_integer_model(qat_model: nn.Module, calibration_images, linear=None, conv
     from ``conv2``'s input, that of ``conv2`` from ``fc1``'s (max pooling keeps the maximum),
     that of ``fc1`` from ``fc2``'s. Only the logits' range, which QAT never quantized, is
     measured on ``calibration_images`` (min-max). Weights are quantized per output channel with
-    ``max|W_c| / qmax`` on the narrow range, the same grid as the QAT weights. So the integer
-    model computes what the QAT model computed in eval mode, up to the integer requantization
-    and the 8-or-fewer-bit logits.
+    ``max|W_c| / qmax`` on the narrow range, the same grid as the QAT weights. The logits get
+    ``max(a_bits, 8)`` bits: QAT trained with float logits, and at 4 bits their 16 levels tie
+    the top classes of many images (the argmax of tied integers picks the first class). So
+    the integer model computes what the QAT model computed in eval mode, up to the integer
+    requantization and the rounding of the logits.
     """
     from qlib import integer_model as im
     from qlib.models import DigitsCNN
@@ -360,6 +364,9 @@ def to_integer_model(qat_model: nn.Module, calibration_images, linear=None, conv
         fixed = MinMaxObserver(a_bits, signed=False)
         fixed(torch.tensor([rmin, rmax], dtype=torch.float32))
         observed.observers[activation] = fixed
+    logits = MinMaxObserver(max(a_bits, LOGIT_BITS), signed=False)
+    logits(torch.stack(observed.observers["fc2"].range()))
+    observed.observers["fc2"] = logits
     return im.convert(observed, w_bits, linear, conv2d, max_pool2d)
 
 

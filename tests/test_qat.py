@@ -223,3 +223,16 @@ def test_lsq_models_do_not_convert(digits):
     qat = calibrate(prepare_qat(load_pretrained("cnn"), 8, 8, "lsq"), train, n_batches=1)
     with pytest.raises(ValueError, match="per-channel min-max"):
         to_integer_model(qat, train.images[:64])
+
+
+def test_low_bit_qat_model_converts_with_eight_bit_logits(digits):
+    # QAT never quantizes the logits: at 4 bits their 16 levels would tie the top classes
+    train, test = digits
+    qat = prepare_qat(load_pretrained("cnn"), 4, 4, "ste")
+    train_qat(qat, train, test, epochs=2, log=None)
+    integer = to_integer_model(qat, train.images)
+    assert (integer.output_qparams.qmin, integer.output_qparams.qmax) == (0, 255)
+    assert [layer.output.qmax for layer in integer.layers[:3]] == [15, 15, 15]  # hidden activations: 4 bits
+    with torch.no_grad():
+        agree = (integer(test.images).argmax(1) == qat.eval()(test.images).argmax(1)).double().mean().item()
+    assert agree >= 0.99, agree
