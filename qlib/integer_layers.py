@@ -23,7 +23,10 @@ Speed, exactly: numpy and torch have no integer BLAS, so :func:`integer_matmul`
 picks the fastest *exact* route: ``torch._int_mm`` (int8 x int8 -> int32) when
 both operands fit in int8 (uint8 operands are shifted by 128 and corrected),
 float64 BLAS while every partial sum stays below 2^53, and an int64 matmul
-otherwise. All integers returned are int64 tensors.
+otherwise. For 8-bit layers with symmetric weights the bias, both roundings of
+the requantization and the output zero point then take one multiply, three
+additions and one shift (:func:`_int8_requantized_product`), the same integers
+as the readable route. All integers returned are int64 tensors.
 """
 from __future__ import annotations
 
@@ -256,6 +259,70 @@ def _multiply_in_place(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor)
     return acc.add_((1 << shift) >> 1).bitwise_right_shift_(shift)
 
 
+def _int8_or_none(t: torch.Tensor) -> torch.Tensor | None:
+    """``t`` as int8 if all its values fit in int8, else ``None``."""
+    if t.dtype == torch.int8:
+        return t
+    lo, hi = (int(v) for v in torch.aminmax(t))
+    return t.to(torch.int8) if _fits(lo, hi, -128, 127) else None
+
+
+def _int8_requantized_product(x8: torch.Tensor, w8: torch.Tensor, folded_bias: torch.Tensor, m0: torch.Tensor,
+                               shift: torch.Tensor, z_y: int, lo: int, hi: int) -> torch.Tensor | None:
+    """``clamp(MBQM(x8 @ w8^T + folded_bias) + Z_Y, lo, hi)`` as int64, in seven passes; ``None`` if it does not apply.
+
+    The same integers as :func:`_requantize_accumulator` on the int64 accumulator, computed
+    from ``torch._int_mm``'s int32 product with both roundings and the zero point in one
+    right shift. For ``a = acc + bias`` (an int32), ``m0 >= 0`` and ``n >= 1``:
+
+        u = a m0 + 2^30                                 (the high multiply, before its shift)
+        z = floor(u / 2^31)                             (gemmlowp's rounding high multiply)
+        r = floor((z + 2^(n-1) - [z < 0]) / 2^n)        (rounding shift, ties away from zero)
+          = floor((u + 2^(30+n) - 2^31 [u < 0]) / 2^(31+n))
+        r + Z_Y = (u + 2^(30+n) + Z_Y 2^(31+n) - 2^31 [u < 0]) >> (31 + n)
+
+    since ``floor((floor(u / c) + k) / d) = floor((u + k c) / (c d))`` for integers, and
+    ``z < 0`` exactly when ``u < 0``. For ``n = 0`` the shift is the identity: no ``2^(30+n)``
+    and no correction. ``[u < 0]`` is the sign bit ``-(u >> 63)``, and ``a m0 = acc m0 + bias m0``
+    puts the bias into the same addition as ``2^30``; ``Z_Y`` joins it too unless that sum
+    could leave int64 (large ``n`` and ``Z_Y``), and is then added after the shift. Applies when
+    ``x8`` and ``w8`` are int8 (K < 2^17), every ``shift >= 0`` and the worst-case ``|a|`` is
+    below ``2^31`` (so the int32 accumulator cannot overflow and needs no check).
+    """
+    k = x8.shape[1]
+    if x8.dtype != torch.int8 or w8.dtype != torch.int8 or k >= 2**17 or bool((shift < 0).any()):
+        return None
+    n_max, m0_max = int(shift.max()), int(m0.max())
+    bias_max = int(folded_bias.abs().max()) if folded_bias.numel() else 0
+    if k * 128 * 128 + bias_max >= 2**31:
+        return None
+    # |u| < 2^62 + 2^30; with 2^(30+n) and Z_Y 2^(31+n) added the sum must stay inside int64
+    fold_zero_point = 2**62 + 2**32 + (abs(z_y) + 1) * 2 ** (31 + n_max) < 2**63
+    m0 = m0.reshape(-1).expand(w8.shape[0])      # 1-D int64, so that int32 * m0 is computed in int64
+    rounding = torch.where(shift > 0, 1 << (shift + 30), 0)
+    if fold_zero_point:
+        rounding = rounding + z_y * (1 << (shift + 31))
+    acc = torch._int_mm(x8.contiguous(), w8.t())  # int32, exact: |sum| <= K 2^14 < 2^31
+    u = torch.mul(acc, m0).add_(folded_bias * m0 + 2**30)
+    minus_one_if_negative = u >> 63
+    if bool((shift == 0).any()):
+        minus_one_if_negative &= -(shift > 0).to(torch.int64)
+    u.add_(minus_one_if_negative, alpha=2**31).add_(rounding).bitwise_right_shift_(31 + shift)
+    if not fold_zero_point:
+        u.add_(z_y)
+    return u.clamp_(lo, hi)
+
+
+def _fast_route(x, w_rows, folded_bias, z_w, m0, shift, z_y, lo, hi) -> torch.Tensor | None:
+    """:func:`_int8_requantized_product` where it applies (int8 operands, symmetric weights), else ``None``."""
+    if x.numel() == 0 or bool((z_w != 0).any()):
+        return None
+    x8, w8 = _int8_or_none(x), _int8_or_none(w_rows)
+    if x8 is None or w8 is None:
+        return None
+    return _int8_requantized_product(x8, w8, folded_bias, m0, shift, z_y, lo, hi)
+
+
 def quantized_linear(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero_point: int,
                      qmin: int, qmax: int, relu: bool = False, weight_zero_point=0) -> torch.Tensor:
     """Integer-only fully connected layer: int8/uint8 in, int32 accumulate, requantize, int out.
@@ -297,8 +364,12 @@ def _quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poi
     m0, shift = _rescale_args(m0, shift, c_out)
     z_w = _weight_zero_point(weight_zero_point, c_out)
     q_x, z_x = _signed_bytes(q_x, _check_input_zero_point(x_zero_point))
+    folded_bias = fold_zero_points(q_bias, q_weight, z_x, z_w)
+    fast = _fast_route(q_x, q_weight, folded_bias, z_w, m0, shift, z_y, lo, hi)
+    if fast is not None:
+        return fast
     acc = _integer_matmul(q_x, q_weight.t())
-    acc += fold_zero_points(q_bias, q_weight, z_x, z_w)
+    acc += folded_bias
     if bool((z_w != 0).any()):
         acc -= q_x.sum(dim=1, dtype=torch.int64, keepdim=True) * z_w
     return _requantize_accumulator(acc, m0, shift, z_y, lo, hi)
@@ -379,6 +450,11 @@ def _quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poi
     c_out_g = c_out // groups
     # each patch row and each weight row in the same (u, v, c) order; one integer GEMM per group
     w_rows = q_weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw * c_g)
+    if groups == 1:
+        fast = _fast_route(patches.reshape(n * oh * ow, kh * kw * c_g), w_rows,
+                           fold_zero_points(q_bias, q_weight, z_x, z_w), z_w, m0, shift, z_y, lo, hi)
+        if fast is not None:
+            return fast.reshape(n, oh, ow, c_out).permute(0, 3, 1, 2).contiguous()
     accs, window_sums = [], []
     for g in range(groups):
         cols = patches[..., g * c_g:(g + 1) * c_g].reshape(n * oh * ow, kh * kw * c_g)

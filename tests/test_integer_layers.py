@@ -429,3 +429,44 @@ def test_eight_bit_layers_use_integer_tensors_only():
     with pytest.raises(AssertionError, match="float"):
         with _NoFloatTensors():
             quantized_linear(torch.full((2, 45), 1000), w_fc, None, 0, m0, shift, 0, -128, 127)
+
+
+# --- the fused int8 route against the plain-Python transcription -----------------------------------
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fused_int8_route_equals_the_transcription_on_ties_and_every_shift(seed):
+    from qlib.integer_layers import _int8_requantized_product
+
+    g = gen(500 + seed)
+    n, k, c_out = 64, 48, 32
+    q_x = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    q_w = torch.randint(-128, 128, (c_out, k), generator=g, dtype=torch.int8)
+    q_b = torch.randint(-(2**16), 2**16, (c_out,), generator=g)
+    # m0 = 2^30 makes exact ties in the high multiply; shifts 0 ... 31 side by side, 0 included
+    m0 = torch.randint(2**30, 2**31, (c_out,), generator=g)
+    m0[::3] = 2**30
+    m0[1] = 2**31 - 1
+    shift = torch.arange(c_out) % 32 if seed % 2 else torch.randint(5, 12, (c_out,), generator=g)
+    m0[shift <= 1] = torch.tensor([45000, 2**16, 2**14 + 1])[: int((shift <= 1).sum())]  # in range at n = 0, 1
+    z_y, lo, hi = [(-128, -128, 127), (5, -128, 127), (0, 0, 255), (100, 0, 255), (-3, -128, 127), (255, 0, 255)][seed]
+    acc = q_x.long() @ q_w.long().t() + q_b
+    expected = oracle_requantize(acc, m0, shift, z_y, lo, hi, channel_axis=1)
+    fused = _int8_requantized_product(q_x, q_w, q_b, m0, shift, z_y, lo, hi)
+    assert fused is not None, "the fused route should apply to int8 operands"
+    assert torch.equal(fused, expected)
+    assert torch.equal(quantized_linear(q_x, q_w, q_b, 0, m0, shift, z_y, lo, hi), expected)
+    assert expected.unique().numel() > 10, "the case is degenerate: almost every output is clamped"
+
+
+def test_fused_int8_route_steps_aside_where_it_could_overflow():
+    from qlib.integer_layers import _int8_requantized_product
+
+    q_x = torch.ones(2, 4, dtype=torch.int8)
+    q_w = torch.ones(3, 4, dtype=torch.int8)
+    m0, shift = torch.full((3,), 2**30), torch.zeros(3, dtype=torch.int64)
+    assert _int8_requantized_product(q_x, q_w, torch.full((3,), 2**31 - 1), m0, shift, 0, -128, 127) is None
+    assert _int8_requantized_product(q_x, q_w, torch.zeros(3, dtype=torch.int64), m0, shift - 1, 0, -128, 127) is None
+    assert _int8_requantized_product(q_x.long(), q_w, torch.zeros(3, dtype=torch.int64), m0, shift, 0, -128, 127) is None
+    # the accumulator that would overflow int32 still gets the general route's error
+    with pytest.raises(ValueError, match="overflows int32"):
+        quantized_linear(q_x, q_w, torch.full((3,), 2**31 - 2), 0, m0, shift, 0, -128, 127)
