@@ -184,7 +184,8 @@ def mxint_quantize(x, bits: int, block_size: int = MX_BLOCK_SIZE) -> tuple[torch
         q = clamp(round(x * 2^(bits - 2 - s)), -(2^(bits-1) - 1), 2^(bits-1) - 1)
         x_hat = q * 2^(s - (bits - 2))
 
-    ``round`` is round half to even; multiplying by a power of two is exact.
+    ``round`` is round half to even (the ``microxcaling`` library's default breaks ties away
+    from zero instead); multiplying by a power of two is exact.
     ``floor(log2(.))`` is taken from the binary exponent (``torch.frexp``), never
     from a rounded logarithm. The element is a ``bits``-bit integer read as a
     fixed-point number with ``bits - 2`` fraction bits, so the block's largest

@@ -12,7 +12,9 @@ power of two is ``2^emax_elem``:
     s   = floor(log2(max_i |x_i|)) - emax_elem       clamped to the E8M0 range [-127, 127]
     P_i = encode(x_i / 2^s)                           round half to even, saturating at +-max_elem
 
-so the block's largest value lands in the element's top binade. Elements that
+so the block's largest value lands in the element's top binade. (Microsoft's ``microxcaling``
+emulation library rounds elements to nearest with ties away from zero unless asked for
+``round='even'``: at an exact tie its codes and these can differ by one.) Elements that
 would exceed the element's largest value (e.g. 7 in FP4, which holds up to 6)
 are clamped to it, keeping their sign (E5M2 elements too: no inf is produced).
 An all-zero block gets ``s = -127`` (any ``s`` would do; this is the smallest).
