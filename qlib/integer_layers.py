@@ -292,7 +292,7 @@ def _int8_requantized_product(x8: torch.Tensor, w8: torch.Tensor, folded_bias: t
     k = x8.shape[1]
     if x8.dtype != torch.int8 or w8.dtype != torch.int8 or k >= 2**17 or bool((shift < 0).any()):
         return None
-    n_max, m0_max = int(shift.max()), int(m0.max())
+    n_max = int(shift.max())
     bias_max = int(folded_bias.abs().max()) if folded_bias.numel() else 0
     if k * 128 * 128 + bias_max >= 2**31:
         return None
