@@ -268,8 +268,12 @@ def _int8_or_none(t: torch.Tensor) -> torch.Tensor | None:
 
 
 def _int8_requantized_product(x8: torch.Tensor, w8: torch.Tensor, folded_bias: torch.Tensor, m0: torch.Tensor,
-                               shift: torch.Tensor, z_y: int, lo: int, hi: int) -> torch.Tensor | None:
+                               shift: torch.Tensor, z_y: int, lo: int, hi: int,
+                               channels_first: bool = False) -> torch.Tensor | None:
     """``clamp(MBQM(x8 @ w8^T + folded_bias) + Z_Y, lo, hi)`` as int64, in seven passes; ``None`` if it does not apply.
+
+    The result is (rows, C_out), or its transpose (C_out, rows) with ``channels_first``
+    (then every per-channel constant is one number per row, which is cheaper to apply).
 
     The same integers as :func:`_requantize_accumulator` on the int64 accumulator, computed
     from ``torch._int_mm``'s int32 product with both roundings and the zero point in one
@@ -302,7 +306,11 @@ def _int8_requantized_product(x8: torch.Tensor, w8: torch.Tensor, folded_bias: t
     rounding = torch.where(shift > 0, 1 << (shift + 30), 0)
     if fold_zero_point:
         rounding = rounding + z_y * (1 << (shift + 31))
-    acc = torch._int_mm(x8.contiguous(), w8.t())  # int32, exact: |sum| <= K 2^14 < 2^31
+    if channels_first:                            # int32, exact: |sum| <= K 2^14 < 2^31
+        acc = torch._int_mm(w8.contiguous(), x8.t())
+        m0, shift, rounding, folded_bias = (v.reshape(-1, 1) for v in (m0, shift, rounding, folded_bias))
+    else:
+        acc = torch._int_mm(x8.contiguous(), w8.t())
     u = torch.mul(acc, m0).add_(folded_bias * m0 + 2**30)
     minus_one_if_negative = u >> 63
     if bool((shift == 0).any()):
@@ -313,14 +321,14 @@ def _int8_requantized_product(x8: torch.Tensor, w8: torch.Tensor, folded_bias: t
     return u.clamp_(lo, hi)
 
 
-def _fast_route(x, w_rows, folded_bias, z_w, m0, shift, z_y, lo, hi) -> torch.Tensor | None:
+def _fast_route(x, w_rows, folded_bias, z_w, m0, shift, z_y, lo, hi, channels_first=False) -> torch.Tensor | None:
     """:func:`_int8_requantized_product` where it applies (int8 operands, symmetric weights), else ``None``."""
     if x.numel() == 0 or bool((z_w != 0).any()):
         return None
     x8, w8 = _int8_or_none(x), _int8_or_none(w_rows)
     if x8 is None or w8 is None:
         return None
-    return _int8_requantized_product(x8, w8, folded_bias, m0, shift, z_y, lo, hi)
+    return _int8_requantized_product(x8, w8, folded_bias, m0, shift, z_y, lo, hi, channels_first)
 
 
 def quantized_linear(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero_point: int,
@@ -452,9 +460,10 @@ def _quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poi
     w_rows = q_weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw * c_g)
     if groups == 1:
         fast = _fast_route(patches.reshape(n * oh * ow, kh * kw * c_g), w_rows,
-                           fold_zero_points(q_bias, q_weight, z_x, z_w), z_w, m0, shift, z_y, lo, hi)
-        if fast is not None:
-            return fast.reshape(n, oh, ow, c_out).permute(0, 3, 1, 2).contiguous()
+                           fold_zero_points(q_bias, q_weight, z_x, z_w), z_w, m0, shift, z_y, lo, hi,
+                           channels_first=True)
+        if fast is not None:                      # (C_out, N*OH*OW) -> (N, C_out, OH, OW)
+            return fast.reshape(c_out, n, oh, ow).permute(1, 0, 2, 3).contiguous()
     accs, window_sums = [], []
     for g in range(groups):
         cols = patches[..., g * c_g:(g + 1) * c_g].reshape(n * oh * ow, kh * kw * c_g)
@@ -507,10 +516,10 @@ def integer_max_pool2d(q_x, kernel_size, stride=None) -> torch.Tensor:
     no padding. Input and output share scale and zero point. Returns int64.
     """
     windows = _pool_windows(q_x, kernel_size, stride, "integer_max_pool2d")
-    out = windows[0].to(torch.int64, copy=True)  # never write into the input
+    out = windows[0].clone()                     # in the input's dtype; never write into the input
     for view in windows[1:]:
         torch.maximum(out, view, out=out)
-    return out
+    return out.to(torch.int64)
 
 
 def integer_avg_pool2d(q_x, kernel_size, stride=None) -> torch.Tensor:

@@ -455,6 +455,8 @@ def test_fused_int8_route_equals_the_transcription_on_ties_and_every_shift(seed)
     assert fused is not None, "the fused route should apply to int8 operands"
     assert torch.equal(fused, expected)
     assert torch.equal(quantized_linear(q_x, q_w, q_b, 0, m0, shift, z_y, lo, hi), expected)
+    transposed = _int8_requantized_product(q_x, q_w, q_b, m0, shift, z_y, lo, hi, channels_first=True)
+    assert torch.equal(transposed, expected.t())
     assert expected.unique().numel() > 10, "the case is degenerate: almost every output is clamped"
 
 
