@@ -75,6 +75,16 @@ def _codes(value, what, task, w, seed):
     return arr
 
 
+def _mismatch(task, kind, w, per_channel, seed, expected: dict, got: dict, hint: str):
+    """Fail with the input, the expected and the returned values (visible case) or only the hint (hidden)."""
+    if seed is None:
+        def values(d):
+            return ", ".join(f"{name} = {fmt(v)}" for name, v in d.items())
+        fail(f"{task}({_where(w, per_channel)}) on {kind}, w = {fmt(w.numpy())}:\n"
+             f"expected {values(expected)}\ngot      {values(got)}\nHint: {hint}")
+    fail(f"{HIDDEN} for {task} on {kind} (per_channel={per_channel}). Hint: {hint}")
+
+
 def _where(w, per_channel):
     return f"w of shape {tuple(w.shape)}, per_channel={per_channel}"
 
@@ -148,14 +158,9 @@ def check_binarize(binarize, seed=None):
         alpha = _as_scale(got[1], "alpha", task, w, per_channel, seed,
                           hint="an all-zero channel has mean |w| = 0: alpha 0, no division needed.")
         ok = np.array_equal(b, b_ref) and np.allclose(alpha, alpha_ref, rtol=RTOL, atol=1e-30)
-        if ok:
-            continue
-        hint = _binarize_hint(w, per_channel, b, alpha, b_ref, alpha_ref)
-        if seed is None:
-            fail(f"{task}({_where(w, per_channel)}) on {kind}, w = {fmt(w.numpy())}:\n"
-                 f"expected b = {fmt(b_ref)}, alpha = {fmt(alpha_ref)}\n"
-                 f"got      b = {fmt(b)}, alpha = {fmt(alpha)}\nHint: {hint}")
-        fail(f"{HIDDEN} for binarize on {kind} (per_channel={per_channel}). Hint: {hint}")
+        if not ok:
+            _mismatch(task, kind, w, per_channel, seed, {"b": b_ref, "alpha": alpha_ref}, {"b": b, "alpha": alpha},
+                      _binarize_hint(w, per_channel, b, alpha, b_ref, alpha_ref))
     _passed(task, seed, len(cases))
 
 
@@ -245,14 +250,9 @@ def check_ternarize(ternarize, seed=None):
         delta = _as_scale(got[2], "delta", task, w, per_channel, seed)
         ok = (np.array_equal(t, t_ref) and np.allclose(alpha, alpha_ref, rtol=RTOL, atol=1e-30)
               and np.allclose(delta, delta_ref, rtol=RTOL, atol=1e-30))
-        if ok:
-            continue
-        hint = _ternarize_hint(w, per_channel, t, alpha, delta, refs)
-        if seed is None:
-            fail(f"{task}({_where(w, per_channel)}) on {kind}, w = {fmt(w.numpy())}:\n"
-                 f"expected t = {fmt(t_ref)}, alpha = {fmt(alpha_ref)}, delta = {fmt(delta_ref)}\n"
-                 f"got      t = {fmt(t)}, alpha = {fmt(alpha)}, delta = {fmt(delta)}\nHint: {hint}")
-        fail(f"{HIDDEN} for ternarize on {kind} (per_channel={per_channel}). Hint: {hint}")
+        if not ok:
+            _mismatch(task, kind, w, per_channel, seed, {"t": t_ref, "alpha": alpha_ref, "delta": delta_ref},
+                      {"t": t, "alpha": alpha, "delta": delta}, _ternarize_hint(w, per_channel, t, alpha, delta, refs))
     _passed(task, seed, len(cases))
 
 
