@@ -252,11 +252,16 @@ def _multiply_in_place(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor)
             return acc
         acc.add_(acc >> 63)                      # - [y < 0]
         return acc.add_(2 ** (n - 1)).bitwise_right_shift_(n)
-    minus_one_if_negative = acc >> 63
-    if bool((shift == 0).any()):                 # no correction where n = 0
-        minus_one_if_negative &= -(shift > 0).to(torch.int64)
-    acc.add_(minus_one_if_negative)
+    acc.add_(_minus_one_if_negative(acc, shift))
     return acc.add_((1 << shift) >> 1).bitwise_right_shift_(shift)
+
+
+def _minus_one_if_negative(y: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``-[y < 0]`` as int64 (the sign bit ``y >> 63``), and 0 where ``shift`` is 0 (no rounding shift there)."""
+    correction = y >> 63
+    if bool((shift == 0).any()):
+        correction &= -(shift > 0).to(torch.int64)
+    return correction
 
 
 def _int8_or_none(t: torch.Tensor) -> torch.Tensor | None:
@@ -312,10 +317,7 @@ def _int8_requantized_product(x8: torch.Tensor, w8: torch.Tensor, folded_bias: t
     else:
         acc = torch._int_mm(x8.contiguous(), w8.t())
     u = torch.mul(acc, m0).add_(folded_bias * m0 + 2**30)
-    minus_one_if_negative = u >> 63
-    if bool((shift == 0).any()):
-        minus_one_if_negative &= -(shift > 0).to(torch.int64)
-    u.add_(minus_one_if_negative, alpha=2**31).add_(rounding).bitwise_right_shift_(31 + shift)
+    u.add_(_minus_one_if_negative(u, shift), alpha=2**31).add_(rounding).bitwise_right_shift_(31 + shift)
     if not fold_zero_point:
         u.add_(z_y)
     return u.clamp_(lo, hi)
@@ -458,10 +460,10 @@ def _quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poi
     c_out_g = c_out // groups
     # each patch row and each weight row in the same (u, v, c) order; one integer GEMM per group
     w_rows = q_weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw * c_g)
+    folded_bias = fold_zero_points(q_bias, q_weight, z_x, z_w)
     if groups == 1:
-        fast = _fast_route(patches.reshape(n * oh * ow, kh * kw * c_g), w_rows,
-                           fold_zero_points(q_bias, q_weight, z_x, z_w), z_w, m0, shift, z_y, lo, hi,
-                           channels_first=True)
+        fast = _fast_route(patches.reshape(n * oh * ow, kh * kw * c_g), w_rows, folded_bias, z_w, m0, shift,
+                           z_y, lo, hi, channels_first=True)
         if fast is not None:                      # (C_out, N*OH*OW) -> (N, C_out, OH, OW)
             return fast.reshape(c_out, n, oh, ow).permute(1, 0, 2, 3).contiguous()
     accs, window_sums = [], []
@@ -471,7 +473,7 @@ def _quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poi
         if bool((z_w != 0).any()):
             window_sums.append(cols.sum(dim=1, dtype=torch.int64, keepdim=True).expand(-1, c_out_g))
     acc = accs[0] if groups == 1 else torch.cat(accs, dim=1)   # (N*OH*OW, C_out)
-    acc += fold_zero_points(q_bias, q_weight, z_x, z_w)
+    acc += folded_bias
     if window_sums:
         acc -= torch.cat(window_sums, dim=1) * z_w
     q_y = _requantize_accumulator(acc, m0, shift, z_y, lo, hi)
@@ -479,14 +481,17 @@ def _quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poi
 
 
 def _signed_bytes(q_x: torch.Tensor, z_x: int) -> tuple[torch.Tensor, int]:
-    """uint8 values and zero point moved down by 128 to int8, which changes no ``q_x - Z_X``.
+    """The input as int8 where its values allow, which changes no ``q_x - Z_X``.
 
-    Done once on the input rather than on every im2col patch.
+    uint8 values above 127 and their zero point move down by 128; values that already
+    fit in int8 are only stored as int8. Other inputs are returned as they are. Done once
+    on the input rather than on every im2col patch.
     """
     lo, hi = (int(v) for v in torch.aminmax(q_x))
-    if _fits(lo, hi, 0, 255) and not _fits(lo, hi, -128, 127) and 0 <= z_x <= 255:
-        as_int8, _ = _as_int8(q_x, lo, hi)
-        return as_int8, z_x - 128
+    if _fits(lo, hi, -128, 127):
+        return _as_int8(q_x, lo, hi)[0], z_x
+    if _fits(lo, hi, 0, 255) and 0 <= z_x <= 255:
+        return _as_int8(q_x, lo, hi)[0], z_x - 128
     return q_x, z_x
 
 
