@@ -3,17 +3,27 @@
 solutions/<lab>/  instructor notebooks with solutions and hidden tests (nbgrader's source)
 labs/<lab>/       student notebooks made from them by `nbgrader generate_assignment` (release)
 submitted/, autograded/, feedback/, gradebook.db  created while grading (not in git)
+
+Grading is sealed (qlib/grading/sealed.py): the graded notebook is rebuilt from the source
+notebook with the student's answers; it runs in a bubblewrap sandbox (qlib/grading/sandbox.py),
+and every test cell is evaluated here, in nbgrader's process, on the data the student's
+functions return. The hidden inputs come from a course secret kept outside the repository
+(qlib/grading/secret.py).
 """
+from nbconvert.preprocessors import ClearMetadataPreprocessor
 from nbgrader.preprocessors import (
+    AssignLatePenalties,
     CheckCellMetadata,
     ClearHiddenTests,
     ClearOutput,
     DeduplicateIds,
-    OverwriteCells,
+    IgnorePattern,
+    LimitOutput,
     OverwriteKernelspec,
+    SaveAutoGrades,
 )
 
-from qlib.grading.screen import ScreenSubmission
+from qlib.grading.sealed import RebuildFromSource, SealedExecute
 
 c = get_config()  # noqa: F821 (provided by nbgrader)
 
@@ -21,18 +31,17 @@ c.CourseDirectory.course_id = "quantization"
 c.CourseDirectory.source_directory = "solutions"
 c.CourseDirectory.release_directory = "labs"
 
-# Every cell gets 120 s; a check that loops forever is stopped by its own 20 s limit first,
-# and after a timeout the kernel is interrupted and the rest of the notebook is still graded.
-c.Execute.timeout = 120
-c.Execute.interrupt_on_timeout = True
-
-# A deleted test cell comes back (and then fails if the answer is missing), never a silent 0.
-c.OverwriteCells.add_missing_cells = True
-
-# Solution cells that import qlib or patch libraries are not run (see qlib/grading/screen.py).
+# The submission is rebuilt on the source notebook: locked, test and set-up cells come from
+# there (a deleted or edited test cell is simply the source's again), answers from the student.
 c.Autograde.sanitize_preprocessors = [
-    ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells, ScreenSubmission, CheckCellMetadata,
+    ClearOutput, DeduplicateIds, OverwriteKernelspec, RebuildFromSource, CheckCellMetadata,
 ]
+# Cells run in a sandboxed kernel, 120 s each; test cells are evaluated outside it.
+c.Autograde.autograde_preprocessors = [
+    SealedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
+    AssignLatePenalties, CheckCellMetadata,
+]
+c.SealedExecute.timeout = 120
 
 # Feedback shows no hidden test source (their failures print a message and no traceback).
 c.GenerateFeedback.preprocessors = [

@@ -1,17 +1,16 @@
-"""The machinery every lab's test cells share.
+"""The machinery every lab's checks share.
 
-* :class:`GradingFailure`: an ``AssertionError`` that Jupyter prints as its
-  message alone (no traceback, so a hidden test never shows its code).
-* :func:`run_submission`: call a student's function with qlib's reference
-  answers blocked, under a time limit, and check that the notebook has not
-  replaced the library functions the checks rely on.
-* :func:`as_array`: turn whatever a student returns (tensor, array, list,
-  number) into a float64 or int64 numpy array for comparison.
-
-The comparison primitives are bound when this module is first imported (in
-the lab's locked set-up cell, before any student code runs), so a notebook
-that later replaces ``torch.equal`` or ``numpy.allclose`` changes nothing here;
-it is reported instead.
+* :class:`GradingFailure`: a failed check, shown to the student as its message
+  alone (what was checked, expected against got, a hint); never a traceback,
+  so a hidden check never shows its code.
+* :func:`run_submission`: call a student's function. When grading, the
+  function is a :class:`~qlib.grading.remote.StudentObject`: the call runs in
+  the student's sandboxed kernel and only its result (data) comes back, to be
+  compared here, in the grader's process. Called with a plain function (an
+  instructor trying a check in a notebook), it runs in-process.
+* :func:`call_catching`: a call whose exception is part of the answer
+  ("raise ValueError when ...").
+* :func:`as_array` and friends: whatever a student returns, as numpy arrays.
 """
 from __future__ import annotations
 
@@ -22,26 +21,7 @@ import numpy
 import torch
 
 from qlib import _reference
-
-# Library functions a notebook might be tempted to replace; bound now, checked at every call.
-_WATCHED = {
-    "torch.equal": (torch, "equal"),
-    "torch.allclose": (torch, "allclose"),
-    "torch.isclose": (torch, "isclose"),
-    "torch.round": (torch, "round"),
-    "numpy.allclose": (numpy, "allclose"),
-    "numpy.array_equal": (numpy, "array_equal"),
-    "numpy.isclose": (numpy, "isclose"),
-    "numpy.asarray": (numpy, "asarray"),
-    "numpy.testing.assert_allclose": (numpy.testing, "assert_allclose"),
-    "numpy.testing.assert_array_equal": (numpy.testing, "assert_array_equal"),
-    "qlib._reference.refuse_if_blocked": (_reference, "refuse_if_blocked"),
-    "qlib._reference.blocked": (_reference, "blocked"),
-}
-_ORIGINALS = {name: getattr(owner, attr) for name, (owner, attr) in _WATCHED.items()}
-_BLOCKED_SET = _reference._blocked
-_np_asarray = numpy.asarray
-_np_isfinite = numpy.isfinite
+from qlib.grading import remote, wire
 
 
 class GradingFailure(AssertionError):
@@ -55,20 +35,6 @@ class GradingFailure(AssertionError):
 def fail(message: str) -> None:
     """Stop the check with ``message`` (what was checked, expected vs got, a hint)."""
     raise GradingFailure(message)
-
-
-def replaced_functions() -> list[str]:
-    """Names of watched library functions that no longer are the originals."""
-    return [name for name, (owner, attr) in _WATCHED.items() if getattr(owner, attr, None) is not _ORIGINALS[name]]
-
-
-def _check_untampered(task: str) -> None:
-    replaced = replaced_functions()
-    if replaced:
-        fail(f"{task}: this notebook replaced {', '.join(replaced)}. The checks do not run on a patched "
-             "library, so this task earns no points. Remove the assignment, restart the kernel and run all cells.")
-    if _reference._blocked is not _BLOCKED_SET:
-        fail(f"{task}: this notebook changed qlib's grading state; the task earns no points.")
 
 
 class _TimeLimit(BaseException):
@@ -93,43 +59,12 @@ def _time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _stand_in(name: str, reference):
-    """A correct version of an earlier task's function, for a later task's check to call."""
-    def stand_in(*args, **kwargs):
-        with _reference.allowed(_reference.blocked_names()):
-            return reference(*args, **kwargs)
-
-    stand_in.__name__ = name
-    return stand_in
-
-
-@contextmanager
-def _earlier_tasks_replaced(fn, stand_ins: dict):
-    """Inside the ``with``, the notebook's earlier-task functions are correct stand-ins.
-
-    A later task is then graded on its own: a mistake in ``quantize`` costs the
-    quantize task, not every task that calls ``quantize``.
-    """
-    namespace = getattr(fn, "__globals__", None)
-    if not stand_ins or namespace is None:
-        yield
-        return
-    missing = object()
-    saved = {name: namespace.get(name, missing) for name in stand_ins}
-    namespace.update({name: _stand_in(name, ref) for name, ref in stand_ins.items()})
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is missing:
-                namespace.pop(name, None)
-            else:
-                namespace[name] = value
-
-
 @contextmanager
 def time_limit(seconds: float, what: str = "this cell"):
-    """Stop ``what`` with a clear error if it runs longer than ``seconds`` (for ungraded cells too)."""
+    """Stop ``what`` with a clear error if it runs longer than ``seconds`` (for the labs' ungraded cells).
+
+    A convenience inside the student's kernel; when grading, the grader enforces its own limits from outside.
+    """
     try:
         with _time_limit(seconds):
             yield
@@ -137,38 +72,75 @@ def time_limit(seconds: float, what: str = "this cell"):
         fail(f"{what} did not finish within {seconds:g} s; one of your functions may loop forever.")
 
 
+def call_catching(fn, *args, **kwargs):
+    """``("returned", value)`` or ``("raised", [exception class names], message)``: for checks of errors."""
+    try:
+        return ("returned", fn(*args, **kwargs))
+    except (NotImplementedError, _reference.ReferenceUnavailable):
+        raise
+    except Exception as err:  # noqa: BLE001 (reported to the student)
+        return ("raised", [c.__name__ for c in type(err).__mro__], str(err)[:2000])
+
+
+def _raised(task: str, types: list[str], message: str) -> None:
+    if "ReferenceUnavailable" in types:
+        fail(f"{task}: {message}")
+    if "NotImplementedError" in types:
+        fail(f"{task}: not implemented yet (the function still raises NotImplementedError).")
+    fail(f"{task}: your function raised {types[0] if types else 'an error'}: {message}")
+
+
+def _run_in_kernel(task, session, fn, args, kwargs, blocked, stand_ins, seconds):
+    try:
+        return session.call(fn, args, kwargs, blocked=blocked, stand_ins=stand_ins, seconds=seconds)
+    except remote.SubmissionMissing as err:
+        fail(f"{task}: the notebook defines no `{err.name}`. Run the cell that defines it, and keep the name "
+             "the task asks for.")
+    except remote.SubmissionTimedOut:
+        fail(f"{task}: your function did not return within {seconds:g} s. Look for a loop that never ends.")
+    except remote.SubmissionDied:
+        fail(f"{task}: the kernel stopped while your function ran (it exited, crashed or ran out of memory). "
+             "The rest of the notebook was graded in a fresh kernel.")
+    except remote.SubmissionRaised as err:
+        _raised(task, err.types, err.message)
+    except remote.SubmissionUnreadable as err:
+        fail(f"{task}: the result of your function could not be read back ({err}). Return numbers, tensors, "
+             "arrays, tuples, lists or dicts of them, as the task asks.")
+
+
+def _run_here(task, fn, args, kwargs, blocked, stand_ins, seconds):
+    from qlib.grading.kernel_side import _stand_ins_installed
+
+    namespace = getattr(fn, "__globals__", None)
+    try:
+        with (_reference.blocked(blocked), _stand_ins_installed(namespace if namespace is not None else {},
+                                                                stand_ins), _time_limit(seconds)):
+            return fn(*args, **kwargs)
+    except _TimeLimit:
+        fail(f"{task}: your function did not return within {seconds:g} s. Look for a loop that never ends.")
+    except GradingFailure:
+        raise
+    except Exception as err:  # the student's own error, reported plainly
+        _raised(task, [c.__name__ for c in type(err).__mro__], str(err))
+
+
 def run_submission(task: str, fn, *args, blocked=(), stand_ins=None, seconds: float = 20.0, **kwargs):
     """Call the student's ``fn(*args, **kwargs)`` the way every check does.
 
     While it runs, the qlib references named in ``blocked`` raise
-    ``ReferenceUnavailable``; the functions of earlier tasks named in
-    ``stand_ins`` (name -> qlib reference) are replaced by correct versions;
-    it must return within ``seconds``. Any exception becomes a
-    :class:`GradingFailure` that names the task and the error.
+    ``ReferenceUnavailable`` (a courtesy: it tells a student who calls the
+    reference why that earns nothing); the functions of earlier tasks named in
+    ``stand_ins`` (name -> qlib reference) are replaced by correct versions, so
+    a mistake in one task costs that task only; it must return within
+    ``seconds``. Anything that goes wrong becomes a :class:`GradingFailure`
+    that names the task.
     """
+    session = remote.session_of(fn, args, kwargs)
+    if session is not None:
+        return _run_in_kernel(task, session, fn, args, kwargs, blocked, stand_ins or {}, seconds)
     if not callable(fn):
         fail(f"{task}: expected a function, got {type(fn).__name__}. Did you overwrite its name?")
-    _check_untampered(task)
-    expected_blocked = frozenset(blocked) | _reference.blocked_names()
-    try:
-        with (_ORIGINALS["qlib._reference.blocked"](blocked), _earlier_tasks_replaced(fn, stand_ins or {}),
-              _time_limit(seconds)):
-            result = fn(*args, **kwargs)
-            still_blocked = frozenset(_BLOCKED_SET)
-    except _TimeLimit:
-        fail(f"{task}: your function did not return within {seconds:g} s. Look for a loop that never ends.")
-    except _reference.ReferenceUnavailable as err:
-        fail(f"{task}: {err}")
-    except NotImplementedError:
-        fail(f"{task}: not implemented yet (the function still raises NotImplementedError).")
-    except GradingFailure:
-        raise
-    except Exception as err:  # the student's own error, reported plainly
-        fail(f"{task}: your function raised {type(err).__name__}: {err}")
-    if still_blocked != expected_blocked or _reference._blocked is not _BLOCKED_SET:
-        fail(f"{task}: your function changed qlib's grading state; the task earns no points.")
-    _check_untampered(task)
-    return result
+    return _run_here(task, fn, args, kwargs, blocked, stand_ins or {}, seconds)
 
 
 def as_array(value, what: str, task: str, nan_hint: str = "") -> numpy.ndarray:
@@ -181,13 +153,15 @@ def as_array(value, what: str, task: str, nan_hint: str = "") -> numpy.ndarray:
         if value.dtype == torch.bfloat16 or value.dtype == torch.float16:
             value = value.float()
         value = value.numpy()
+    if isinstance(value, wire.Unsupported):
+        fail(f"{task}: {what} should be a number, a tensor or an array, got {value.type_name}.")
     try:
-        arr = _np_asarray(value)
+        arr = numpy.asarray(value)
     except Exception:
         fail(f"{task}: {what} should be a number, a tensor or an array, got {type(value).__name__}.")
     if arr.dtype == object or arr.dtype.kind not in "biuf":
         fail(f"{task}: {what} should hold numbers, got {type(value).__name__} of {arr.dtype}.")
-    if arr.dtype.kind == "f" and not bool(_np_isfinite(arr).all()):
+    if arr.dtype.kind == "f" and not bool(numpy.isfinite(arr).all()):
         fail(f"{task}: {what} contains NaN or infinity." + (f" Hint: {nan_hint}" if nan_hint else ""))
     return arr
 

@@ -55,7 +55,7 @@ class ModuleState:
 # --- encoding (runs in the kernel) -----------------------------------------------------------------
 
 def _array(arr: numpy.ndarray, tag: str) -> dict:
-    arr = numpy.ascontiguousarray(arr)
+    arr = numpy.array(arr, order="C", copy=True)  # (ascontiguousarray would make a 0-d array 1-d)
     return {tag: arr.dtype.name, "shape": list(arr.shape), "data": base64.b64encode(arr.tobytes()).decode("ascii")}
 
 

@@ -1,0 +1,249 @@
+"""The grader's side of a sandboxed notebook: run its cells, call its functions.
+
+A :class:`NotebookSession` owns one :class:`~qlib.grading.kernel.SandboxedKernel`.
+It runs the notebook's cells in order (:meth:`NotebookSession.run_cell`) and
+remembers them, so that after a timeout or a crash it can start a fresh kernel
+and replay them (a cell that timed out or killed its kernel is not replayed).
+
+:class:`StudentObject` stands for a name defined by the notebook. Calling it,
+or passing it to :meth:`NotebookSession.call`, runs the call inside the kernel
+and returns the result as data (:mod:`qlib.grading.wire`); models come back as
+copies of the model that was passed in, with the returned weights. What can go
+wrong is raised as a :class:`SubmissionError` subclass, for the check to turn
+into a message.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import pickle
+
+import numpy
+import torch
+
+from qlib.grading import kernel_side, wire
+from qlib.grading.kernel import Execution, SandboxedKernel
+from qlib.grading.kernel_side import StudentRef
+
+BOOTSTRAP = "import qlib.grading.kernel_side as __grading_kernel_side__"
+
+
+class SubmissionError(Exception):
+    """A call into the notebook did not return a usable result."""
+
+
+class SubmissionRaised(SubmissionError):
+    def __init__(self, types: list[str], message: str):
+        super().__init__(message)
+        self.types, self.message = types, message
+        self.type_name = types[0] if types else "Exception"
+
+
+class SubmissionMissing(SubmissionError):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+class SubmissionTimedOut(SubmissionError):
+    def __init__(self, seconds: float):
+        super().__init__(f"{seconds:g} s")
+        self.seconds = seconds
+
+
+class SubmissionDied(SubmissionError):
+    """The kernel exited (os._exit, a crash, out of memory) during the call."""
+
+
+class SubmissionUnreadable(SubmissionError):
+    """The result is not data the grader accepts."""
+
+
+class StudentObject:
+    """A name in the notebook's namespace (with an attribute path); calls run in the kernel."""
+
+    def __init__(self, session: "NotebookSession", name: str, path: tuple = ()):
+        self._session, self._ref = session, StudentRef(name, tuple(path))
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return StudentObject(self._session, self._ref.name, self._ref.path + (attr,))
+
+    def __call__(self, *args, **kwargs):
+        return self._session.call(self, args, kwargs)
+
+    def __repr__(self):
+        return ".".join((self._ref.name,) + self._ref.path)
+
+
+def session_of(*values) -> "NotebookSession | None":
+    """The session of the first :class:`StudentObject` among ``values`` (searched one level into containers)."""
+    for value in values:
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if isinstance(item, StudentObject):
+                return item._session
+    return None
+
+
+def _to_refs(value):
+    if isinstance(value, StudentObject):
+        return value._ref
+    if isinstance(value, tuple):
+        return tuple(_to_refs(v) for v in value)
+    if isinstance(value, list):
+        return [_to_refs(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_refs(v) for k, v in value.items()}
+    return value
+
+
+def _modules_in(value, found: list) -> list:
+    if isinstance(value, torch.nn.Module):
+        found.append(value)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _modules_in(v, found)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _modules_in(v, found)
+    return found
+
+
+def _rebuild_module(state: wire.ModuleState, templates: list):
+    """A copy of the template model of the same class and parameter shapes, holding the returned weights."""
+    shapes = {k: tuple(v.shape) for k, v in state.state.items()}
+    for template in templates:
+        own = template.state_dict()
+        if type(template).__name__ == state.class_name and {k: tuple(v.shape) for k, v in own.items()} == shapes:
+            model = copy.deepcopy(template)
+            with torch.no_grad():
+                for key, tensor in state.state.items():
+                    own_tensor = model.state_dict()[key]
+                    own_tensor.copy_(tensor.to(own_tensor.dtype))
+            model.train(state.training)
+            return model
+    return wire.Unsupported(f"{state.class_name} (a model that is not a copy of the one passed in)")
+
+
+def _rebuild(value, templates: list):
+    if isinstance(value, wire.ModuleState):
+        return _rebuild_module(value, templates)
+    if isinstance(value, tuple):
+        return tuple(_rebuild(v, templates) for v in value)
+    if isinstance(value, list):
+        return [_rebuild(v, templates) for v in value]
+    if isinstance(value, dict):
+        return {k: _rebuild(v, templates) for k, v in value.items()}
+    return value
+
+
+def _mirror(sent, after) -> None:
+    """Apply to the grader's arguments the changes the call made to its copies of them."""
+    if isinstance(sent, torch.Tensor) and isinstance(after, torch.Tensor):
+        if after.shape == sent.shape:
+            with torch.no_grad():
+                sent.copy_(after.to(sent.dtype))
+    elif isinstance(sent, numpy.ndarray) and isinstance(after, numpy.ndarray):
+        if after.shape == sent.shape and sent.flags.writeable:
+            sent[...] = after.astype(sent.dtype)
+    elif isinstance(sent, torch.nn.Module) and isinstance(after, wire.ModuleState):
+        own = sent.state_dict()
+        with torch.no_grad():
+            for key, tensor in after.state.items():
+                if key in own and own[key].shape == tensor.shape:
+                    own[key].copy_(tensor.to(own[key].dtype))
+    elif isinstance(sent, (list, tuple)) and isinstance(after, list) and len(after) == len(sent):
+        for s, a in zip(sent, after):
+            _mirror(s, a)
+    elif isinstance(sent, dict) and isinstance(after, dict):
+        for key, a in after.items():
+            if key in sent:
+                _mirror(sent[key], a)
+
+
+class NotebookSession:
+    """A notebook's cells running in a sandboxed kernel, replayed after a crash."""
+
+    def __init__(self, notebook_path=None, log=print):
+        self._notebook_path, self._log = notebook_path, log
+        self.kernel: SandboxedKernel | None = None
+        self._history: list[tuple[str, float]] = []  # cells to replay: (source, timeout)
+
+    def __enter__(self):
+        self._start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self.kernel is not None:
+            self.kernel.shutdown()
+            self.kernel = None
+
+    def _start(self) -> None:
+        self.kernel = SandboxedKernel(self._notebook_path)
+        self.kernel.start()
+        self.kernel.execute(BOOTSTRAP, 60, store_history=False)
+
+    def recover(self) -> None:
+        """A fresh kernel with the cells run so far run again (those that fail now are dropped)."""
+        self.close()
+        self._start()
+        kept = []
+        for source, timeout in self._history:
+            result = self.kernel.execute(source, timeout, store_history=False)
+            if result.status in ("timeout", "died"):
+                self.kernel.shutdown()
+                self.kernel.start()
+                self.kernel.execute(BOOTSTRAP, 60, store_history=False)
+                for earlier, t in kept:
+                    self.kernel.execute(earlier, t, store_history=False)
+                continue
+            kept.append((source, timeout))
+        self._history = kept
+
+    def run_cell(self, source: str, timeout: float) -> Execution:
+        """Run one cell of the notebook; after a timeout or a crash the session recovers."""
+        result = self.kernel.execute(source, timeout)
+        if result.status in ("timeout", "died"):
+            self.recover()
+        else:
+            self._history.append((source, timeout))
+        return result
+
+    def call(self, fn, args=(), kwargs=None, blocked=(), stand_ins=None, seconds: float = 20.0):
+        """``fn(*args, **kwargs)`` inside the kernel; the result as data, or a :class:`SubmissionError`."""
+        kwargs = kwargs or {}
+        request = {"fn": _to_refs(fn), "args": _to_refs(tuple(args)), "kwargs": _to_refs(dict(kwargs)),
+                   "blocked": tuple(blocked), "stand_ins": dict(stand_ins or {})}
+        payload = base64.b64encode(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
+        code = f"__grading_kernel_side__.serve({payload!r})"
+        result = self.kernel.execute(code, seconds, data_mime=kernel_side.MIME, store_history=False)
+        if result.status == "timeout":
+            self.recover()
+            raise SubmissionTimedOut(seconds)
+        if result.status == "died":
+            self.recover()
+            raise SubmissionDied()
+        if len(result.data) != 1 or not isinstance(result.data[0], str):
+            raise SubmissionUnreadable("no single result came back")
+        try:
+            outcome = wire.decode(base64.b64decode(result.data[0], validate=True))
+        except (wire.MalformedResult, ValueError) as err:
+            raise SubmissionUnreadable(str(err)) from None
+        if not isinstance(outcome, dict):
+            raise SubmissionUnreadable("not a result")
+        status = outcome.get("status")
+        if status == "missing":
+            raise SubmissionMissing(str(outcome.get("name")))
+        if status == "raised":
+            types = [str(t) for t in outcome.get("types", [])] if isinstance(outcome.get("types"), list) else []
+            raise SubmissionRaised(types, str(outcome.get("message", "")))
+        if status != "returned":
+            raise SubmissionUnreadable(str(outcome.get("message", "no result")))
+        templates = _modules_in([args, kwargs], [])
+        _mirror([list(args), kwargs], outcome.get("after"))
+        return _rebuild(outcome.get("value"), templates)
