@@ -1,4 +1,4 @@
-"""The grading machinery on its own: blocked references, stand-ins, patches, screening."""
+"""The checks run in-process (as an instructor may run them): blocked references, stand-ins, limits."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,6 @@ import qlib
 from qlib import _reference
 from qlib.grading import lab03
 from qlib.grading.harness import GradingFailure, run_submission
-from qlib.grading.screen import problems
 
 
 def test_reference_is_unavailable_while_a_submission_runs():
@@ -29,33 +28,6 @@ def test_reference_captured_before_grading_is_still_blocked():
 
     with pytest.raises(GradingFailure, match="reference answer"):
         run_submission("quantize", cheat, torch.zeros(3), blocked=lab03.REFERENCES)
-
-
-def test_clearing_the_block_is_detected():
-    def cheat():
-        _reference._blocked.clear()
-        return qlib.integer_range(8)
-
-    with pytest.raises(GradingFailure, match="grading state"):
-        run_submission("integer_range", cheat, blocked=lab03.REFERENCES)
-    assert not _reference.blocked_names()
-
-
-def test_patched_comparison_function_is_reported():
-    original = torch.equal
-    try:
-        torch.equal = lambda a, b: True
-        with pytest.raises(GradingFailure, match="torch.equal"):
-            run_submission("quantize", lambda: 1, blocked=lab03.REFERENCES)
-    finally:
-        torch.equal = original
-    original = np.allclose
-    try:
-        np.allclose = lambda *a, **k: True
-        with pytest.raises(GradingFailure, match="numpy.allclose"):
-            run_submission("dequantize", lambda: 1)
-    finally:
-        np.allclose = original
 
 
 def test_infinite_loop_is_stopped():
@@ -94,30 +66,3 @@ def test_visible_checks_pass_the_reference_and_fail_a_wrong_answer():
     lab03.check_quantize(lambda x, s, z, lo, hi: torch.clamp(torch.round(x / s) + z, lo, hi))
     with pytest.raises(GradingFailure, match="floor instead of round"):
         lab03.check_quantize(lambda x, s, z, lo, hi: torch.clamp(torch.floor(x / s) + z, lo, hi))
-
-
-@pytest.mark.parametrize("source, words", [
-    ("import qlib\n", "imports qlib"),
-    ("from qlib.linear import quantize\n", "imports qlib.linear"),
-    ("torch.equal = lambda a, b: True\n", "torch.equal"),
-    ("np.testing.assert_allclose = print\n", "np.testing.assert_allclose"),
-    ("setattr(torch, 'equal', None)\n", "setattr"),
-    ("x = __import__('ql' + 'ib')\n", "__import__"),
-    ("grader.check_quantize = None\n", "grader"),
-    ("import sys\nsys.modules['qlib'] = None\n", "imports sys"),
-    ("y = torch.__dict__\n", "__dict__"),
-    ("%load_ext autoreload\n", "get_ipython"),
-])
-def test_screen_rejects_tampering(source, words):
-    found = problems(source, {"torch", "np", "grader"})
-    assert any(words in f for f in found), found
-
-
-@pytest.mark.parametrize("source", [
-    "def f(x):\n    return torch.round(x)\n",
-    "import numpy as np\nimport math\nfrom copy import deepcopy\n",
-    "def g(model):\n    m = copy.deepcopy(model)\n    m.fc1.weight.data = m.fc1.weight.data * 2\n    return m\n",
-    "x = torch.zeros(3)\nx[0] = 1\n",
-])
-def test_screen_accepts_ordinary_code(source):
-    assert problems(source, {"torch", "np", "copy"}) == []

@@ -157,8 +157,7 @@ EXPLAINED = [
     ("stochastic_from_the_global_rng", "test_round_stochastic", "generator you are given"),
     ("round_to_nearest", "test_round_stochastic", "rounds like round-to-nearest"),
     ("hard_coded_visible_cases", "test_percentile_threshold", "A hidden check failed"),
-    ("calls_qlib_reference", "kl_threshold", "did not run this cell"),
-    ("patches_array_equal", "round_stochastic", "np.array_equal"),
+    ("calls_qlib_reference", "test_kl_threshold", "reference answer"),
 ]
 
 

@@ -185,7 +185,7 @@ EXPLAINED = [
     ("relu_at_zero", "test_quantized_linear", "output zero point"),
     ("pads_with_zero", "test_quantized_conv2d", "pad with the input zero point"),
     ("hard_coded_visible_cases", "test_quantize_multiplier", "A hidden check failed"),
-    ("calls_qlib_reference", "requantize", "did not run this cell"),
+    ("calls_qlib_reference", "test_requantize", "reference answer"),
 ]
 
 

@@ -151,8 +151,7 @@ EXPLAINED = [
     ("alpha_over_all_weights", "test_ternarize", "ABOVE delta only"),
     ("returns_accuracies", "test_quantization_sensitivity", "return the DROP"),
     ("hard_coded_visible_cases", "test_ternarize", "A hidden check failed"),
-    ("calls_qlib_reference", "ternarize", "did not run this cell"),
-    ("patches_numpy_comparisons", "binarize", "np.array_equal"),
+    ("calls_qlib_reference", "test_ternarize", "reference answer"),
     ("infinite_loop", "test_binarize", "did not return within"),
 ]
 

@@ -57,15 +57,14 @@ class Execution:
 
     status: str
     outputs: list = field(default_factory=list)
-    data: list = field(default_factory=list)  #: payloads published under the requested MIME type
     execution_count: int | None = None
 
 
 class _OutputCollector:
     """Turns iopub messages into notebook outputs, within the size caps."""
 
-    def __init__(self, data_mime: str | None):
-        self.outputs, self.data, self.data_mime = [], [], data_mime
+    def __init__(self):
+        self.outputs = []
         self.stream_chars = 0
         self.truncated = False
 
@@ -75,9 +74,6 @@ class _OutputCollector:
             self.outputs = [o for o in self.outputs if o.output_type == "error"]
             return
         if kind not in ("stream", "display_data", "execute_result", "error", "update_display_data"):
-            return
-        if self.data_mime and kind == "display_data" and self.data_mime in content.get("data", {}):
-            self.data.append(content["data"][self.data_mime])
             return
         if kind == "update_display_data":
             return
@@ -216,28 +212,38 @@ class SandboxedKernel:
 
     # --- running code ------------------------------------------------------------------------------
 
-    def execute(self, code: str, timeout: float, data_mime: str | None = None,
-                store_history: bool = True) -> Execution:
+    @property
+    def connection_dir(self) -> Path:
+        """The directory shared with the kernel (at the same path inside the sandbox)."""
+        return self._dir / "conn"
+
+    def execute(self, code: str, timeout: float, store_history: bool = True) -> Execution:
         """Run ``code``; wait at most ``timeout`` seconds (wall clock) for it to finish.
 
-        Display data under ``data_mime`` is collected apart from the outputs.
         On "timeout" the kernel is left running: call :meth:`restart`.
         """
         if not self.alive():
             return Execution("died")
-        msg_id = self.client.execute(code, store_history=store_history, allow_stdin=False, stop_on_error=False)
-        collected = _OutputCollector(data_mime)
+        return self.collect(self.submit(code, store_history), timeout)
+
+    def submit(self, code: str, store_history: bool = False) -> str:
+        """Start running ``code`` without waiting; the message id for :meth:`collect`."""
+        return self.client.execute(code, store_history=store_history, allow_stdin=False, stop_on_error=False)
+
+    def collect(self, msg_id: str, timeout: float) -> Execution:
+        """Wait at most ``timeout`` seconds for the code started as ``msg_id``; its outputs and status."""
+        collected = _OutputCollector()
         deadline = time.monotonic() + timeout
         idle = False
         while not idle:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return Execution("timeout", collected.outputs, collected.data)
+                return Execution("timeout", collected.outputs)
             try:
                 msg = self.client.get_iopub_msg(timeout=min(remaining, 0.25))
             except Empty:
                 if not self.alive():
-                    return Execution("died", collected.outputs, collected.data)
+                    return Execution("died", collected.outputs)
                 continue
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
@@ -247,10 +253,10 @@ class SandboxedKernel:
                 collected.add(msg)
         reply = self._reply(msg_id, deadline)
         if reply is None:
-            return Execution("died" if not self.alive() else "timeout", collected.outputs, collected.data)
+            return Execution("died" if not self.alive() else "timeout", collected.outputs)
         status = "ok" if reply["content"].get("status") == "ok" else "error"
         count = reply["content"].get("execution_count")
-        return Execution(status, collected.outputs, collected.data, count if isinstance(count, int) else None)
+        return Execution(status, collected.outputs, count if isinstance(count, int) else None)
 
     def _reply(self, msg_id: str, deadline: float):
         while True:

@@ -1,10 +1,11 @@
 """The part of grading that runs inside the sandboxed kernel: it only computes.
 
-The grader sends a request (a pickle it made itself: a function, its
-arguments, the names of the student's objects to look up, the references to
-block and the stand-ins for earlier tasks). :func:`serve` looks the student's
-objects up in the notebook's namespace, makes the call, and publishes the
-outcome as data (:mod:`qlib.grading.wire`) under :data:`MIME`:
+The grader sends requests over a Unix socket (:func:`serve_calls`); each is a
+pickle the grader made itself: a function, its arguments, the names of the
+student's objects to look up, the references to block and the stand-ins for
+earlier tasks. :func:`call` looks the student's objects up in the notebook's
+namespace, makes the call, and the outcome goes back as data
+(:mod:`qlib.grading.wire`):
 
 * ``{"status": "returned", "value": ..., "after": ...}``; ``after`` holds the
   tensors, arrays and models among the arguments as they are after the call,
@@ -17,13 +18,9 @@ change is the data it sends back, which the grader checks like any answer.
 """
 from __future__ import annotations
 
-import base64
 import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass
-
-MIME = "application/vnd.qlib.grading+json"
-
 
 @dataclass(frozen=True)
 class StudentRef:
@@ -126,16 +123,43 @@ def call(request: dict, namespace: dict) -> dict:
     return {"status": "returned", "value": value, "after": _state_after([list(args), kwargs])}
 
 
-def serve(payload: str) -> None:
-    """Entry point of the grader's requests: decode, call, publish the outcome."""
-    from IPython import get_ipython
-    from IPython.display import publish_display_data
-
+def _outcome_bytes(outcome: dict) -> bytes:
     from qlib.grading import wire
 
-    outcome = call(pickle.loads(base64.b64decode(payload)), get_ipython().user_ns)
     try:
-        data = wire.encode(outcome)
+        return wire.encode(outcome)
     except BaseException as err:  # noqa: BLE001 (for example a tensor subclass that refuses to convert)
-        data = wire.encode({"status": "unreadable", "message": f"{type(err).__name__}: {_message(err)}"})
-    publish_display_data({MIME: base64.b64encode(data).decode("ascii")})
+        return wire.encode({"status": "unreadable", "message": f"{type(err).__name__}: {_message(err)}"})
+
+
+def _read_exactly(sock, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def serve_calls(socket_path: str) -> None:
+    """Answer the grader's requests on a Unix socket until it sends an empty one.
+
+    Each frame is an 8-byte big-endian length and that many bytes: a pickled
+    request from the grader, an encoded outcome back.
+    """
+    import socket
+
+    from IPython import get_ipython
+
+    namespace = get_ipython().user_ns
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(socket_path)
+        while True:
+            size = int.from_bytes(_read_exactly(sock, 8), "big")
+            if size == 0:
+                return
+            outcome = call(pickle.loads(_read_exactly(sock, size)), namespace)
+            data = _outcome_bytes(outcome)
+            sock.sendall(len(data).to_bytes(8, "big") + data)

@@ -15,7 +15,7 @@ from qlib import fixed_point as ref_fixed
 from qlib import floating_point as ref_float
 from qlib import integers as ref_int
 from qlib import microscaling as ref_mx
-from qlib.grading.harness import as_integers, fail, run_submission, time_limit  # noqa: F401 (used by the lab)
+from qlib.grading.harness import as_integers, call_catching, fail, run_submission, time_limit  # noqa: F401 (used by the lab)
 
 REFERENCES = (
     "encode_integer", "decode_integer", "encode_fixed", "decode_fixed", "decode_float", "encode_float",
@@ -109,16 +109,12 @@ class _RaisedValueError(Exception):
 
 def _run_expecting_error(task, fn, *args):
     """Run ``fn``; raise _RaisedValueError if it raised ValueError, else return its result."""
-    def call():
-        try:
-            return ("ok", fn(*args))
-        except ValueError:
-            return ("value_error", None)
-
-    status, result = _run(task, call)
-    if status == "value_error":
-        raise _RaisedValueError()
-    return result
+    outcome = _run(task, call_catching, fn, *args)
+    if outcome[0] == "raised":
+        if "ValueError" in outcome[1]:
+            raise _RaisedValueError()
+        fail(f"{task}: your function raised {outcome[1][0]}: {outcome[2]}")
+    return outcome[1]
 
 
 def check_decode_integer(decode_integer, seed=None):

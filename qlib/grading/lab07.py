@@ -65,6 +65,12 @@ def _torch_answers_hidden():
             setattr(torch, name, fn)
 
 
+def _without_torch_answers(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with PyTorch's fake-quantization operators switched off (runs in the kernel)."""
+    with _torch_answers_hidden():
+        return fn(*args, **kwargs)
+
+
 # --- references for the later tasks ----------------------------------------------------------
 
 def reference_quantized_forward(model: nn.Module, images: torch.Tensor, bits: int, input_max: dict) -> torch.Tensor:
@@ -121,10 +127,16 @@ def quantized_accuracy(model: nn.Module, data, bits: int, input_max: dict) -> fl
 
 # --- shared helpers ---------------------------------------------------------------------------
 
+def _autograd_function_or_type(cls):
+    """None if ``cls`` is a torch.autograd.Function subclass, else its type's name (runs where ``cls`` lives)."""
+    return None if isinstance(cls, type) and issubclass(cls, torch.autograd.Function) else type(cls).__name__
+
+
 def _autograd_function(cls, task):
-    if not (isinstance(cls, type) and issubclass(cls, torch.autograd.Function)):
+    other = run_submission(task, _autograd_function_or_type, cls)
+    if other is not None:
         fail(f"{task}: expected a class derived from torch.autograd.Function (with static methods forward and "
-             f"backward), got {type(cls).__name__}. Did you overwrite its name?")
+             f"backward), got {other}. Did you overwrite its name?")
     return cls
 
 
@@ -209,8 +221,7 @@ def check_fake_quant_ste_forward(FakeQuantSTE, seed=None):
     cases = _ste_visible() if seed is None else _ste_hidden(seed)
     for kind, x, scale, zp, qmin, qmax in cases:
         expected = ref_ste.fake_quantize_ste(x, scale, zp, qmin, qmax).double().numpy()
-        with _torch_answers_hidden():
-            got = _run(task, cls.apply, x.clone(), scale, zp, qmin, qmax)
+        got = _run(task, _without_torch_answers, cls.apply, x.clone(), scale, zp, qmin, qmax)
         got = as_array(_tensor_out(got, "the output", task), "the output", task).astype(np.float64)
         if got.shape != expected.shape:
             fail(f"{task}: the output should have the shape of x {tuple(x.shape)}, got {got.shape}.")
@@ -271,8 +282,7 @@ def check_fake_quant_ste_backward(FakeQuantSTE, seed=None):
         t = x.clone().requires_grad_()
         (expected,) = torch.autograd.grad(ref_ste.fake_quantize_ste(t, scale, zp, qmin, qmax), t, upstream)
         expected = expected.double().numpy()
-        with _torch_answers_hidden():
-            got = _run(task, _grad_of, cls, x, upstream, scale, zp, qmin, qmax)
+        got = _run(task, _without_torch_answers, _grad_of, cls, x, upstream, scale, zp, qmin, qmax)
         if got is None:
             fail(f"{task}: x received no gradient. backward must return the gradient for x first, then None for "
                  "scale, zero_point, qmin and qmax (five values).")
@@ -370,8 +380,8 @@ def check_lsq_forward(LSQFakeQuant, seed=None):
     for kind, v, step, qmin, qmax, g in cases:
         upstream = torch.ones(v.shape)
         expected = _lsq_expected(v, step, qmin, qmax, g, upstream)[0]
-        with _torch_answers_hidden():
-            out, _, _ = _run(task, _lsq_forward_backward, cls, v, step, qmin, qmax, g, upstream)
+        out, _, _ = _run(task, _without_torch_answers, _lsq_forward_backward, cls, v, step, qmin, qmax, g,
+                         upstream)
         got = as_array(_tensor_out(out, "the output", task), "the output", task).astype(np.float64)
         if got.shape != expected.shape:
             fail(f"{task}: the output should have the shape of v {tuple(v.shape)}, got {got.shape}.")
@@ -403,8 +413,8 @@ def check_lsq_backward(LSQFakeQuant, seed=None):
         upstream = torch.ones(v.shape) if seed is None and kind == "visible" and qmax == 1 else \
             torch.randn(v.shape, generator=gen)
         _, e_gv, e_gs = _lsq_expected(v, step, qmin, qmax, g, upstream)
-        with _torch_answers_hidden():
-            _, gv, gs = _run(task, _lsq_forward_backward, cls, v, step, qmin, qmax, g, upstream)
+        _, gv, gs = _run(task, _without_torch_answers, _lsq_forward_backward, cls, v, step, qmin, qmax, g,
+                         upstream)
         where = (f"v = {fmt(v.numpy())}, step = {step}, qmin = {qmin}, qmax = {qmax}, grad_scale = {g:.4g}, "
                  f"grad_output = {fmt(upstream.numpy())}")
         if gv is None or gs is None:
@@ -464,6 +474,12 @@ def _weight_grads(logits, model):
     return torch.autograd.grad(logits.sum(), [model.conv1.weight, model.fc2.weight], allow_unused=True)
 
 
+def _logits_and_weight_grads(quantized_forward, model, images, bits, input_max):
+    """The student's logits, and the gradients that reach two weights from them (runs in the kernel)."""
+    logits = quantized_forward(model, images, bits, input_max)
+    return logits, _weight_grads(logits, model)
+
+
 def check_quantized_forward(quantized_forward, seed=None):
     """Task 3: logits of the folded CNN with fake-quantized weights and layer inputs, gradients to W."""
     from qlib.data import load_digits
@@ -481,8 +497,8 @@ def check_quantized_forward(quantized_forward, seed=None):
         m_ref, m_got = copy.deepcopy(model), copy.deepcopy(model)
         e_logits = reference_quantized_forward(m_ref, images, bits, input_max)
         e_grads = _weight_grads(e_logits, m_ref)
-        logits = _run(task, quantized_forward, m_got, images.clone(), bits, dict(input_max))
-        grads = _run(task, _weight_grads, logits, m_got)
+        logits, grads = _run(task, _logits_and_weight_grads, quantized_forward, m_got, images.clone(), bits,
+                             dict(input_max))
         got = as_array(logits, "the logits", task).astype(np.float64)
         e_logits = e_logits.detach()
         e = e_logits.double().numpy()

@@ -14,18 +14,21 @@ into a message.
 """
 from __future__ import annotations
 
-import base64
 import copy
+import os
 import pickle
+import socket
+import time
 
 import numpy
 import torch
 
-from qlib.grading import kernel_side, wire
+from qlib.grading import wire
 from qlib.grading.kernel import Execution, SandboxedKernel
 from qlib.grading.kernel_side import StudentRef
 
 BOOTSTRAP = "import qlib.grading.kernel_side as __grading_kernel_side__"
+MAX_REPLY = wire.MAX_BYTES
 
 
 class SubmissionError(Exception):
@@ -163,6 +166,71 @@ def _mirror(sent, after) -> None:
                 _mirror(sent[key], a)
 
 
+class _CallChannel:
+    """A Unix socket on which the kernel answers calls, while it runs ``serve_calls`` as one long cell.
+
+    One execute request per test cell instead of one per call: a call then
+    costs a socket round trip, not a trip through the kernel's message loop.
+    """
+
+    def __init__(self, kernel: SandboxedKernel, timeout: float = 30.0):
+        self.kernel = kernel
+        path = str(kernel.connection_dir / "calls.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(path)
+            os.chmod(path, 0o666)  # the kernel runs as another (unprivileged) user
+            listener.listen(1)
+            listener.settimeout(timeout)
+            self.msg_id = kernel.submit(f"__grading_kernel_side__.serve_calls({path!r})")
+            self.sock, _ = listener.accept()  # the first connection only; the listener closes below
+        finally:
+            listener.close()
+            if os.path.exists(path):
+                os.unlink(path)
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        chunks = []
+        while n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self.sock.settimeout(min(remaining, 0.5))
+            try:
+                chunk = self.sock.recv(min(n, 1 << 20))
+            except socket.timeout:
+                if not self.kernel.alive():
+                    raise EOFError from None
+                continue
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def request(self, payload: bytes, seconds: float) -> bytes:
+        """Send one request; the reply's bytes. TimeoutError, EOFError or SubmissionUnreadable otherwise."""
+        deadline = time.monotonic() + seconds
+        self.sock.settimeout(seconds)
+        try:
+            self.sock.sendall(len(payload).to_bytes(8, "big") + payload)
+        except OSError:
+            raise EOFError from None
+        size = int.from_bytes(self._read(8, deadline), "big")
+        if size > MAX_REPLY:
+            raise SubmissionUnreadable(f"a reply of {size} bytes")
+        return self._read(size, deadline)
+
+    def close(self, timeout: float = 10.0) -> None:
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.sendall((0).to_bytes(8, "big"))
+        except OSError:
+            pass
+        self.sock.close()
+        self.kernel.collect(self.msg_id, timeout)
+
+
 class NotebookSession:
     """A notebook's cells running in a sandboxed kernel, replayed after a crash."""
 
@@ -170,6 +238,7 @@ class NotebookSession:
         self._notebook_path, self._log = notebook_path, log
         self.kernel: SandboxedKernel | None = None
         self._history: list[tuple[str, float]] = []  # cells to replay: (source, timeout)
+        self._channel: _CallChannel | None = None
 
     def __enter__(self):
         self._start()
@@ -179,6 +248,7 @@ class NotebookSession:
         self.close()
 
     def close(self) -> None:
+        self._channel = None
         if self.kernel is not None:
             self.kernel.shutdown()
             self.kernel = None
@@ -187,9 +257,16 @@ class NotebookSession:
         self.kernel = SandboxedKernel(self._notebook_path)
         self.kernel.start()
         self.kernel.execute(BOOTSTRAP, 60, store_history=False)
+        self._channel = None
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            channel.close()
 
     def recover(self) -> None:
         """A fresh kernel with the cells run so far run again (those that fail now are dropped)."""
+        self._channel = None
         self.close()
         self._start()
         kept = []
@@ -197,8 +274,7 @@ class NotebookSession:
             result = self.kernel.execute(source, timeout, store_history=False)
             if result.status in ("timeout", "died"):
                 self.kernel.shutdown()
-                self.kernel.start()
-                self.kernel.execute(BOOTSTRAP, 60, store_history=False)
+                self._start()
                 for earlier, t in kept:
                     self.kernel.execute(earlier, t, store_history=False)
                 continue
@@ -207,6 +283,7 @@ class NotebookSession:
 
     def run_cell(self, source: str, timeout: float) -> Execution:
         """Run one cell of the notebook; after a timeout or a crash the session recovers."""
+        self._close_channel()
         result = self.kernel.execute(source, timeout)
         if result.status in ("timeout", "died"):
             self.recover()
@@ -219,20 +296,20 @@ class NotebookSession:
         kwargs = kwargs or {}
         request = {"fn": _to_refs(fn), "args": _to_refs(tuple(args)), "kwargs": _to_refs(dict(kwargs)),
                    "blocked": tuple(blocked), "stand_ins": dict(stand_ins or {})}
-        payload = base64.b64encode(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
-        code = f"__grading_kernel_side__.serve({payload!r})"
-        result = self.kernel.execute(code, seconds, data_mime=kernel_side.MIME, store_history=False)
-        if result.status == "timeout":
-            self.recover()
-            raise SubmissionTimedOut(seconds)
-        if result.status == "died":
-            self.recover()
-            raise SubmissionDied()
-        if len(result.data) != 1 or not isinstance(result.data[0], str):
-            raise SubmissionUnreadable("no single result came back")
+        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            outcome = wire.decode(base64.b64decode(result.data[0], validate=True))
-        except (wire.MalformedResult, ValueError) as err:
+            if self._channel is None:
+                self._channel = _CallChannel(self.kernel)
+            reply = self._channel.request(payload, seconds)
+        except (TimeoutError, socket.timeout):
+            self.recover()
+            raise SubmissionTimedOut(seconds) from None
+        except (EOFError, OSError):
+            self.recover()
+            raise SubmissionDied() from None
+        try:
+            outcome = wire.decode(reply)
+        except wire.MalformedResult as err:
             raise SubmissionUnreadable(str(err)) from None
         if not isinstance(outcome, dict):
             raise SubmissionUnreadable("not a result")

@@ -153,6 +153,7 @@ def sandbox_command(conn_dir: Path, notebook: Path | None, limits: Limits, uid: 
     else:  # bwrap as root; the kernel then drops to ``uid`` (setpriv below) with no capabilities left
         cmd += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
                 "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    cmd += ["--perms", "0755", "--dir", "/etc"]
     for path in SYSTEM_PATHS:
         cmd += ["--ro-bind-try", path, path]
     # writable by the kernel's user whichever user bwrap runs as (the sandbox holds no one else)
