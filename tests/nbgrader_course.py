@@ -100,7 +100,8 @@ def scores(course: Path, lab: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def autograde(course: Path, lab: str, submissions: dict[str, nbformat.NotebookNode], workers: int = 2):
+def autograde(course: Path, lab: str, submissions: dict[str, nbformat.NotebookNode], workers: int = 2,
+              force: bool = True):
     """Autograde every submission; returns ``(scores, course_dirs)``.
 
     Submissions are split over ``workers`` course copies graded in parallel
@@ -118,7 +119,7 @@ def autograde(course: Path, lab: str, submissions: dict[str, nbformat.NotebookNo
         courses.append(c)
 
     def run(c: Path):
-        nbgrader("autograde", lab, "--force", cwd=c)
+        nbgrader("autograde", lab, *(["--force"] if force else []), cwd=c)
         return scores(c, lab)
 
     with ThreadPoolExecutor(workers) as pool:

@@ -52,7 +52,7 @@ class SandboxUnavailable(RuntimeError):
 class Limits:
     """Resource limits of one sandboxed kernel."""
 
-    address_space: int = 8 * 2**30   #: bytes of virtual memory (torch reserves about 1.5 GiB at import)
+    address_space: int = 4 * 2**30   #: bytes of virtual memory (a lab kernel peaks at about 1.6 GiB)
     processes: int = 256             #: processes and threads of the sandbox's user
     file_size: int = 64 * 2**20      #: bytes in any one file it writes
     open_files: int = 256
@@ -66,9 +66,13 @@ def unsandboxed() -> bool:
     return os.environ.get(UNSANDBOXED_ENV, "") not in ("", "0")
 
 
+def bubblewrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
 def require_bubblewrap() -> str:
     """Path of ``bwrap``; :class:`SandboxUnavailable` with install instructions if there is none."""
-    path = shutil.which("bwrap")
+    path = bubblewrap_path()
     if path is None:
         raise SandboxUnavailable(
             "Grading runs every submission in a bubblewrap sandbox, and `bwrap` is not installed.\n"
@@ -123,7 +127,7 @@ def environment(conn_dir: str) -> dict[str, str]:
         "IPYTHONDIR": f"{HOME}/.ipython", "MPLCONFIGDIR": f"{HOME}/.matplotlib", "MPLBACKEND": "agg",
         "JUPYTER_RUNTIME_DIR": conn_dir, "JUPYTER_PLATFORM_DIRS": "1",
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONNOUSERSITE": "1", "PYTHONHASHSEED": "0",
+        "PYTHONNOUSERSITE": "1", "PYTHONHASHSEED": "0", "JOBLIB_MULTIPROCESSING": "0",
     }
 
 
