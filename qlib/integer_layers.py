@@ -108,12 +108,29 @@ def _as_int8(t: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, int]:
     return (t - 128).to(torch.int8), 128
 
 
+#: ``torch._int_mm`` on CPU (PyTorch 2.13) returns wrong sums when the inner dimension K is 1
+#: (every entry, every shape; K = 2 ... 36 measured exact): such products take another route.
+INT_MM_MIN_K = 2
+
+
+def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch._int_mm(a, b)`` with operands it reads correctly.
+
+    On CPU it returns wrong sums for a ``b`` whose rows overlap in memory (an
+    im2col view of a stride-1 window, for instance): ``a`` is made contiguous and
+    ``b`` row- or column-major.
+    """
+    if not (b.is_contiguous() or b.t().is_contiguous()):
+        b = b.contiguous()
+    return torch._int_mm(a.contiguous(), b)
+
+
 def integer_matmul(a, b) -> torch.Tensor:
     """The exact integer product ``a @ b`` of ``a`` (M, K) and ``b`` (K, N), as int64.
 
     Three exact routes, fastest first:
 
-    1. both in int8 or uint8 range (and ``K < 2^17``): ``torch._int_mm`` on int8,
+    1. both in int8 or uint8 range (and ``2 <= K < 2^17``): ``torch._int_mm`` on int8,
        which accumulates in int32. A uint8 operand is stored as ``a8 = a - 128``
        and corrected: ``a @ b = a8 @ b + 128 * colsum(b)`` (and symmetrically).
        The int32 sums cannot overflow: ``|sum| <= K * 128 * 128 < 2^31``.
@@ -149,10 +166,10 @@ def _integer_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.zeros(a.shape[0], b.shape[1], dtype=torch.int64)
     a_lo, a_hi = (int(v) for v in torch.aminmax(a))
     b_lo, b_hi = (int(v) for v in torch.aminmax(b))
-    if _byte_sized(a_lo, a_hi) and _byte_sized(b_lo, b_hi) and k < 2**17:
+    if _byte_sized(a_lo, a_hi) and _byte_sized(b_lo, b_hi) and INT_MM_MIN_K <= k < 2**17:
         a8, a_off = _as_int8(a, a_lo, a_hi)
         b8, b_off = _as_int8(b, b_lo, b_hi)
-        acc = torch._int_mm(a8.contiguous(), b8).to(torch.int64)
+        acc = _int_mm(a8, b8).to(torch.int64)
         # (a8 + a_off) @ (b8 + b_off) = a8 @ b8 + a_off * colsum(b8) + b_off * rowsum(a8) + K a_off b_off
         if a_off:
             acc += a_off * b8.sum(dim=0, dtype=torch.int64)
@@ -299,7 +316,7 @@ def _int8_requantized_product(x8: torch.Tensor, w8: torch.Tensor, folded_bias: t
     below ``2^31`` (so the int32 accumulator cannot overflow and needs no check).
     """
     k = x8.shape[1]
-    if x8.dtype != torch.int8 or w8.dtype != torch.int8 or k >= 2**17 or bool((shift < 0).any()):
+    if x8.dtype != torch.int8 or w8.dtype != torch.int8 or not INT_MM_MIN_K <= k < 2**17 or bool((shift < 0).any()):
         return None
     n_max = int(shift.max())
     bias_max = int(folded_bias.abs().max()) if folded_bias.numel() else 0
@@ -312,10 +329,10 @@ def _int8_requantized_product(x8: torch.Tensor, w8: torch.Tensor, folded_bias: t
     if fold_zero_point:
         rounding = rounding + z_y * (1 << (shift + 31))
     if channels_first:                            # int32, exact: |sum| <= K 2^14 < 2^31
-        acc = torch._int_mm(w8.contiguous(), x8.t())
+        acc = _int_mm(w8, x8.t())
         m0, shift, rounding, folded_bias = (v.reshape(-1, 1) for v in (m0, shift, rounding, folded_bias))
     else:
-        acc = torch._int_mm(x8.contiguous(), w8.t())
+        acc = _int_mm(x8, w8.t())
     u = torch.mul(acc, m0).add_(folded_bias * m0 + 2**30)
     u.add_(_minus_one_if_negative(u, shift), alpha=2**31).add_(rounding).bitwise_right_shift_(31 + shift)
     if not fold_zero_point:

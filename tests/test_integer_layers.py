@@ -212,6 +212,44 @@ def test_quantized_conv2d_equals_conv2d_on_the_integers(case):
     assert torch.equal(ours, expected)
 
 
+# Shapes where torch._int_mm on CPU returns wrong sums unless qlib steps around it: an inner
+# dimension of 1 (a 1x1 kernel on one channel, a one-feature linear layer), and im2col patches
+# whose rows overlap in memory (a 2-wide kernel sliding by 1 over a 2-wide image).
+INT_MM_TRAPS = [
+    # (input shape, weight shape, stride, padding, input dtype, Z_X)
+    ((3, 1, 8, 4), (2, 1, 1, 1), 1, 1, torch.int64, 78),
+    ((1, 4, 7, 2), (3, 4, 2, 2), 1, 0, torch.uint8, 224),
+    ((2, 3, 5, 2), (4, 3, 2, 2), 1, 0, torch.int64, 17),
+    ((2, 1, 6, 6), (5, 1, 1, 1), 2, 0, torch.uint8, 0),
+]
+
+
+@pytest.mark.parametrize("case", range(len(INT_MM_TRAPS)))
+def test_conv_shapes_that_trip_int_mm_are_exact(case):
+    x_shape, w_shape, stride, padding, dtype, z_x = INT_MM_TRAPS[case]
+    g = gen(300 + case)
+    q_x = torch.randint(2, 255, x_shape, generator=g).to(dtype)
+    q_w = torch.randint(-127, 128, w_shape, generator=g).to(torch.int8)
+    q_b = torch.randint(-30000, 30000, (w_shape[0],), generator=g).to(torch.int32)
+    m0, shift = quantize_multiplier(2.0**-9)
+    for _ in range(3):  # the wrong sums were not even repeatable
+        ours = quantized_conv2d(q_x, q_w, q_b, z_x, m0, shift, 5, -128, 127, stride=stride, padding=padding)
+        acc = F.conv2d(q_x.double() - z_x, q_w.double(), stride=stride, padding=padding)
+        acc = acc.round().long() + q_b.long().reshape(1, -1, 1, 1)
+        assert torch.equal(ours, oracle_requantize(acc, m0, shift, 5, -128, 127, channel_axis=1))
+
+
+def test_one_feature_linear_layer_is_exact():
+    g = gen(310)
+    q_x = torch.randint(-128, 128, (7, 1), generator=g).to(torch.int8)
+    q_w = torch.randint(-127, 128, (3, 1), generator=g).to(torch.int8)
+    assert torch.equal(integer_matmul(q_x, q_w.t()), q_x.long() @ q_w.long().t())
+    m0, shift = quantize_multiplier(2.0**-6)
+    ours = quantized_linear(q_x, q_w, None, 0, m0, shift, 0, -128, 127)
+    expected = oracle_requantize((q_x.long() @ q_w.long().t()), m0, shift, 0, -128, 127, channel_axis=1)
+    assert torch.equal(ours, expected)
+
+
 def test_conv_with_uint8_and_int8_tensors_matches_int64_tensors():
     g = gen(7)
     q_x = torch.randint(0, 256, (2, 4, 6, 6), generator=g)
