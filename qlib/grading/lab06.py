@@ -370,7 +370,7 @@ def _layer_case(gen, kind: str, conv: bool = False):
     if not per_channel:
         m0, shift = int(m0[0]), int(shift[0])
     qmin, qmax = (0, 255) if gen.integers(0, 2) else (-128, 127)
-    y_zp = int(gen.integers(qmin, qmax + 1))
+    y_zp = int(gen.integers(qmin, qmax))  # below qmax: a fused ReLU then keeps at least two output levels
     w_zp = int(gen.integers(-5, 6)) if asym_w else 0
     x_dtype = torch.uint8 if small_dtype else torch.int64
     return dict(q_x=torch.from_numpy(q_x).to(x_dtype), q_weight=torch.from_numpy(q_w).to(torch.int8),
