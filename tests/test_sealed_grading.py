@@ -241,6 +241,9 @@ def _sandbox_processes() -> list[str]:
 @pytest.fixture(scope="module")
 def attacked(tmp_path_factory):
     root = course.make_course(tmp_path_factory.mktemp("redteam") / "course", LAB)
+    # lab 3's cells take a second or two; an attack that hangs the experiment cell need not cost 120 s
+    with open(root / "nbgrader_config.py", "a") as config:
+        config.write("\nc.SealedExecute.timeout = 30\n")
     released = course.read_notebook(course.notebook_path(root, "labs", LAB))
     answers = course.solution_code(course.read_notebook(course.ROOT / "solutions" / LAB / f"{LAB}.ipynb"))
     course.autograde(root, LAB, {"victim": course.fill(released, answers)}, workers=1)
@@ -273,7 +276,7 @@ def attacked(tmp_path_factory):
             path = course.notebook_path(root, "submitted", LAB, name).parent / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-    scores, _ = course.autograde(root, LAB, subs, workers=1, force=False)  # the victim is not graded again
+    scores, _ = course.autograde(root, LAB, subs, workers=2, force=False)  # the victim is not graded again
     stop.set()
     server.close()
     return {"root": root, "scores": scores, "before": before, "after": _course_files(root),
