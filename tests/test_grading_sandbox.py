@@ -123,6 +123,19 @@ def test_grading_without_bubblewrap_says_how_to_install_it(monkeypatch):
         SandboxedKernel()
 
 
+def test_autograde_without_bubblewrap_stops_and_says_how_to_install_it(tmp_path):
+    lab = "lab03_linear_quantization"
+    root = course.make_course(tmp_path / "course", lab)
+    course.submit(root, lab, "ada", course.read_notebook(course.notebook_path(root, "labs", lab)))
+    env = {**course.env(), "PATH": str(course.BIN)}  # no /usr/bin: no bwrap
+    env.pop(sandbox.UNSANDBOXED_ENV, None)
+    proc = subprocess.run([str(course.BIN / "nbgrader"), "autograde", lab], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "apt-get install bubblewrap" in proc.stdout + proc.stderr
+    assert not course.notebook_path(root, "autograded", lab, "ada").exists()
+
+
 def test_the_opt_out_warns(monkeypatch):
     monkeypatch.setenv(sandbox.UNSANDBOXED_ENV, "1")
     with pytest.warns(UserWarning, match="WITHOUT a sandbox"):

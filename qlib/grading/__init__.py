@@ -1,0 +1,10 @@
+"""Grading of the course's labs.
+
+* ``lab01`` ... ``lab08``: the checks that each lab's test cells call (expected values from qlib,
+  hints that name the mistake); ``harness``: what they share.
+* Sealed grading, used by ``nbgrader autograde`` through ``nbgrader_config.py``:
+  ``sealed`` (the nbgrader preprocessors), ``sandbox`` (bubblewrap), ``kernel`` (a sandboxed
+  Jupyter kernel driven from outside), ``remote`` and ``kernel_side`` (calling the student's
+  functions in the kernel), ``wire`` (results as data only) and ``secret`` (hidden seeds).
+* ``check``: ``python -m qlib.grading.check NOTEBOOK``, the same pipeline for students.
+"""

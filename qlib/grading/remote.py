@@ -234,8 +234,8 @@ class _CallChannel:
 class NotebookSession:
     """A notebook's cells running in a sandboxed kernel, replayed after a crash."""
 
-    def __init__(self, notebook_path=None, log=print):
-        self._notebook_path, self._log = notebook_path, log
+    def __init__(self, notebook_path=None):
+        self._notebook_path = notebook_path
         self.kernel: SandboxedKernel | None = None
         self._history: list[tuple[str, float]] = []  # cells to replay: (source, timeout)
         self._channel: _CallChannel | None = None

@@ -148,7 +148,7 @@ def sandbox_command(conn_dir: Path, notebook: Path | None, limits: Limits, uid: 
     """
     bwrap = require_bubblewrap()
     limit = ["prlimit", f"--as={limits.address_space}", f"--fsize={limits.file_size}",
-             f"--nofile={limits.open_files}", f"--cpu={limits.cpu_seconds}", f"--core=0"]
+             f"--nofile={limits.open_files}", f"--cpu={limits.cpu_seconds}", "--core=0"]
     if uid is not None:
         limit.append(f"--nproc={limits.processes}")
     cmd = limit + ["--", bwrap, "--die-with-parent", "--new-session", "--clearenv", "--dev", "/dev", "--proc", "/proc"]

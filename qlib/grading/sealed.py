@@ -38,7 +38,7 @@ from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Float
 
-from qlib.grading import secret
+from qlib.grading import sandbox, secret
 from qlib.grading.harness import GradingFailure
 from qlib.grading.remote import NotebookSession, StudentObject
 
@@ -184,6 +184,10 @@ class SealedExecute(NbGraderPreprocessor):
         lab, student = resources["nbgrader"]["assignment"], resources["nbgrader"]["student"]
         key = secret.course_secret()
         digest = secret.code_digest([c.source for c in nb.cells if is_student_code(c)])
-        run_notebook(nb, lab_module(lab), lambda gid: secret.hidden_seed(key, lab, gid, student, digest),
-                     self.timeout, log=self.log.warning)
+        try:
+            run_notebook(nb, lab_module(lab), lambda gid: secret.hidden_seed(key, lab, gid, student, digest),
+                         self.timeout, log=self.log.warning)
+        except sandbox.SandboxUnavailable as err:
+            self.log.error("%s", err)
+            raise
         return nb, resources
