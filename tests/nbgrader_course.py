@@ -101,11 +101,12 @@ def scores(course: Path, lab: str) -> dict[str, dict[str, float]]:
 
 
 def autograde(course: Path, lab: str, submissions: dict[str, nbformat.NotebookNode], workers: int = 2,
-              force: bool = True):
+              force: bool = True, files: dict[str, dict[str, str]] | None = None):
     """Autograde every submission; returns ``(scores, course_dirs)``.
 
     Submissions are split over ``workers`` course copies graded in parallel
-    (one gradebook each, so SQLite is never shared).
+    (one gradebook each, so SQLite is never shared). ``files`` gives, per
+    student, files submitted beside the notebook (relative path -> text).
     """
     names = sorted(submissions)
     shards = [names[i::workers] for i in range(workers)]
@@ -116,6 +117,10 @@ def autograde(course: Path, lab: str, submissions: dict[str, nbformat.NotebookNo
             shutil.copytree(course, c, dirs_exist_ok=True)
         for student in shard:
             submit(c, lab, student, submissions[student])
+            for rel, text in (files or {}).get(student, {}).items():
+                path = notebook_path(c, "submitted", lab, student).parent / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
         courses.append(c)
 
     def run(c: Path):

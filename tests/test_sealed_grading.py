@@ -270,16 +270,11 @@ def attacked(tmp_path_factory):
                 .replace("{qlib}", str(course.ROOT / "qlib")).replace("{secret}", str(course.SECRET)))
 
     subs = {name: _build(released, answers, spec, fill) for name, (spec, _) in ATTACKS.items()}
-    # the submitted files beside the notebooks
-    for name, (spec, _) in ATTACKS.items():
-        for rel, text in spec.get("files", {}).items():
-            path = course.notebook_path(root, "submitted", LAB, name).parent / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    scores, _ = course.autograde(root, LAB, subs, workers=2, force=False)  # the victim is not graded again
+    files = {name: spec["files"] for name, (spec, _) in ATTACKS.items() if "files" in spec}
+    scores, dirs = course.autograde(root, LAB, subs, workers=2, force=False, files=files)  # the victim: not again
     stop.set()
     server.close()
-    return {"root": root, "scores": scores, "before": before, "after": _course_files(root),
+    return {"root": root, "scores": scores, "dirs": dirs, "before": before, "after": _course_files(root),
             "victim_before": victim_before, "victim_after": _victim_rows(root), "connections": connections}
 
 
@@ -304,7 +299,7 @@ def test_nothing_reaches_the_graders_loopback(attacked):
 
 
 def test_feedback_of_an_attacker_shows_no_hidden_test(attacked):
-    root = attacked["root"]
+    root = attacked["dirs"]["reads_solutions_and_secret"]
     course.nbgrader("generate_feedback", LAB, "--student", "reads_solutions_and_secret", "--force", cwd=root)
     html = next((root / "feedback" / "reads_solutions_and_secret" / LAB).glob("*.html")).read_text()
     assert "HIDDEN_SEED" not in html and "BEGIN HIDDEN TESTS" not in html

@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qlib import _reference
 from qlib import lsq as ref_lsq
 from qlib import ste as ref_ste
 from qlib.grading.harness import as_array, fail, fmt, run_submission, time_limit  # noqa: F401 (time_limit: the lab)
 
 #: The qlib functions whose work this lab asks for; unavailable while a student's code runs.
 REFERENCES = ("fake_quantize_ste", "lsq_fake_quantize", "lsq_grad_scale", "lsq_init_step", "prepare_qat",
-              "train_qat")
+              "train_qat", "quantized_forward")
 HIDDEN = "A hidden check failed"
 
 #: The layers of the folded digits CNN whose inputs and weights are quantized, in order.
@@ -81,6 +82,7 @@ def reference_quantized_forward(model: nn.Module, images: torch.Tensor, bits: in
     ``[0, 2**bits - 1]``, zero point 0, ``scale = input_max[layer] / (2**bits - 1)``.
     Both with the straight-through estimator of :mod:`qlib.ste`.
     """
+    _reference.refuse_if_blocked("quantized_forward")
     qmax_w = 2 ** (bits - 1) - 1
     qmax_x = 2**bits - 1
 

@@ -29,7 +29,9 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,9 +107,46 @@ class UserIdLease:
         raise SandboxUnavailable(f"all {len(UID_RANGE)} sandbox user ids are in use")
 
     def release(self) -> None:
+        """Kill every process left under this user id, then let the id go to the next sandbox.
+
+        The sandbox's processes die with its PID namespace, but not all at the same instant; a
+        process bomb's thousand stragglers would otherwise count against the next sandbox's
+        process limit.
+        """
         if self._handle is not None:
+            kill_user_processes(self.uid)
             self._handle.close()
             self._handle = None
+
+
+def _processes_of(uid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as status:
+                line = next(l for l in status if l.startswith("Uid:"))
+        except (OSError, StopIteration):
+            continue
+        if int(line.split()[1]) == uid:
+            pids.append(int(entry))
+    return pids
+
+
+def kill_user_processes(uid: int, seconds: float = 30.0) -> None:
+    """SIGKILL every process of ``uid`` until none is left (or ``seconds`` have passed)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pids = _processes_of(uid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.05)
 
 
 def _python_paths() -> list[str]:
