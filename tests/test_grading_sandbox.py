@@ -220,3 +220,23 @@ def test_student_check_reports_each_task_with_its_whole_hint(tmp_path):
     assert "[FAIL] test_quantize (4 points)" in proc.stdout and "floor instead of round" in proc.stdout
     assert "[pass] test_dequantize" in proc.stdout and "practice checks passed" in proc.stdout
     assert "16 of 20 points" in proc.stdout
+
+
+def test_the_sandbox_sees_the_notebook_without_its_hidden_tests_and_the_verdict_uses_them():
+    test = ("grader.check_integer_range(integer_range)\n### BEGIN HIDDEN TESTS\n"
+            "grader.check_integer_range(integer_range, seed=HIDDEN_SEED)\n### END HIDDEN TESTS\n")
+    answer = ("import glob\nprint('HID' + 'DEN' in open(glob.glob('*.ipynb')[0]).read())\n"
+              "def integer_range(bits, signed=True, narrow=False):\n"
+              "    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)\n"
+              "    return lo + narrow, hi if bits < 9 else hi + 1  # wrong beyond the visible cases\n")
+    nb = nbformat.v4.new_notebook(cells=[
+        _cell("code", answer, grade_id="integer_range", solution=True),
+        _cell("code", test, grade_id="test_integer_range", grade=True, locked=True, points=2),
+    ])
+    seeds = []
+    sealed.run_notebook(nb, sealed.lab_module("lab03_linear_quantization"), lambda gid: seeds.append(gid) or 5)
+    assert nb.cells[0].outputs[0]["text"] == "False\n"
+    assert seeds == ["test_integer_range"]
+    errors = [o for o in nb.cells[1].outputs if o.output_type == "error"]
+    assert "visible cases passed" in nb.cells[1].outputs[0]["text"]
+    assert errors and errors[0]["evalue"].startswith("A hidden check failed") and "seed" not in errors[0]["evalue"]

@@ -30,6 +30,7 @@ import contextlib
 import copy
 import importlib
 import io
+import re
 import tempfile
 from pathlib import Path
 
@@ -82,13 +83,26 @@ def rebuild(source: nbformat.NotebookNode, submitted: nbformat.NotebookNode) -> 
     cells = list(added.get(None, []))
     for cell in nb.cells:
         meta = _meta(cell)
-        cell.pop("outputs", None) if cell.cell_type != "code" else cell.update(outputs=[], execution_count=None)
+        if cell.cell_type == "code":
+            cell.update(outputs=[], execution_count=None)
         if meta.get("solution"):
             kind, text = answers.get(meta["grade_id"], (None, None))
             cell.source = text if kind == cell.cell_type else STUB.get(cell.cell_type, "")
         cells.append(cell)
         cells.extend(added.get(meta.get("grade_id"), []) if meta else [])
     nb.cells = cells
+    return nb
+
+
+HIDDEN_TESTS = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS[ \t]*\n?", re.S | re.M)
+
+
+def without_hidden_tests(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A copy of ``nb`` whose test cells lack their hidden part (the copy the sandbox may see)."""
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if is_test_cell(cell):
+            cell.source = HIDDEN_TESTS.sub("", cell.source)
     return nb
 
 
@@ -147,7 +161,7 @@ def run_notebook(nb: nbformat.NotebookNode, checks, seed_of, timeout: float = 12
     """
     with tempfile.TemporaryDirectory(prefix="qlib-submission-") as folder:
         path = Path(folder) / "submission.ipynb"
-        nbformat.write(nb, path)
+        nbformat.write(without_hidden_tests(nb), path)
         with NotebookSession(path) as session:
             for cell in nb.cells:
                 if cell.cell_type != "code":
