@@ -240,3 +240,19 @@ def test_the_sandbox_sees_the_notebook_without_its_hidden_tests_and_the_verdict_
     errors = [o for o in nb.cells[1].outputs if o.output_type == "error"]
     assert "visible cases passed" in nb.cells[1].outputs[0]["text"]
     assert errors and errors[0]["evalue"].startswith("A hidden check failed") and "seed" not in errors[0]["evalue"]
+
+
+def test_a_test_cell_shares_one_time_budget_across_its_calls():
+    import time
+
+    slow = ("import time\ndef integer_range(bits, signed=True, narrow=False):\n    time.sleep(0.5)\n"
+            "    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)\n"
+            "    return lo + narrow, hi\n")
+    with NotebookSession() as session:
+        session.run_cell(slow, 30)
+        start = time.monotonic()
+        outputs = sealed.run_test_cell("grader.check_integer_range(integer_range, seed=HIDDEN_SEED)\n",
+                                       sealed.lab_module("lab03_linear_quantization"), session, 3, timeout=3)
+        elapsed = time.monotonic() - start
+    assert elapsed < 10  # 128 hidden cases at 0.5 s each would take a minute
+    assert outputs[-1].output_type == "error" and "ran out of time" in outputs[-1]["evalue"]

@@ -99,7 +99,11 @@ def _run_in_kernel(task, session, fn, args, kwargs, blocked, stand_ins, seconds)
     except remote.SubmissionMissing as err:
         fail(f"{task}: the notebook defines no `{err.name}`. Run the cell that defines it, and keep the name "
              "the task asks for.")
-    except remote.SubmissionTimedOut:
+    except remote.SubmissionTimedOut as err:
+        if err.budget:
+            fail(f"{task}: the checks of this task ran out of time: your function did not return within the time "
+                 "the test cell has for all its cases. It is far too slow (each call should take well under a "
+                 "second); look for a loop that never ends or needless work.")
         fail(f"{task}: your function did not return within {seconds:g} s. Look for a loop that never ends.")
     except remote.SubmissionDied:
         fail(f"{task}: the kernel stopped while your function ran (it exited, crashed or ran out of memory). "

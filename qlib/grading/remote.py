@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+from contextlib import contextmanager
 import pickle
 import socket
 import time
@@ -49,9 +50,11 @@ class SubmissionMissing(SubmissionError):
 
 
 class SubmissionTimedOut(SubmissionError):
-    def __init__(self, seconds: float):
+    """A call ran out of its own time, or (``budget``) of the time its whole test cell shares."""
+
+    def __init__(self, seconds: float, budget: bool = False):
         super().__init__(f"{seconds:g} s")
-        self.seconds = seconds
+        self.seconds, self.budget = seconds, budget
 
 
 class SubmissionDied(SubmissionError):
@@ -239,6 +242,7 @@ class NotebookSession:
         self.kernel: SandboxedKernel | None = None
         self._history: list[tuple[str, float]] = []  # cells to replay: (source, timeout)
         self._channel: _CallChannel | None = None
+        self._deadline: float | None = None
 
     def __enter__(self):
         self._start()
@@ -291,9 +295,25 @@ class NotebookSession:
             self._history.append((source, timeout))
         return result
 
+    @contextmanager
+    def time_budget(self, seconds: float):
+        """Inside the ``with``, all calls together get ``seconds`` (one test cell's limit)."""
+        self._deadline = time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._deadline = None
+
     def call(self, fn, args=(), kwargs=None, blocked=(), stand_ins=None, seconds: float = 20.0):
         """``fn(*args, **kwargs)`` inside the kernel; the result as data, or a :class:`SubmissionError`."""
         kwargs = kwargs or {}
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise SubmissionTimedOut(seconds, budget=True)
+            budget_bound, seconds = left < seconds, min(seconds, left)
+        else:
+            budget_bound = False
         request = {"fn": _to_refs(fn), "args": _to_refs(tuple(args)), "kwargs": _to_refs(dict(kwargs)),
                    "blocked": tuple(blocked), "stand_ins": dict(stand_ins or {})}
         payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
@@ -303,7 +323,7 @@ class NotebookSession:
             reply = self._channel.request(payload, seconds)
         except (TimeoutError, socket.timeout):
             self.recover()
-            raise SubmissionTimedOut(seconds) from None
+            raise SubmissionTimedOut(seconds, budget=budget_bound) from None
         except (EOFError, OSError):
             self.recover()
             raise SubmissionDied() from None

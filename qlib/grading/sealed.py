@@ -122,15 +122,19 @@ def _error_output(ename: str, message: str):
                                   traceback=[f"\x1b[0;31m{ename}\x1b[0m: {lines[0]}"] + lines[1:])
 
 
-def run_test_cell(source: str, checks, session: NotebookSession, seed: int | None) -> list:
-    """The outputs of one test cell, computed here from what the student's objects return."""
+def run_test_cell(source: str, checks, session: NotebookSession, seed: int | None, timeout: float = 120.0) -> list:
+    """The outputs of one test cell, computed here from what the student's objects return.
+
+    The calls into the kernel share ``timeout`` seconds: a function that is merely slow on each of
+    a check's many cases cannot hold grading up for longer.
+    """
     namespace = {"__builtins__": builtins, "grader": checks, "HIDDEN_SEED": seed}
     for name in _free_names(source) - set(namespace) - set(dir(builtins)):
         namespace[name] = StudentObject(session, name)
     printed = io.StringIO()
     outputs = []
     try:
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), session.time_budget(timeout):
             exec(compile(source, "<test cell>", "exec"), namespace)  # the instructor's test cell
     except GradingFailure as failure:
         outputs.append(_error_output("GradingFailure", str(failure)))
@@ -167,7 +171,8 @@ def run_notebook(nb: nbformat.NotebookNode, checks, seed_of, timeout: float = 12
                 if cell.cell_type != "code":
                     continue
                 if is_test_cell(cell):
-                    cell.outputs = run_test_cell(cell.source, checks, session, seed_of(_meta(cell)["grade_id"]))
+                    cell.outputs = run_test_cell(cell.source, checks, session, seed_of(_meta(cell)["grade_id"]),
+                                                 timeout)
                     continue
                 result = session.run_cell(cell.source, timeout)
                 cell.outputs = result.outputs + _note(result, timeout)
