@@ -73,9 +73,7 @@ class _OutputCollector:
         if kind == "clear_output":
             self.outputs = [o for o in self.outputs if o.output_type == "error"]
             return
-        if kind not in ("stream", "display_data", "execute_result", "error", "update_display_data"):
-            return
-        if kind == "update_display_data":
+        if kind not in ("stream", "display_data", "execute_result", "error"):
             return
         if kind == "stream":
             text = str(content.get("text", ""))

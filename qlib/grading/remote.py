@@ -261,7 +261,6 @@ class NotebookSession:
         self.kernel = SandboxedKernel(self._notebook_path)
         self.kernel.start()
         self.kernel.execute(BOOTSTRAP, 60, store_history=False)
-        self._channel = None
 
     def _close_channel(self) -> None:
         if self._channel is not None:
@@ -270,14 +269,13 @@ class NotebookSession:
 
     def recover(self) -> None:
         """A fresh kernel with the cells run so far run again (those that fail now are dropped)."""
-        self._channel = None
         self.close()
         self._start()
         kept = []
         for source, timeout in self._history:
             result = self.kernel.execute(source, timeout, store_history=False)
             if result.status in ("timeout", "died"):
-                self.kernel.shutdown()
+                self.close()
                 self._start()
                 for earlier, t in kept:
                     self.kernel.execute(earlier, t, store_history=False)
