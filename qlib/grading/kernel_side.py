@@ -43,16 +43,19 @@ def _lookup(ref: StudentRef, namespace: dict):
     return value
 
 
-def _resolve(value, namespace: dict):
-    if isinstance(value, StudentRef):
-        return _lookup(value, namespace)
+def map_leaves(fn, value):
+    """``value`` with ``fn`` applied to everything that is not a tuple, list or dict (rebuilt around it)."""
     if isinstance(value, tuple):
-        return tuple(_resolve(v, namespace) for v in value)
+        return tuple(map_leaves(fn, v) for v in value)
     if isinstance(value, list):
-        return [_resolve(v, namespace) for v in value]
+        return [map_leaves(fn, v) for v in value]
     if isinstance(value, dict):
-        return {k: _resolve(v, namespace) for k, v in value.items()}
-    return value
+        return {k: map_leaves(fn, v) for k, v in value.items()}
+    return fn(value)
+
+
+def _resolve(value, namespace: dict):
+    return map_leaves(lambda v: _lookup(v, namespace) if isinstance(v, StudentRef) else v, value)
 
 
 def _stand_in(name: str, reference):

@@ -26,7 +26,7 @@ import torch
 
 from qlib.grading import wire
 from qlib.grading.kernel import Execution, SandboxedKernel
-from qlib.grading.kernel_side import StudentRef
+from qlib.grading.kernel_side import StudentRef, map_leaves
 
 BOOTSTRAP = "import qlib.grading.kernel_side as __grading_kernel_side__"
 MAX_REPLY = wire.MAX_BYTES
@@ -94,15 +94,7 @@ def session_of(*values) -> "NotebookSession | None":
 
 
 def _to_refs(value):
-    if isinstance(value, StudentObject):
-        return value._ref
-    if isinstance(value, tuple):
-        return tuple(_to_refs(v) for v in value)
-    if isinstance(value, list):
-        return [_to_refs(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_refs(v) for k, v in value.items()}
-    return value
+    return map_leaves(lambda v: v._ref if isinstance(v, StudentObject) else v, value)
 
 
 def _modules_in(value, found: list) -> list:
@@ -134,15 +126,7 @@ def _rebuild_module(state: wire.ModuleState, templates: list):
 
 
 def _rebuild(value, templates: list):
-    if isinstance(value, wire.ModuleState):
-        return _rebuild_module(value, templates)
-    if isinstance(value, tuple):
-        return tuple(_rebuild(v, templates) for v in value)
-    if isinstance(value, list):
-        return [_rebuild(v, templates) for v in value]
-    if isinstance(value, dict):
-        return {k: _rebuild(v, templates) for k, v in value.items()}
-    return value
+    return map_leaves(lambda v: _rebuild_module(v, templates) if isinstance(v, wire.ModuleState) else v, value)
 
 
 def _mirror(sent, after) -> None:
