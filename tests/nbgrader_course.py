@@ -135,6 +135,18 @@ def autograde(course: Path, lab: str, submissions: dict[str, nbformat.NotebookNo
     return merged, {s: courses[i] for i, shard in enumerate(shards) for s in shard}
 
 
+def grade_class(course: Path, lab: str, submissions: dict[str, nbformat.NotebookNode], workers: int = 2,
+                *extra: str) -> dict[str, dict[str, float]]:
+    """Grade every submission with the class command (``python -m qlib.grading.course grade``)."""
+    for student, nb in submissions.items():
+        submit(course, lab, student, nb)
+    proc = subprocess.run([sys.executable, "-m", "qlib.grading.course", "grade", lab, "--workers", str(workers),
+                           "--quiet", *extra], cwd=course, env=env(), capture_output=True, text=True)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"grade failed:\n{proc.stdout}\n{proc.stderr}")
+    return scores(course, lab)
+
+
 def tamper(nb: nbformat.NotebookNode, grade_id: str, how: str) -> nbformat.NotebookNode:
     """Edit (``how="edit"``) or delete (``"delete"``) the cell ``grade_id`` of a submission."""
     for i, cell in enumerate(nb.cells):

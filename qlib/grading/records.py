@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,3 +105,13 @@ def read_records(course: Path | str, lab: str) -> dict[str, GradingRecord]:
     """student -> record, for every submission of ``lab`` graded so far."""
     folder = Path(course) / RECORDS_DIRECTORY / lab
     return {p.stem: GradingRecord.from_json(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+def now() -> str:
+    """The current time, ISO 8601 in UTC (the records' clock)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def worker_name() -> str:
+    """``host:pid`` of the process that graded a submission."""
+    return f"{socket.gethostname()}:{os.getpid()}"

@@ -32,6 +32,7 @@ import importlib
 import io
 import re
 import tempfile
+import time
 from pathlib import Path
 
 import nbformat
@@ -39,8 +40,9 @@ from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Float
 
-from qlib.grading import sandbox, secret
+from qlib.grading import records, sandbox, secret
 from qlib.grading.harness import GradingFailure
+from qlib.grading.records import CellRecord, GradingRecord
 from qlib.grading.remote import NotebookSession, StudentObject
 
 STUB = {"code": "# YOUR CODE HERE\nraise NotImplementedError()", "markdown": "YOUR ANSWER HERE"}
@@ -158,11 +160,26 @@ def _note(result, timeout: float) -> list:
     return []
 
 
-def run_notebook(nb: nbformat.NotebookNode, checks, seed_of, timeout: float = 120.0, log=None) -> None:
+def _error_text(outputs: list) -> str:
+    """``Name: value`` of the first error among ``outputs`` (empty when there is none)."""
+    for out in outputs:
+        if out.get("output_type") == "error":
+            return f"{out.get('ename', '')}: {out.get('evalue', '')}"
+    return ""
+
+
+def _kind(cell) -> str:
+    meta = _meta(cell)
+    return "test" if is_test_cell(cell) else "solution" if meta.get("solution") else "locked" if meta else "student"
+
+
+def run_notebook(nb: nbformat.NotebookNode, checks, seed_of, timeout: float = 120.0, log=None) -> list[CellRecord]:
     """Run ``nb`` in place: its cells in a sandboxed kernel, its test cells here.
 
     ``seed_of(grade_id)`` gives the hidden seed of a test cell (None: visible checks only).
+    Returns what happened in each code cell (status, seconds, error message).
     """
+    records = []
     with tempfile.TemporaryDirectory(prefix="qlib-submission-") as folder:
         path = Path(folder) / "submission.ipynb"
         nbformat.write(without_hidden_tests(nb), path)
@@ -170,15 +187,29 @@ def run_notebook(nb: nbformat.NotebookNode, checks, seed_of, timeout: float = 12
             for cell in nb.cells:
                 if cell.cell_type != "code":
                     continue
+                grade_id, start = _meta(cell).get("grade_id"), time.monotonic()
                 if is_test_cell(cell):
-                    cell.outputs = run_test_cell(cell.source, checks, session, seed_of(_meta(cell)["grade_id"]),
-                                                 timeout)
-                    continue
-                result = session.run_cell(cell.source, timeout)
-                cell.outputs = result.outputs + _note(result, timeout)
-                cell.execution_count = result.execution_count
-                if log and result.status in ("timeout", "died"):
-                    log(f"cell {_meta(cell).get('grade_id', '(student cell)')}: {result.status}")
+                    cell.outputs = run_test_cell(cell.source, checks, session, seed_of(grade_id), timeout)
+                    message = _error_text(cell.outputs)
+                    status = "failed" if message else "passed"
+                else:
+                    result = session.run_cell(cell.source, timeout)
+                    cell.outputs = result.outputs + _note(result, timeout)
+                    cell.execution_count = result.execution_count
+                    status, message = result.status, _error_text(cell.outputs)
+                    if log and status in ("timeout", "died"):
+                        log(f"cell {grade_id or '(student cell)'}: {status}")
+                records.append(CellRecord(grade_id, _kind(cell), status, round(time.monotonic() - start, 3),
+                                          message[:2000]))
+    return records
+
+
+def seeds_of(nb: nbformat.NotebookNode, lab: str, student: str, key: bytes | None = None) -> dict[str, int]:
+    """grade_id -> the hidden seed of each test cell of this student's (rebuilt) notebook."""
+    key = secret.course_secret() if key is None else key
+    digest = secret.code_digest([c.source for c in nb.cells if is_student_code(c)])
+    return {_meta(c)["grade_id"]: secret.hidden_seed(key, lab, _meta(c)["grade_id"], student, digest)
+            for c in nb.cells if is_test_cell(c)}
 
 
 # --- nbgrader ------------------------------------------------------------------------------------------
@@ -201,12 +232,19 @@ class SealedExecute(NbGraderPreprocessor):
 
     def preprocess(self, nb, resources):
         lab, student = resources["nbgrader"]["assignment"], resources["nbgrader"]["student"]
-        key = secret.course_secret()
-        digest = secret.code_digest([c.source for c in nb.cells if is_student_code(c)])
+        notebook, start = resources["nbgrader"]["notebook"], time.monotonic()
+        record = GradingRecord(lab, student, notebook, "graded", 0.0, graded_at=records.now(),
+                               worker=records.worker_name())
+        seeds = seeds_of(nb, lab, student)
         try:
-            run_notebook(nb, lab_module(lab), lambda gid: secret.hidden_seed(key, lab, gid, student, digest),
-                         self.timeout, log=self.log.warning)
-        except sandbox.SandboxUnavailable as err:
-            self.log.error("%s", err)
+            record.cells = run_notebook(nb, lab_module(lab), seeds.get, self.timeout, log=self.log.warning)
+        except Exception as err:
+            record.outcome, record.error = "crashed", f"{type(err).__name__}: {err}"
+            if isinstance(err, sandbox.SandboxUnavailable):
+                self.log.error("%s", err)
             raise
+        finally:
+            record.seconds = round(time.monotonic() - start, 3)
+            record.execute_seconds = round(sum(c.seconds for c in record.cells), 3)
+            records.write_record(CourseDirectory(config=self.config).root, record)
         return nb, resources
