@@ -9,8 +9,9 @@ A lab's test module subclasses :class:`LabGradingTests` and fills in its data:
   nothing for that question, everything else graded;
 * ``EXPLAINED``: (submission, grade id, words its failure message must contain).
 
-One class-scoped run (the ``graded`` fixture of ``tests/conftest.py``) autogrades every
-submission with nbgrader in a temporary course directory; ``tests/conftest.py`` also turns
+One class-scoped run (the ``graded`` fixture of ``tests/conftest.py``) grades every submission
+with the class command (``python -m qlib.grading.course grade``, which writes nbgrader's gradebook)
+in a temporary course directory; ``tests/conftest.py`` also turns
 WRONG, CHEATS and EXPLAINED into parameters.
 """
 from __future__ import annotations
@@ -34,8 +35,8 @@ def grade_submissions(cls, tmp_path_factory):
     for name, (override, tamper, _) in cls.CHEATS.items():
         nb = course.fill(released, {**answers, **override})
         subs[name] = course.tamper(nb, *tamper) if tamper else nb
-    scores, dirs = course.autograde(tmp, lab, subs)
-    return scores, dirs, released
+    scores = course.grade_class(tmp, lab, subs, 2)  # the class command: nbgrader's grades, two workers
+    return scores, {student: tmp for student in subs}, released
 
 
 class LabGradingTests:

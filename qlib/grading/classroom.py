@@ -191,9 +191,13 @@ def _in_directory(path: Path):
 # --- the coordinator -------------------------------------------------------------------------------
 
 def make_jobs(book: Gradebook, lab: str, force: bool = False, students=None,
-              timeout: float = 120.0) -> tuple[list[Job], list[str]]:
-    """The jobs to run and the students skipped as already graded."""
+              timeout: float | None = None) -> tuple[list[Job], list[str]]:
+    """The jobs to run and the students skipped as already graded.
+
+    ``timeout`` (seconds per cell) defaults to the course's ``SealedExecute.timeout``.
+    """
     source, key = book.source(lab), secret.course_secret()
+    timeout = timeout or book.config.SealedExecute.get("timeout", sealed.SealedExecute.timeout.default_value)
     jobs, skipped = [], []
     for student, path in book.submitted(lab).items():
         if students and student not in students:
@@ -213,8 +217,9 @@ def _crashed(job: Job, err: BaseException) -> Executed:
 
 def _local_results(jobs: list[Job], workers: int):
     """Yield each job's Executed as it finishes, from local worker processes."""
-    with ProcessPoolExecutor(workers, mp_context=get_context("forkserver"),
-                             initializer=_one_thread_per_worker) as pool:
+    context = get_context("forkserver")
+    context.set_forkserver_preload(["qlib.grading.classroom"])  # each worker starts with torch and qlib loaded
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread_per_worker) as pool:
         futures = {pool.submit(execute, job): job for job in jobs}
         for future in as_completed(futures):
             try:
@@ -262,7 +267,7 @@ class ClassResult:
 
 
 def grade_class(root: Path, lab: str, workers: int | None = None, scheduler: str | None = None,
-                force: bool = False, students=None, timeout: float = 120.0, progress: bool = True,
+                force: bool = False, students=None, timeout: float | None = None, progress: bool = True,
                 feedback: bool = False) -> ClassResult:
     """Grade every submission of ``lab`` in course directory ``root``; see the module docstring."""
     from tqdm import tqdm
@@ -308,7 +313,8 @@ def register(commands) -> None:
                      help="address of a Dask scheduler (tcp://host:8786): grade on its workers instead")
     cmd.add_argument("--force", action="store_true", help="grade again the submissions already graded")
     cmd.add_argument("--student", action="append", default=None, help="grade only this student (repeatable)")
-    cmd.add_argument("--timeout", type=float, default=120.0, help="seconds each cell may run (default 120)")
+    cmd.add_argument("--timeout", type=float, default=None,
+                     help="seconds each cell may run (default: the course's SealedExecute.timeout, 120)")
     cmd.add_argument("--feedback", action="store_true", help="regenerate the feedback of every graded student")
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     cmd.set_defaults(run=_run)
