@@ -101,6 +101,14 @@ def _one_thread_per_worker() -> None:
     torch.set_num_threads(1)
 
 
+def _prepare_cluster_worker() -> str:
+    """A Dask worker's start-up: one thread for torch, and a sandbox it can run (or a clear error)."""
+    _one_thread_per_worker()
+    if not sandbox.unsandboxed():
+        sandbox.require_bubblewrap()
+    return records.worker_name()
+
+
 # --- nbgrader's converter, fed with a worker's result ----------------------------------------------
 
 _EXECUTED: dict[tuple[str, str, str], Executed] = {}
@@ -233,7 +241,7 @@ def _dask_results(jobs: list[Job], scheduler: str):
     from distributed import Client, as_completed as dask_completed
 
     with Client(scheduler) as client:
-        client.run(_one_thread_per_worker)
+        client.run(_prepare_cluster_worker)  # raises SandboxUnavailable, naming the worker, before any job
         futures = {client.submit(execute, job, key=f"grade-{job.lab}-{job.student}-{uuid.uuid4().hex[:8]}", pure=False): job
                    for job in jobs}
         for future in dask_completed(futures):
