@@ -49,5 +49,26 @@ c.GenerateFeedback.preprocessors = [
     ClearHiddenTests,
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]
+# Its math is typeset offline: MathJax (the course site's copy) is written into each student's
+# feedback folder, never loaded from a CDN (qlib/grading/lms.py).
+c.GenerateFeedback.exporter_class = "qlib.grading.lms.OfflineMathHTMLExporter"
 
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+
+# ---------------------------------------------------------------------------------------------
+# LMS downloads: `python -m qlib.grading.course lms-collect LAB --lms canvas|moodle ARCHIVE.zip`
+# runs `nbgrader zip_collect` with these file-name patterns (qlib/grading/lms.py maps the LMS's
+# ids to students and keeps each student's latest notebook). Matched against the whole path.
+# ---------------------------------------------------------------------------------------------
+
+# Canvas "Download Submissions": <sortable name>[_LATE]_<user id>_<attachment id>_<file name>,
+# e.g. doejane_LATE_1234_56789_lab03_linear_quantization-1.ipynb (-1, -2: uploaded again).
+c.CanvasCollector.named_regexp = (
+    r"(?i).*/(?P<name>[^/]*?)(?P<late>_late)?_(?P<student_id>\d+)_(?P<attachment>\d+)_(?P<file_id>[^/]+)$"
+)
+# Moodle "Download all submissions": <Full Name>_<participant id>_assignsubmission_file_/<file>,
+# or with "Download submissions in folders" off, the same prefix glued to the file name.
+c.MoodleCollector.named_regexp = (
+    r".*/(?P<name>[^/]+?)_(?P<student_id>\d+)_assignsubmission_file_/?(?:[^/]+/)*?(?P<file_id>[^/]+)$"
+)
