@@ -5,11 +5,15 @@
 Your notebook is rebuilt on the released lab (its set-up and test cells), run
 in the same sandbox the grader uses (or, on a machine without bubblewrap, in a
 plain local kernel), and every test cell is evaluated the way grading
-evaluates it: on the visible cases, and on *practice* cases drawn like the
-hidden ones but from public seeds. For each task it prints the verdict and the
-whole hint. The hidden cases of grading are drawn from a course secret, so
-passing here means your function handles that kind of input, not that you
+evaluates it, on the visible cases. For each task it prints the verdict and
+the whole hint. Grading adds hidden cases, drawn afresh for each submission:
+passing here means your function is right on the visible cases, not that you
 have seen the graded inputs.
+
+In the student edition of the course the lab checks have their visible cases
+only. In the course's own repository, where they can draw hidden cases, each
+test cell also runs on *practice* cases: drawn like the hidden ones, but from
+public seeds.
 """
 from __future__ import annotations
 
@@ -44,6 +48,11 @@ def practice_source(source: str) -> str:
 def practice_seed(grade_id: str) -> int:
     """A public seed per test cell (the graded seeds are secret)."""
     return zlib.crc32(f"practice:{grade_id}".encode()) & 0x7FFFFFFF
+
+
+def has_practice_cases(checks) -> bool:
+    """Whether a lab's checks can draw cases from a seed (not in the student edition: ``HIDDEN_CASES = False``)."""
+    return getattr(checks, "HIDDEN_CASES", True)
 
 
 def released_notebook(lab: str) -> Path | None:
@@ -82,19 +91,27 @@ def check(path: Path, lab: str | None = None) -> int:
     if source_path is None:
         print(f"(the released {lab} was not found beside qlib; using the test cells of your own notebook)")
     nb = sealed.rebuild(nbformat.read(source_path, as_version=4) if source_path else submitted, submitted)
-    for cell in nb.cells:
-        if sealed.is_test_cell(cell):
-            cell.source = practice_source(cell.source)
+    checks = sealed.lab_module(lab)
+    practice = has_practice_cases(checks)
+    if practice:
+        for cell in nb.cells:
+            if sealed.is_test_cell(cell):
+                cell.source = practice_source(cell.source)
     if not sandbox.unsandboxed() and not sandbox.bubblewrap_path():
         print("(bubblewrap is not installed: your notebook runs in a plain local kernel, which is fine for "
               "your own work)")
         os.environ[sandbox.UNSANDBOXED_ENV] = "1"
-    print(f"Checking {path} as {lab} (visible and practice cases) ...", flush=True)
-    sealed.run_notebook(nb, sealed.lab_module(lab), practice_seed)
+    cases = "visible and practice cases" if practice else "visible cases only"
+    print(f"Checking {path} as {lab} ({cases}) ...", flush=True)
+    sealed.run_notebook(nb, checks, practice_seed if practice else lambda grade_id: None)
     earned, total, lines = _report(nb)
     print("\n".join(lines))
     failed = sum(line.startswith("[FAIL]") for line in lines)
-    print(f"\n{earned} of {total} points on these checks; {failed} task{'s' if failed != 1 else ''} to fix.")
+    print(f"\n{earned} of {total} points on these checks ({cases}); {failed} task{'s' if failed != 1 else ''} "
+          "to fix.")
+    if not practice:
+        print("Grading also runs hidden cases, drawn afresh for each submission: make your functions right for "
+              "every input the task describes, not only for these.")
     return failed
 
 

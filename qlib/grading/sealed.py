@@ -40,7 +40,7 @@ from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Float
 
-from qlib.grading import records, sandbox, secret
+from qlib.grading import records, sandbox
 from qlib.grading.harness import GradingFailure
 from qlib.grading.records import CellRecord, GradingRecord
 from qlib.grading.remote import NotebookSession, StudentObject
@@ -206,6 +206,8 @@ def run_notebook(nb: nbformat.NotebookNode, checks, seed_of, timeout: float = 12
 
 def seeds_of(nb: nbformat.NotebookNode, lab: str, student: str, key: bytes | None = None) -> dict[str, int]:
     """grade_id -> the hidden seed of each test cell of this student's (rebuilt) notebook."""
+    from qlib.grading import secret  # the course grader's alone (the student edition leaves it out)
+
     key = secret.course_secret() if key is None else key
     digest = secret.code_digest([c.source for c in nb.cells if is_student_code(c)])
     return {_meta(c)["grade_id"]: secret.hidden_seed(key, lab, _meta(c)["grade_id"], student, digest)
