@@ -111,7 +111,10 @@ def test_resumes_and_regrades_a_resubmission(klass):
     assert course.scores(parallel, LAB)["dan"] == POINTS
     assert "grading lab03" in resumed.stderr and "slowest" in resumed.stderr  # the progress bar
     course.submit(parallel, LAB, "dan", klass["released"])
-    assert course.grade_class(parallel, LAB, {}, 2, "--student", "dan")["dan"] == {k: 0 for k in POINTS}
+    assert course.grade_class(parallel, LAB, {}, 2, "--student", "dan", "--feedback")["dan"] == {k: 0 for k in POINTS}
+    page = (parallel / "feedback" / "dan" / LAB / f"{LAB}.html").read_text()
+    assert f"{LAB} (Score: 0.0 / 20.0)" in page, "the feedback shows the regrade's score"
+    assert not (parallel / "feedback" / "ada").exists()  # only the regraded student's
 
 
 def test_dask_cluster_gives_the_same_scores(klass, tmp_path):
