@@ -154,7 +154,7 @@ class Gradebook:
 
         self.root = Path(root).resolve()
         self.config = course_config(self.root)
-        with _in_directory(self.root):
+        with contextlib.chdir(self.root):
             self.coursedir = CourseDirectory(config=self.config)
             self.api = NbGraderAPI(coursedir=self.coursedir, config=self.config)
 
@@ -180,20 +180,10 @@ class Gradebook:
         key = (executed.lab, executed.student, executed.notebook)
         _EXECUTED[key] = executed
         try:
-            with _in_directory(self.root):
+            with contextlib.chdir(self.root):
                 return self.api.autograde(executed.lab, executed.student, force=True, create=True)
         finally:
             del _EXECUTED[key]
-
-
-@contextlib.contextmanager
-def _in_directory(path: Path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 # --- the coordinator -------------------------------------------------------------------------------

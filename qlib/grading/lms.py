@@ -49,7 +49,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from contextlib import contextmanager
+import contextlib
 from dataclasses import dataclass, field
 from datetime import timezone
 from pathlib import Path
@@ -346,16 +346,6 @@ class MoodleCollector(LmsCollector):
 COLLECTORS = {"canvas": CanvasCollector, "moodle": MoodleCollector}
 
 
-@contextmanager
-def _working_directory(path: Path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
 def collect(course: Path | str, lab: str, lms: str, archive: Path | str, roster: Path | str | None = None,
             tz: str = "UTC") -> CollectReport:
     """Unpack an LMS download into ``submitted/<student>/<lab>/<lab>.ipynb`` with ``nbgrader zip_collect``.
@@ -382,7 +372,7 @@ def collect(course: Path | str, lab: str, lms: str, archive: Path | str, roster:
     shutil.rmtree(incoming, ignore_errors=True)
     incoming.mkdir(parents=True)
     shutil.copy(archive, incoming / Path(archive).name)
-    with _working_directory(course):
+    with contextlib.chdir(course):
         app = ZipCollectApp()
         try:
             app.initialize(argv)
@@ -402,7 +392,7 @@ def _question_order(course: Path, lab: str, names: set[str]) -> list[str]:
     from nbgrader.coursedir import CourseDirectory
     from traitlets.config import PyFileConfigLoader
 
-    with _working_directory(course):
+    with contextlib.chdir(course):
         config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
     cd = CourseDirectory(config=config, root=str(course))
     try:
