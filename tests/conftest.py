@@ -1,5 +1,12 @@
-"""Shared pytest set-up for the lab grading tests (see tests/lab_grading.py)."""
+"""Shared pytest set-up: nbgrader's tools on PATH, and the lab grading tests (see tests/lab_grading.py)."""
+import os
+import sys
+
 import pytest
+
+# nbgrader creates a gradebook by running `alembic`, installed beside this Python (the venv's bin/),
+# which is not on PATH when the tests run as `.venv/bin/python -m pytest`.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 from tests.lab_grading import grade_submissions
 

@@ -214,7 +214,8 @@ def _course_files(root: Path) -> dict[str, str]:
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         if path.is_file() and rel.parts[0] != "autograded" and rel.name != "gradebook.db" \
-                and not (rel.parts[0] == "submitted" and rel.parts[1] != "victim"):
+                and not (rel.parts[0] == "submitted" and rel.parts[1] != "victim") \
+                and not (rel.parts[0] == "grading_records" and rel.stem != "victim"):
             out[str(rel)] = hashlib.sha256(path.read_bytes()).hexdigest()
     for path in sorted((root / "autograded" / "victim").rglob("*")):
         if path.is_file():
