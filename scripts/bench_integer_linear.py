@@ -11,14 +11,14 @@
 2. The digits CNN on the 360 test images: qlib's integer-only model (qlib.integer_model)
    against the same integers run by PyTorch's quantized modules, and the FP32 model.
 
-Every candidate runs with the same torch.set_num_threads; times are the best of --repeats.
+Every candidate runs with the same torch.set_num_threads; times are the best of --repeats
+after one warm-up run (scripts/timing.py).
 Prints the times, the ratios, and how often qlib and PyTorch give the same integers.
 Not a test: timings depend on the machine, the ratios much less.
 """
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import torch
@@ -26,19 +26,9 @@ import torch.nn.functional as F
 
 from qlib.integer_layers import quantize_bias, quantized_linear
 from qlib.requantize import quantize_multiplier, real_multiplier
+from timing import best_of  # scripts/timing.py: running a script puts its folder on sys.path
 
 warnings.filterwarnings("ignore", message=".*deprecat")  # torch.ao.quantization warns that it is deprecated
-
-
-def best_of(repeats: int, fn):
-    """The fastest of ``repeats`` runs (seconds) after one warm-up run, and the last result."""
-    result = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def report(title: str, t_qlib: float, t_torch: float, t_fp32: float, agree: str) -> None:

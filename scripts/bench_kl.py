@@ -13,23 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
 from qlib.calibration import _kl_divergences_fast, _kl_divergences_readable, abs_histogram  # noqa: E402
-
-
-def best_of(repeats: int, fn):
-    """The fastest of ``repeats`` runs (seconds) and the last result."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+from timing import best_of  # noqa: E402  (scripts/timing.py: running a script puts its folder on sys.path)
 
 
 def main() -> None:

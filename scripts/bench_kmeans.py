@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # scikit-learn's Lloyd uses OpenMP threads
 
@@ -22,16 +21,7 @@ import torch  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 
 from qlib.kmeans import kmeans_quantize, linear_init  # noqa: E402
-
-
-def best_of(repeats: int, fn):
-    """The fastest of ``repeats`` runs (seconds) and the last result."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+from timing import best_of  # noqa: E402  (scripts/timing.py: running a script puts its folder on sys.path)
 
 
 def main() -> None:
