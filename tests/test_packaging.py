@@ -25,12 +25,20 @@ def test_distribution_name_is_the_courses_own():
         f"pyproject.toml names the distribution {name!r}, which another project publishes; choose the course's own")
 
 
+def installed(distributions) -> list:
+    """Leave out the ``*.egg-info`` that building in the repository root leaves there: it installs nothing."""
+    return [d for d in distributions if Path(str(d.locate_file(""))).resolve() != ROOT]
+
+
 def test_the_distribution_provides_the_imported_qlib():
     name = distribution_name()
     try:
-        dist = importlib.metadata.distribution(name)
+        importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
         pytest.fail(f"distribution {name!r} is not installed: run `pip install -e .` in the repository root")
+    found = installed(importlib.metadata.distributions(name=name))
+    assert len(found) == 1, f"{name} is installed {len(found)} times: {[str(d.locate_file('')) for d in found]}"
+    dist = found[0]
     assert "qlib" in (dist.read_text("top_level.txt") or "").split(), f"{name} does not install the package qlib"
     assert Path(qlib.__file__).resolve() == ROOT / "qlib" / "__init__.py", (
         f"`import qlib` imports {qlib.__file__}, not this repository's qlib/: another qlib is installed")
@@ -42,7 +50,6 @@ def test_the_distribution_provides_the_imported_qlib():
 
 def test_no_other_installed_distribution_claims_qlib():
     name = distribution_name()
-    others = {d.metadata["Name"] for d in importlib.metadata.distributions()
-              if "qlib" in (d.read_text("top_level.txt") or "").split() and d.metadata["Name"] != name
-              and Path(str(d.locate_file(""))).resolve() != ROOT}  # not a build's leftover egg-info in ROOT
+    others = {d.metadata["Name"] for d in installed(importlib.metadata.distributions())
+              if "qlib" in (d.read_text("top_level.txt") or "").split() and d.metadata["Name"] != name}
     assert not others, f"{sorted(others)} also install a package named qlib: pip uninstall {' '.join(sorted(others))}"
