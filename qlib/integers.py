@@ -50,6 +50,10 @@ def integer_bounds(bits: int, encoding: str = "twos_complement") -> tuple[int, i
     * unsigned:         [0, 2^n - 1]                   (8 bits: [0, 255])
     * sign_magnitude:   [-(2^(n-1) - 1), 2^(n-1) - 1]   (8 bits: [-127, 127])
     * twos_complement:  [-2^(n-1), 2^(n-1) - 1]         (8 bits: [-128, 127])
+
+    :func:`qlib.linear.integer_range` (chapter 3) builds the quantizer's ``(qmin, qmax)`` on these
+    bounds, with the ``signed``/``narrow`` arguments of PyTorch and TFLite; this function stays the
+    chapter 1 view of a bit string: every encoding, including sign-magnitude, and up to 64 bits.
     """
     encoding = _check_encoding(encoding)
     n = _check_bits(bits, encoding)
