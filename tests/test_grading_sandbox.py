@@ -256,3 +256,21 @@ def test_a_test_cell_shares_one_time_budget_across_its_calls():
         elapsed = time.monotonic() - start
     assert elapsed < 10  # 128 hidden cases at 0.5 s each would take a minute
     assert outputs[-1].output_type == "error" and "ran out of time" in outputs[-1]["evalue"]
+
+
+def test_a_kernel_without_the_graders_side_stops_grading_instead_of_scoring_zero(monkeypatch):
+    """qlib missing from the grading environment is the course's problem: no timeouts charged to the student."""
+    import time
+
+    from qlib.grading import classroom, remote
+
+    monkeypatch.setattr(remote, "BOOTSTRAP", "import qlib.grading.no_such_module")
+    start = time.monotonic()
+    with pytest.raises(remote.GradingUnavailable, match="could not load qlib's grading side"):
+        with NotebookSession():
+            pass
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    done = classroom.execute(classroom.Job("lab03_linear_quantization", "eve", "lab03_linear_quantization",
+                                           nbformat.writes(nb), {}))
+    assert done.outcome == "crashed" and "GradingUnavailable" in done.error and "ModuleNotFoundError" in done.error
+    assert time.monotonic() - start < 20

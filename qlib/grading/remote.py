@@ -32,6 +32,10 @@ BOOTSTRAP = "import qlib.grading.kernel_side as __grading_kernel_side__"
 MAX_REPLY = wire.MAX_BYTES
 
 
+class GradingUnavailable(RuntimeError):
+    """The sandboxed kernel could not load the grader's side (an installation problem, not the student's)."""
+
+
 class SubmissionError(Exception):
     """A call into the notebook did not return a usable result."""
 
@@ -244,7 +248,14 @@ class NotebookSession:
     def _start(self) -> None:
         self.kernel = SandboxedKernel(self._notebook_path)
         self.kernel.start()
-        self.kernel.execute(BOOTSTRAP, 60, store_history=False)
+        result = self.kernel.execute(BOOTSTRAP, 60, store_history=False)  # before any student code
+        if result.status != "ok":
+            error = next((f"{o.get('ename')}: {o.get('evalue')}" for o in result.outputs
+                          if o.get("output_type") == "error"), result.status)
+            self.close()
+            raise GradingUnavailable(f"the sandboxed kernel could not load qlib's grading side ({error}); "
+                                     "is qlib installed in the environment that grades (pip install -r "
+                                     "requirements.txt)?")
 
     def _close_channel(self) -> None:
         if self._channel is not None:
