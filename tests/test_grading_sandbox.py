@@ -274,3 +274,14 @@ def test_a_kernel_without_the_graders_side_stops_grading_instead_of_scoring_zero
                                            nbformat.writes(nb), {}))
     assert done.outcome == "crashed" and "GradingUnavailable" in done.error and "ModuleNotFoundError" in done.error
     assert time.monotonic() - start < 20
+
+
+def test_the_kernel_imports_the_graders_own_qlib():
+    """Whatever the venv's install points at (another clone, say), the kernel runs the grader's qlib."""
+    import qlib
+
+    with SandboxedKernel() as kernel:
+        result = kernel.execute("import qlib; print(qlib.__file__)", 60)
+    printed = "".join(o.get("text", "") for o in result.outputs).strip()
+    assert result.status == "ok" and printed == os.path.realpath(qlib.__file__), result.outputs
+    assert sandbox.environment("/c")["PYTHONPATH"] == os.path.dirname(os.path.dirname(os.path.realpath(qlib.__file__)))

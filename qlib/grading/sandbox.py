@@ -159,8 +159,15 @@ def _python_paths() -> list[str]:
 
 
 def environment(conn_dir: str) -> dict[str, str]:
-    """The whole environment of a sandboxed kernel (nothing is inherited from the grader)."""
+    """The whole environment of a sandboxed kernel (nothing is inherited from the grader).
+
+    ``PYTHONPATH`` names the folder of the grader's own ``qlib``, so the kernel imports that very
+    copy (the only thing of that folder bound into the sandbox), whatever the venv's install points at.
+    """
+    import qlib
+
     return {
+        "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.realpath(qlib.__file__))),
         "PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin",
         "HOME": HOME, "USER": "student", "LANG": "C.UTF-8",
         "IPYTHONDIR": f"{HOME}/.ipython", "MPLCONFIGDIR": f"{HOME}/.matplotlib", "MPLBACKEND": "agg",
