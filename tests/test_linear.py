@@ -587,3 +587,17 @@ def test_range_wider_than_float32_is_refused_with_a_clear_error():
         asymmetric_qparams(-3e38, 3e38, 0, 255)
     scale, _ = asymmetric_qparams(-1e38, 1e38, 0, 255)
     assert math.isfinite(scale.item())
+
+
+def test_chapter6_229_comes_from_the_float32_scale_not_from_0_9():
+    """0.9 x 255 is the tie 229.5 in float32 and float64; qlib's 229 is float32(1/255) being too large."""
+    assert np.float32(0.9) * np.float32(255) == np.float32(229.5) and 0.9 * 255 == 229.5
+    assert round(229.5) == 230  # half to even
+    s, z = asymmetric_qparams(0.0, 1.0, 0, 255)
+    assert float(s) > 1 / 255 and 1 / float(s) < 255
+    assert int(quantize(torch.tensor([0.9]), s, z, 0, 255)) == 229
+
+
+def test_chapter6_int32_worst_case_overflows_at_66312_products():
+    k = 66312  # hand-worked: 2**31 / (127 * 255) = 66311.06
+    assert (k - 1) * 127 * 255 <= 2**31 - 1 < k * 127 * 255
