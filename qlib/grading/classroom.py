@@ -213,17 +213,11 @@ def _crashed(job: Job, err: BaseException) -> Executed:
     return Executed(job.lab, job.student, job.notebook, "crashed", error=f"the worker failed: {type(err).__name__}: {err}")
 
 
-def _local_results(jobs, workers: int):
-    """Yield each job's Executed as it finishes, from local worker processes.
-
-    ``jobs`` may be a generator: the workers start (and load torch and qlib) while the
-    coordinator is still preparing the jobs.
-    """
+def _local_results(jobs: list[Job], workers: int):
+    """Yield each job's Executed as it finishes, from local worker processes."""
     context = get_context("forkserver")
     context.set_forkserver_preload(["qlib.grading.classroom"])  # each worker starts with torch and qlib loaded
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread_per_worker) as pool:
-        for _ in range(workers):
-            pool.submit(_one_thread_per_worker)  # start every worker now
         futures = {pool.submit(execute, job): job for job in jobs}
         for future in as_completed(futures):
             try:
@@ -278,8 +272,10 @@ def grade_class(root: Path, lab: str, workers: int | None = None, scheduler: str
 
     start = time.monotonic()
     book = Gradebook(root)
-    if scheduler is None:
-        sandbox.require_bubblewrap() if not sandbox.unsandboxed() else sandbox.warn_unsandboxed()
+    if sandbox.unsandboxed():
+        sandbox.warn_unsandboxed()
+    elif scheduler is None:
+        sandbox.require_bubblewrap()  # stop before any job (a Dask worker checks its own)
     jobs, skipped = make_jobs(book, lab, force, students, timeout)
     result = ClassResult(skipped=skipped)
     results = (_dask_results(jobs, scheduler) if scheduler

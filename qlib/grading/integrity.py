@@ -65,6 +65,8 @@ from copydetect.utils import filter_code, get_token_coverage, highlight_overlap,
 from pygments import token as pygments_token
 from pygments.lexers import PythonLexer
 
+from qlib.grading.sealed import is_student_code, nbgrader_metadata
+
 QLIB = Path(__file__).resolve().parents[1]
 RELEASE = "labs"            # nbgrader_config.py: c.CourseDirectory.release_directory
 SUBMITTED = "submitted"     # nbgrader's default submitted directory
@@ -219,10 +221,6 @@ def own_tokens(code: str, given: set[tuple[str, ...]]) -> int:
 
 # --- pieces ----------------------------------------------------------------------------------
 
-def _nbgrader(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
-
-
 def released_notebook(course: Path, lab: str) -> nbformat.NotebookNode:
     path = Path(course) / RELEASE / lab / f"{lab}.ipynb"
     if not path.is_file():
@@ -232,8 +230,8 @@ def released_notebook(course: Path, lab: str) -> nbformat.NotebookNode:
 
 def task_ids(released: nbformat.NotebookNode) -> list[str]:
     """The grade_ids of the released notebook's code solution cells, in order."""
-    return [_nbgrader(c)["grade_id"] for c in released.cells
-            if c.cell_type == "code" and _nbgrader(c).get("solution")]
+    return [nbgrader_metadata(c)["grade_id"] for c in released.cells
+            if c.cell_type == "code" and nbgrader_metadata(c).get("solution")]
 
 
 def pieces_of(notebook: nbformat.NotebookNode) -> dict[str, str]:
@@ -241,11 +239,11 @@ def pieces_of(notebook: nbformat.NotebookNode) -> dict[str, str]:
     parts: dict[str, list[str]] = {}
     task = BEFORE_FIRST_TASK
     for cell in notebook.cells:
-        meta = _nbgrader(cell)
+        meta = nbgrader_metadata(cell)
         if meta.get("solution"):
             task = meta.get("grade_id", task)
         # Locked cells of the release are left out: grading runs the course's copy of them.
-        if cell.cell_type == "code" and (meta.get("solution") or not meta) and cell.source.strip():
+        if is_student_code(cell) and cell.source.strip():
             parts.setdefault(task, []).append(cell.source.strip("\n"))
     return {t: "\n\n".join(p) for t, p in parts.items()}
 

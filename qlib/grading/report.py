@@ -30,6 +30,7 @@ from pathlib import Path
 import nbformat
 
 from qlib.grading.records import RECORDS_DIRECTORY, GradingRecord, read_records
+from qlib.grading.sealed import is_test_cell, nbgrader_metadata
 
 TEMPLATES = Path(__file__).parent / "templates"
 FAILURE_NAMES = ("GradingFailure", "GradingError", "TimeoutError", "DeadKernelError")
@@ -172,8 +173,7 @@ def _errors(cell) -> list[tuple[str, str]]:
 def apply_notebook(sub: Submission, nb: nbformat.NotebookNode) -> None:
     """Failures and incidents of ``sub`` read from the error outputs of its autograded notebook."""
     for cell in (c for c in nb.cells if c.cell_type == "code"):
-        meta = cell.get("metadata", {}).get("nbgrader", {}) or {}
-        is_test = bool(meta.get("grade")) and not meta.get("solution")
+        meta, is_test = nbgrader_metadata(cell), is_test_cell(cell)
         for ename, evalue in _errors(cell):
             if is_test and ename in FAILURE_NAMES:
                 sub.failures.setdefault(meta["grade_id"], f"{ename}: {evalue}")

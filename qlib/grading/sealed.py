@@ -50,30 +50,31 @@ STUB = {"code": "# YOUR CODE HERE\nraise NotImplementedError()", "markdown": "YO
 
 # --- which cells are graded, and with what -----------------------------------------------------------
 
-def _meta(cell) -> dict:
+def nbgrader_metadata(cell) -> dict:
+    """The cell's ``metadata.nbgrader`` (empty for a cell without one)."""
     return cell.get("metadata", {}).get("nbgrader", {}) or {}
 
 
 def is_test_cell(cell) -> bool:
     """An autograded test cell: graded, not a solution, code."""
-    meta = _meta(cell)
+    meta = nbgrader_metadata(cell)
     return cell.cell_type == "code" and bool(meta.get("grade")) and not meta.get("solution")
 
 
 def is_student_code(cell) -> bool:
     """A code cell the student wrote: a solution cell, or one without nbgrader metadata."""
-    meta = _meta(cell)
+    meta = nbgrader_metadata(cell)
     return cell.cell_type == "code" and (bool(meta.get("solution")) or not meta)
 
 
 def rebuild(source: nbformat.NotebookNode, submitted: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The notebook to grade: ``source``'s cells, with the student's answers and added cells."""
-    known = {_meta(c).get("grade_id") for c in source.cells} - {None}
+    known = {nbgrader_metadata(c).get("grade_id") for c in source.cells} - {None}
     answers: dict[str, str] = {}
     added: dict[str | None, list] = {}
     anchor = None
     for cell in submitted.cells:
-        grade_id = _meta(cell).get("grade_id")
+        grade_id = nbgrader_metadata(cell).get("grade_id")
         if grade_id in known:
             answers.setdefault(grade_id, (cell.cell_type, cell.source))
             anchor = grade_id
@@ -84,7 +85,7 @@ def rebuild(source: nbformat.NotebookNode, submitted: nbformat.NotebookNode) -> 
     nb = copy.deepcopy(source)
     cells = list(added.get(None, []))
     for cell in nb.cells:
-        meta = _meta(cell)
+        meta = nbgrader_metadata(cell)
         if cell.cell_type == "code":
             cell.update(outputs=[], execution_count=None)
         if meta.get("solution"):
@@ -169,7 +170,7 @@ def _error_text(outputs: list) -> str:
 
 
 def _kind(cell) -> str:
-    meta = _meta(cell)
+    meta = nbgrader_metadata(cell)
     return "test" if is_test_cell(cell) else "solution" if meta.get("solution") else "locked" if meta else "student"
 
 
@@ -179,7 +180,7 @@ def run_notebook(nb: nbformat.NotebookNode, checks, seed_of, timeout: float = 12
     ``seed_of(grade_id)`` gives the hidden seed of a test cell (None: visible checks only).
     Returns what happened in each code cell (status, seconds, error message).
     """
-    records = []
+    ran = []
     with tempfile.TemporaryDirectory(prefix="qlib-submission-") as folder:
         path = Path(folder) / "submission.ipynb"
         nbformat.write(without_hidden_tests(nb), path)
@@ -187,7 +188,7 @@ def run_notebook(nb: nbformat.NotebookNode, checks, seed_of, timeout: float = 12
             for cell in nb.cells:
                 if cell.cell_type != "code":
                     continue
-                grade_id, start = _meta(cell).get("grade_id"), time.monotonic()
+                grade_id, start = nbgrader_metadata(cell).get("grade_id"), time.monotonic()
                 if is_test_cell(cell):
                     cell.outputs = run_test_cell(cell.source, checks, session, seed_of(grade_id), timeout)
                     message = _error_text(cell.outputs)
@@ -199,9 +200,9 @@ def run_notebook(nb: nbformat.NotebookNode, checks, seed_of, timeout: float = 12
                     status, message = result.status, _error_text(cell.outputs)
                     if log and status in ("timeout", "died"):
                         log(f"cell {grade_id or '(student cell)'}: {status}")
-                records.append(CellRecord(grade_id, _kind(cell), status, round(time.monotonic() - start, 3),
-                                          message[:2000]))
-    return records
+                ran.append(CellRecord(grade_id, _kind(cell), status, round(time.monotonic() - start, 3),
+                                      message[:2000]))
+    return ran
 
 
 def seeds_of(nb: nbformat.NotebookNode, lab: str, student: str, key: bytes | None = None) -> dict[str, int]:
@@ -210,7 +211,7 @@ def seeds_of(nb: nbformat.NotebookNode, lab: str, student: str, key: bytes | Non
 
     key = secret.course_secret() if key is None else key
     digest = secret.code_digest([c.source for c in nb.cells if is_student_code(c)])
-    return {_meta(c)["grade_id"]: secret.hidden_seed(key, lab, _meta(c)["grade_id"], student, digest)
+    return {nbgrader_metadata(c)["grade_id"]: secret.hidden_seed(key, lab, nbgrader_metadata(c)["grade_id"], student, digest)
             for c in nb.cells if is_test_cell(c)}
 
 
