@@ -245,11 +245,16 @@ def mse_threshold(x, qmin: int, qmax: int, n_candidates: int = MSE_CANDIDATES) -
 def abs_histogram(x, bins: int = KL_BINS) -> tuple[torch.Tensor, float]:
     """``(counts, bin_width)``: histogram of ``|x|`` in ``bins`` equal bins over ``[0, max|x|]``.
 
-    Bin ``k`` holds the values with ``k * bin_width <= |x| < (k + 1) * bin_width``
-    (``bin_width = max|x| / bins``; the last bin also holds ``max|x|``), i.e. ``k =
-    min(floor(|x| * bins / max|x|), bins - 1)`` in float64: the same counts as
-    ``numpy.histogram(abs(x), bins, range=(0, max|x|))``. ``counts`` is an int64 tensor.
-    An all-zero ``x`` puts every value in bin 0 with ``bin_width = 0``.
+    In float64, with ``bin_width = max|x| / bins`` and the edges ``e_k = k * bin_width``
+    (``k = 0 .. bins - 1``) and ``e_bins = max|x|`` (how ``numpy.linspace`` computes them), bin
+    ``k`` holds the values with ``e_k <= |x| < e_(k+1)``; the last bin also holds ``max|x|``.
+    These are exactly the counts of ``numpy.histogram(abs(x).astype(float64), bins,
+    range=(0, max|x|))``, values on an edge included. (``floor(|x| * bins / max|x|)`` is not:
+    the product is rounded, so a value on an edge can land one bin away, e.g. 1.75 with
+    ``max|x| = 7`` and 100 bins, where ``e_25 = 25 * 0.07 = 1.7500000000000002 > 1.75``.
+    numpy on float32 data would compute float32 edges; here the values are float64 first.)
+    ``counts`` is an int64 tensor. An all-zero ``x`` puts every value in bin 0 with
+    ``bin_width = 0`` (numpy would widen the range to ``[-0.5, 0.5]`` instead).
     """
     x = as_float_tensor(x)
     bins = check_count(bins, "bins", 1)
@@ -259,8 +264,12 @@ def abs_histogram(x, bins: int = KL_BINS) -> tuple[torch.Tensor, float]:
         counts = torch.zeros(bins, dtype=torch.int64)
         counts[0] = a.numel()
         return counts, 0.0
-    index = torch.clamp(torch.floor(a * (bins / amax)).to(torch.int64), max=bins - 1)
-    return torch.bincount(index, minlength=bins), amax / bins
+    bin_width = amax / bins
+    edges = torch.arange(bins + 1, dtype=torch.float64) * bin_width
+    edges[-1] = amax
+    # the k with e_k <= |x| < e_(k+1); max|x| itself (k = bins) joins the last bin
+    index = torch.clamp(torch.searchsorted(edges, a, right=True) - 1, max=bins - 1)
+    return torch.bincount(index, minlength=bins), bin_width
 
 
 def _candidate_distribution(counts: torch.Tensor, levels: int) -> torch.Tensor:

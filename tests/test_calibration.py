@@ -101,6 +101,35 @@ def test_abs_histogram_by_hand():
     assert counts.tolist() == [2, 2, 1, 3] and width == 2.0
 
 
+def test_abs_histogram_bins_values_on_an_edge_as_numpy():
+    # 1.75 = 7/4 sits on the edge of bins 24 and 25 of 100 over [0, 7]; in float64 that edge is
+    # 25 * 0.07 = 1.7500000000000002 > 1.75, so numpy (and the rule e_k <= |x| < e_k+1) puts it in
+    # bin 24, while floor(1.75 * 100 / 7) = 25 would not
+    x = np.array([0.0, 1.75, -3.5, 5.25, 7.0])
+    assert 25 * (7.0 / 100) > 1.75 and math.floor(1.75 * (100 / 7.0)) == 25
+    counts, width = cal.abs_histogram(torch.from_numpy(x), 100)
+    expected, edges = np.histogram(np.abs(x), bins=100, range=(0.0, 7.0))
+    np.testing.assert_array_equal(counts.numpy(), expected)
+    assert np.flatnonzero(expected).tolist() == [0, 24, 49, 74, 99]
+    assert width == edges[1] - edges[0] == 0.07
+
+
+@pytest.mark.parametrize("bins", [3, 7, 100, 2048])
+@pytest.mark.parametrize("seed", range(4))
+def test_abs_histogram_matches_numpy_on_every_edge(bins, seed):
+    # values exactly on numpy's edges and one float64 step either side of them
+    rng = np.random.default_rng(seed)
+    amax = float(rng.uniform(0.1, 50.0))
+    edges = np.linspace(0.0, amax, bins + 1)
+    a = np.concatenate([edges, np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf)])
+    a = np.clip(a, 0.0, amax)
+    x = a * rng.choice([-1.0, 1.0], a.size)
+    counts, width = cal.abs_histogram(torch.from_numpy(x), bins)
+    expected, numpy_edges = np.histogram(np.abs(x), bins=bins, range=(0.0, amax))
+    np.testing.assert_array_equal(counts.numpy(), expected)
+    assert width == numpy_edges[1] - numpy_edges[0]
+
+
 def test_abs_histogram_of_zeros():
     counts, width = cal.abs_histogram(torch.zeros(5), 4)
     assert counts.tolist() == [5, 0, 0, 0] and width == 0.0
