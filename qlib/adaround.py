@@ -23,6 +23,14 @@ pushes every ``h`` to 0 or 1; ``beta`` falls from 20 to 2 after a warm-up (20 % 
 steps, regulariser off) in which the output error alone moves ``V``. At the end each
 weight is rounded up where ``h(V) >= 1/2`` (i.e. ``V >= 0``).
 
+Where this differs from the paper: its final objective compares the outputs *after* the
+layer's activation function, ``|| f_a(W x_fp) - f_a(W_soft x_q) ||^2``; the loss here stops
+at the layer's output (convolution or linear, bias included, batch norm folded), so an
+error on an output that a following ReLU sets to 0 in both models still counts. The names
+follow the paper (``beta``, ``zeta``, ``gamma``); the book writes the exponent ``beta`` as
+kappa and the rectified sigmoid with its numbers, ``clamp(1.2 sigmoid(V) - 0.1, 0, 1)``,
+because it keeps beta and gamma for batch norm.
+
 The result is never worse than rounding to nearest on this objective: after training,
 both roundings are evaluated on all calibration inputs and the better one is kept
 (:class:`LayerResult` says which). Training is seeded and deterministic.
