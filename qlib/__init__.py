@@ -16,6 +16,7 @@ Modules, one idea each:
 * :mod:`qlib.granularity`: per-tensor, per-channel, per-group quantization and MX-style
   power-of-two integer blocks (chapters 3-4)
 * :mod:`qlib.scale_storage`: the storage cost of scales and zero points in bits per weight (chapter 4)
+* :mod:`qlib.per_vector_scales`: two-level scales, integer per-vector scales under a float per-channel scale (VS-Quant, chapter 4)
 * :mod:`qlib.weights`: fake-quantizing a whole model's weights at any granularity; the
   accuracy-versus-bits sweep (chapters 3-4)
 * :mod:`qlib.observers`: min-max, moving-average and per-channel range observers, one qparams formula (chapters 5-7)
