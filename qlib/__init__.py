@@ -13,6 +13,7 @@ Modules, one idea each:
 * :mod:`qlib.storage`: honest bit accounting of compressed layers and models (chapter 2)
 * :mod:`qlib.deep_compression`: prune, cluster, retrain, Huffman-code the digits CNN (chapter 2)
 * :mod:`qlib.linear`: integer ranges, scale and zero point, quantize, dequantize (chapter 3)
+* :mod:`qlib.logarithmic`: power-of-two (logarithmic) levels, nearest in the linear domain; per-channel weights (chapter 3)
 * :mod:`qlib.granularity`: per-tensor, per-channel, per-group quantization and MX-style
   power-of-two integer blocks (chapters 3-4)
 * :mod:`qlib.scale_storage`: the storage cost of scales and zero points in bits per weight (chapter 4)

@@ -216,13 +216,21 @@ def test_quantize_clamps_far_outside_values():
     assert quantize(x, 1e-3, 10, 0, 15).tolist() == [0, 0, 0, 15, 15, 15]
 
 
+def torch_built_with_fbgemm() -> bool:
+    """Whether this PyTorch was compiled with FBGEMM (its build flags say so; nothing is run)."""
+    return "-DUSE_FBGEMM" in torch.__config__.show()
+
+
 @SILENCE_AO
 def test_tie_convention_differs_from_quantize_per_tensor():
     """qlib rounds x/scale and then adds the zero point, like torch's fake quantization.
 
-    ``torch.quantize_per_tensor`` adds the zero point *before* rounding (rne(x/scale + zp)),
-    so with an odd zero point its ties land on the other neighbour:
+    ``torch.quantize_per_tensor`` follows the build, not ``torch.backends.quantized.engine``: a
+    PyTorch compiled with FBGEMM (the x86-64 packages) quantizes with FBGEMM's routine, which
+    rounds x/scale + zp, so with an odd zero point its ties land on the other neighbour:
     x / scale + zp = 1.5, 2.5, 3.5 -> 2, 2, 4, whereas rne(x / scale) + zp = 0+1, 2+1, 2+1 = 1, 3, 3.
+    A build without FBGEMM (ARM) rounds first and agrees with qlib. Every supported engine is
+    tried, and each must give the build's answer.
     """
     x = torch.tensor([0.5, 1.5, 2.5])
     assert quantize(x, 1.0, 1, 0, 255).tolist() == [1, 3, 3]
@@ -231,8 +239,20 @@ def test_tie_convention_differs_from_quantize_per_tensor():
     assert fake_quantize(x, 1.0, 1, 0, 255).tolist() == fq.tolist()
     if not hasattr(torch, "quantize_per_tensor"):
         pytest.skip("torch.quantize_per_tensor is gone")
-    q_torch = torch.quantize_per_tensor(x, 1.0, 1, torch.quint8).int_repr()
-    assert q_torch.tolist() == [2, 2, 4]
+    fbgemm = torch_built_with_fbgemm()
+    expected = [2, 2, 4] if fbgemm else [1, 3, 3]
+    engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    assert engines, "no quantized engine to try"
+    default = torch.backends.quantized.engine
+    try:
+        for engine in engines:
+            torch.backends.quantized.engine = engine
+            q_torch = torch.quantize_per_tensor(x, 1.0, 1, torch.quint8).int_repr()
+            assert q_torch.tolist() == expected, (
+                f"engine {engine!r} on a build {'with' if fbgemm else 'without'} FBGEMM: expected "
+                f"{expected} (zero point added {'before' if fbgemm else 'after'} rounding), got {q_torch.tolist()}")
+    finally:
+        torch.backends.quantized.engine = default
 
 
 # --- scale and zero point against torch's MinMaxObserver ---------------------------------------
