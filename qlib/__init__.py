@@ -32,6 +32,7 @@ Modules, one idea each:
 * :mod:`qlib.folding`: batch-norm folding into the preceding convolution or linear layer (chapter 6)
 * :mod:`qlib.integer_model`: the digits CNN as an integer-only model, its fake-quantized
   simulation, a float-tensor guard (chapter 6)
+* :mod:`qlib.pytorch_flow`: PyTorch's eager-mode PTQ of the digits CNN (fbgemm) and fbgemm's float requantization (chapter 6)
 * :mod:`qlib.ste`: fake quantization with the straight-through estimator (chapter 7)
 * :mod:`qlib.lsq`: learned step size quantization, gradient scale and initial step (chapter 7)
 * :mod:`qlib.pact`: PACT, a learned activation clipping value (chapter 7)
