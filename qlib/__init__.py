@@ -36,6 +36,8 @@ Modules, one idea each:
 * :mod:`qlib.ste`: fake quantization with the straight-through estimator (chapter 7)
 * :mod:`qlib.lsq`: learned step size quantization, gradient scale and initial step (chapter 7)
 * :mod:`qlib.pact`: PACT, a learned activation clipping value (chapter 7)
+* :mod:`qlib.dorefa`: DoReFa-Net's tanh-normalised weights and clipped activations (chapter 7)
+* :mod:`qlib.sat`: SAT, scale-adjusted DoReFa weights and gradient-calibrated PACT (chapter 7)
 * :mod:`qlib.qat`: QAT layers with FP32 master weights, prepare_qat, conversion to the integer model (chapter 7)
 * :mod:`qlib.qat_training`: seeded QAT fine-tuning and the PTQ/STE/LSQ table (chapter 7)
 * :mod:`qlib.binary`: BinaryConnect sign, XNOR scaling, binary activations (chapter 8)
