@@ -5,13 +5,13 @@ Chapter 4: Post-training quantization: granularity (the VS-Quant section).
 A weight is seen as the matrix ``[C_out, K]`` (a convolution's ``[C_out, C_in, k_h, k_w]`` flattened
 to ``K = C_in * k_h * k_w``, as :func:`qlib.weights.weight_matrix` does). Each row is cut into
 vectors of ``V`` consecutive weights along the input axis (the last vector of a row is shorter
-when ``V`` does not divide ``K``). Quantizing to signed ``b``-bit weights with ``M``-bit
-unsigned integer vector scales:
+when ``V`` does not divide ``K``). Quantizing to signed ``b``-bit weights with ``b_S``-bit
+unsigned integer vector scales (``bits`` and ``scale_bits`` in the code):
 
     qmax       = 2^(b-1) - 1                                         weights live in [-qmax, qmax]
     S_v        = max_{j in v} |w_j| / qmax                           first level: the exact float scale of vector v
-    S_c        = max(fp32(max_{v in c} S_v / (2^M - 1)), 2^-126)     second level: one float32 scale per channel
-    q_s        = clamp(round(S_v / S_c), 1, 2^M - 1)                 the M-bit integer scale of vector v
+    S_c        = max(fp32(max_{v in c} S_v / (2^b_S - 1)), 2^-126)   second level: one float32 scale per channel
+    q_s        = clamp(round(S_v / S_c), 1, 2^b_S - 1)               the b_S-bit integer scale of vector v
     q_j        = clamp(round(w_j / (S_c * q_s)), -qmax, qmax)        the b-bit weights of vector v
     w_hat_j    = S_c * q_s * q_j                                     (dequantize)
 
@@ -27,27 +27,29 @@ the kernel can keep integer arithmetic inside a channel: it multiplies each vect
 partial sum by the small integer ``q_s`` and rescales the channel's sum by ``S_c`` once, as
 per-channel quantization does.
 
-Clamps, and what they cost: the widest vector of a channel gets ``q_s = 2^M - 1`` exactly. A
+Clamps, and what they cost: the widest vector of a channel gets ``q_s = 2^b_S - 1`` exactly. A
 vector whose ``S_v / S_c`` rounds *down* gets a slightly finer step than its own exact scale, and
 its largest weights clamp to ``+-qmax`` (for ``q_s = 1`` by up to half of ``qmax``). A vector
 below half of ``S_c`` would round to 0; the clamp to 1 gives it the channel's finest step
-instead. With ``M = 1`` every vector gets ``q_s = 1``: that is per-channel quantization. As ``M``
+instead. With ``b_S = 1`` every vector gets ``q_s = 1``: that is per-channel quantization. As ``b_S``
 grows, ``S_c * q_s`` approaches ``S_v`` and the result approaches per-group quantization with
 exact float scales (:func:`qlib.granularity.quantize_per_group`, groups of ``V``).
 
 Storage, in the chapter's accounting (:mod:`qlib.scale_storage`):
 
-    bits = N * b  +  C_out * ceil(K / V) * M  +  C_out * 32          (N = C_out * K weights)
-    bits per weight = b + M * ceil(K / V) / K + 32 / K
+    bits = N * b  +  C_out * ceil(K / V) * b_S  +  C_out * 32        (N = C_out * K weights)
+    bits per weight = b + b_S * ceil(K / V) / K + 32 / K
 
-Example: ``[64, 512]`` at 4 bits, ``V = 16``, ``M = 4``: 4 + 4/16 + 32/512 = 4.3125 bits per weight.
+Example: ``[64, 512]`` at 4 bits, ``V = 16``, ``b_S = 4``: 4 + 4/16 + 32/512 = 4.3125 bits per weight.
 
 Source: Dai et al., "VS-Quant: Per-vector Scaled Quantization for Accurate Low-Precision Neural
-Network Inference" (MLSys 2021). This module follows its idea as the paper states it: a scale per
-vector of about 16-64 elements within one dimension of a tensor, stored as a low-bitwidth integer
-and calibrated by a two-level scheme, with a float scale per channel above it. The max
-calibration of both levels, the tie rule, the clamp of ``q_s`` to ``[1, 2^M - 1]`` and the FP32
-channel scale are this module's choices, stated above.
+Network Inference" (MLSys 2021). This module follows the scheme as the paper states it: a separate
+scale for each small vector (about 16-64 elements) within one dimension of a tensor, stored as a
+low-bitwidth unsigned integer and calibrated by a two-level quantization scheme whose second, coarser
+level is a float scale. Where the paper leaves a choice open or makes it differently, this
+module's choices are the ones stated above: max calibration at both levels, one FP32
+second-level scale per output channel, round half to even, and the clamp of ``q_s`` to
+``[1, 2^b_S - 1]``.
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ from qlib.scale_storage import _check_shape, scale_storage_bits
 
 #: Bits of the per-channel float scale (stored as FP32).
 CHANNEL_SCALE_BITS = 32
-#: Widest element and integer scale allowed: keeps S_c * q_s * q exact in float64 (24 + 12 + 15 < 53 bits).
+#: Widest weights and integer scales allowed: S_c * q_s * q stays exact in float64 (24 + 12 + 15 < 53 bits).
 MAX_BITS, MAX_SCALE_BITS = 16, 12
 #: Smallest channel scale: the smallest normal float32, 2^-126.
 MIN_CHANNEL_SCALE = float(torch.finfo(torch.float32).tiny)
@@ -172,6 +174,9 @@ def per_vector_storage_bits(shape, bits: int, vector_size: int = 16, scale_bits:
 
 
 def per_vector_bits_per_weight(shape, bits: int, vector_size: int = 16, scale_bits: int = 4) -> float:
-    """Effective bit width: :func:`per_vector_storage_bits` over the number of weights, ``b + M ceil(K/V)/K + 32/K``."""
+    """Effective bit width: :func:`per_vector_storage_bits` over the number of weights.
+
+    That is ``bits + scale_bits * ceil(K / V) / K + 32 / K``.
+    """
     dims = _check_shape(shape)
     return per_vector_storage_bits(dims, bits, vector_size, scale_bits) / math.prod(dims)

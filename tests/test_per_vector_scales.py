@@ -3,7 +3,7 @@
 Oracles: a matrix worked by hand (ties, clamps, a zero vector, a zero channel); brute-force
 enumeration of every integer scale and every integer weight (the nearest one must be chosen);
 qlib.granularity's per-channel and per-group quantizers (tested elsewhere against PyTorch and by
-hand), which the two-level scheme must equal at M = 1 and approach as M grows; bit counts by hand.
+hand), which the two-level scheme must equal at b_S = 1 and approach as b_S grows; bit counts by hand.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def random_weight(rows=12, cols=96, seed=0):
 
 
 # --- a hand-worked example -----------------------------------------------------------------------
-# b = 3 bits (qmax = 3), M = 2 bits (integer scales 1..3), vectors of V = 2.
+# b = 3 bits (qmax = 3), b_S = 2 bits (integer scales 1..3), vectors of V = 2.
 #   vector          S_v = max|w| / 3    S_v / S_c    q_s              step S_c q_s   q
 #   [2.25, -1.0]    0.75 (the widest)   3            3                0.75           [3, round(-1.33) = -1]
 #   [0.75, 0.3]     0.25                1            1                0.25           [3, round(1.2) = 1]
@@ -61,7 +61,7 @@ def test_hand_worked_example():
 
 def test_last_vector_may_be_shorter_and_weights_keep_their_shape():
     # K = 9 (a 3x3 convolution with one input channel), V = 4: vectors of 4, 4 and 1.
-    # b = 3, M = 2. S_v = [0.25, 0.5, 0.75], S_c = 0.75 / 3 = 0.25, q_s = [1, 2, 3],
+    # b = 3, b_S = 2. S_v = [0.25, 0.5, 0.75], S_c = 0.75 / 3 = 0.25, q_s = [1, 2, 3],
     # steps [0.25, 0.5, 0.75]: q = [3, -2, 1, 0 | 3, 2, round(-1.5) = -2, round(0.4) = 0 | -3]
     w = torch.tensor([[[[0.75, -0.5, 0.25], [0.0, 1.5, 1.0], [-0.75, 0.2, -2.25]]]])
     q, qs, sc = per_vector_quantize(w, bits=3, vector_size=4, scale_bits=2)
@@ -116,7 +116,7 @@ def test_effective_scale_is_an_integer_multiple_of_the_channel_scale():
     assert (qs.amin(dim=1) < qs.amax(dim=1)).all()
 
 
-# --- the limits: M = 1 is per-channel; large M approaches per-group with float scales ----------
+# --- the limits: b_S = 1 is per-channel; large b_S approaches per-group with float scales ------
 
 def test_one_bit_scales_are_per_channel_quantization():
     w = random_weight(seed=5)
@@ -147,7 +147,7 @@ def test_large_m_approaches_per_group_with_float_scales():
             assert (q == q_group).float().mean() > 0.99           # the same integers almost everywhere
     assert gaps[0] > 0.2                                     # per-channel is far worse than per-group
     assert gaps[-1] < 0.01                                   # 12-bit integer scales: within 1%
-    assert all(a >= b for a, b in zip(gaps[1:], gaps[2:]))   # and the gap shrinks as M grows
+    assert all(a >= b for a, b in zip(gaps[1:], gaps[2:]))   # and the gap shrinks as b_S grows
 
 
 # --- storage ---------------------------------------------------------------------------------------
