@@ -13,8 +13,8 @@ Conventions, chosen to match PyTorch's fake quantization bit for bit:
   *before* the zero point is added. (``torch.quantize_per_tensor`` depends on how
   PyTorch was built, not on ``torch.backends.quantized.engine``: a build with
   FBGEMM, such as the x86-64 packages, rounds ``x / scale + zero_point`` and so
-  rounds some ties differently; a build without FBGEMM, such as ARM builds
-  running QNNPACK, rounds first, as here.)
+  rounds some ties differently; a build without FBGEMM, such as an ARM build,
+  rounds first, as here.)
 * ``x / scale`` is computed as ``x * (1 / scale)`` in float32, the way
   ``torch.fake_quantize_per_tensor_affine`` computes it.
 * Scales are float32; zero points are integers.
