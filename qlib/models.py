@@ -65,14 +65,16 @@ ARCHITECTURES = {"cnn": DigitsCNN, "mlp": DigitsMLP}
 class DepthwiseDigitsCNN(nn.Module):
     """MobileNet-style classifier for 1x8x8 digit images: depthwise and pointwise convolutions.
 
-    stem   conv(1->16, 3x3)                BN ReLU    [N, 16, 8, 8]
-    dw1    depthwise conv(16, 3x3)         BN ReLU    [N, 16, 8, 8]   one 3x3 filter per channel
-    pw1    pointwise conv(16->32, 1x1)     BN ReLU    [N, 32, 8, 8]
-           maxpool 2                                  [N, 32, 4, 4]
-    dw2    depthwise conv(32, 3x3)         BN ReLU    [N, 32, 4, 4]
-    pw2    pointwise conv(32->64, 1x1)     BN ReLU    [N, 64, 4, 4]
-           global average pool                        [N, 64]
-    fc     linear(64->10)                             [N, 10] logits
+    The layers, in order (the stem is ``conv1``):
+
+        conv1   conv(1->16, 3x3)               BN ReLU    [N, 16, 8, 8]
+        dw1     depthwise conv(16, 3x3)        BN ReLU    [N, 16, 8, 8]   one 3x3 filter per channel
+        pw1     pointwise conv(16->32, 1x1)    BN ReLU    [N, 32, 8, 8]
+                maxpool 2                                 [N, 32, 4, 4]
+        dw2     depthwise conv(32, 3x3)        BN ReLU    [N, 32, 4, 4]
+        pw2     pointwise conv(32->64, 1x1)    BN ReLU    [N, 64, 4, 4]
+                global average pool                       [N, 64]
+        fc      linear(64->10)                            [N, 10] logits
 
     A depthwise convolution (``groups`` = channels) filters every channel on its own; the
     pointwise 1x1 convolution after it mixes the channels (Howard et al. 2017, MobileNets).
