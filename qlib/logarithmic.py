@@ -93,6 +93,14 @@ def _scale_tensor(scale, qmax: int) -> torch.Tensor:
     return s
 
 
+def _check_broadcast(x: torch.Tensor, s: torch.Tensor, name: str) -> None:
+    try:
+        torch.broadcast_shapes(x.shape, s.shape)
+    except RuntimeError as err:
+        raise ValueError(f"scale of shape {tuple(s.shape)} does not broadcast against {name} of shape "
+                         f"{tuple(x.shape)}") from err
+
+
 def pow2_quantize(x, scale, bits: int) -> torch.Tensor:
     """Codes ``q`` in ``[-qmax, qmax]`` (int64) of the nearest power-of-two levels of ``x`` (see the module).
 
@@ -102,6 +110,7 @@ def pow2_quantize(x, scale, bits: int) -> torch.Tensor:
     qmax = pow2_qmax(bits)
     x = as_float_tensor(x)
     s = _scale_tensor(scale, qmax).double()
+    _check_broadcast(x, s, "x")
     a = x.abs().double()
     # An estimate of the exponent p of the nearest power of two, from the binary exponent of a / s ...
     mantissa, exponent = torch.frexp(a / s)                       # a / s = mantissa * 2^exponent
@@ -124,6 +133,7 @@ def pow2_dequantize(q, scale, bits: int) -> torch.Tensor:
                          f"[{int(q.min())}, {int(q.max())}]")
     q = q.to(torch.int64)
     s = _scale_tensor(scale, qmax).double()
+    _check_broadcast(q, s, "q")
     level = _times_pow2(s, q.abs() - qmax)                        # exact: S times a power of two
     return (torch.sign(q).double() * level).to(torch.float32)
 
@@ -136,8 +146,10 @@ def pow2_fake_quantize(x, scale, bits: int) -> torch.Tensor:
 def pow2_levels(bits: int, scale=1.0) -> torch.Tensor:
     """Every value a ``bits``-bit power-of-two code can take with one ``scale``, ascending (float32)."""
     qmax = pow2_qmax(bits)
-    codes = torch.arange(-qmax, qmax + 1)
-    return pow2_dequantize(codes, float(_scale_tensor(scale, qmax).reshape(())), bits)
+    s = _scale_tensor(scale, qmax)
+    if s.numel() != 1:
+        raise ValueError(f"pow2_levels takes one scale, got {s.numel()}")
+    return pow2_dequantize(torch.arange(-qmax, qmax + 1), float(s.reshape(())), bits)
 
 
 def pow2_channel_scales(w, axis: int = 0) -> torch.Tensor:

@@ -230,6 +230,15 @@ def test_bad_scale(scale, match):
         pow2_quantize(torch.ones(2), scale, 7)
 
 
+def test_scale_that_does_not_broadcast():
+    with pytest.raises(ValueError, match="does not broadcast"):
+        pow2_quantize(torch.ones(3, 4), torch.ones(2, 1), 4)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        pow2_dequantize(torch.ones(3, 4, dtype=torch.int64), torch.ones(5), 4)
+    with pytest.raises(ValueError, match="one scale"):
+        pow2_levels(4, torch.tensor([1.0, 2.0]))
+
+
 def test_bad_codes():
     with pytest.raises(ValueError, match=r"\[-3, 3\]"):
         pow2_dequantize(torch.tensor([4]), 1.0, 3)
