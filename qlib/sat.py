@@ -9,9 +9,10 @@ outputs, the backward pass computes ``dL/dx = W^T dL/dy``, so with independent z
     VAR[dL/dx] = n_out * VAR[W] * VAR[dL/dy],
 
 and gradients keep their size from layer to layer when ``n_out * VAR[W] = 1``. DoReFa's weights
-``w_q`` lie in [-1, 1] with a variance of order 1/3 whatever ``n_out`` is, so a layer with no batch
-norm after it multiplies the variance of the gradient by ``n_out * VAR[w_q]``, in the hundreds
-for a wide layer. SAT's *weight scale adjustment* divides it out:
+``w_q`` lie in [-1, 1] with a variance set by their grid, not by ``n_out`` (at 2 bits, levels +-1/3
+and +-1, it lies between 1/9 and 1), so a layer with no batch norm after it multiplies the variance
+of the gradient by ``n_out * VAR[w_q]``, which grows with the layer's width. SAT's *weight scale
+adjustment* divides it out:
 
     w_q  = dorefa_weight(w, b)
     w_q* = w_q / sqrt(n_out * VAR[w_q])          so that n_out * VAR[w_q*] = 1
