@@ -10,7 +10,7 @@ outputs, the backward pass computes ``dL/dx = W^T dL/dy``, so with independent z
 
 and gradients keep their size from layer to layer when ``n_out * VAR[W] = 1``. DoReFa's weights
 ``w_q`` lie in [-1, 1] with a variance set by their grid, not by ``n_out`` (at 2 bits, levels +-1/3
-and +-1, it lies between 1/9 and 1), so a layer with no batch norm after it multiplies the variance
+and +-1, their mean square lies between 1/9 and 1), so a layer with no batch norm after it multiplies the variance
 of the gradient by ``n_out * VAR[w_q]``, which grows with the layer's width. SAT's *weight scale
 adjustment* divides it out:
 
