@@ -312,6 +312,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    """``python -m qlib.deep_compression``: print the pipeline's table, then the pruning and quantization sweeps."""
     rows = deep_compression()
     print(format_table(rows))
     print(format_table(pruning_sweep(verbose=False)))

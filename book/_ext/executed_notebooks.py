@@ -10,6 +10,7 @@ This extension writes a copy of that notebook to ``_sources/<page>.ipynb`` in wh
 * the cross-references Jupyter cannot follow read as the page shows them: ``{eq}`` -> ``(3.1)``,
   ``{numref}`` -> ``Fig. 3.1``, ``{cite:p}`` -> ``(Jacob et al., 2018)``, ``{doc}`` -> the page
   title, ``{py:func}`` -> the name as code; labelled display equations get ``\\tag{3.1}``;
+* Markdown printed by code cells (tables) gets the same cross-references;
 * every cell is kept, hidden ones too (the set-up cell holds the imports a reader needs),
 
 and offers it in the download menu of the page (sphinx-book-theme's ``.ipynb`` entry, the one the
@@ -62,7 +63,7 @@ def paste_glue(role: str, content: str, glue: dict) -> str:
         key, _, fmt = content.rpartition(":") if ":" in content else (content, "", "s")
     elif role == "glue:md" and ":" in content:
         key = content.rpartition(":")[0]
-    if "::" in key:
+    if "::" in content:
         raise GlueError(f"{{{role}}}`{content}`: values glued by another page are not supported")
     if key not in glue:
         raise GlueError(f"{{{role}}}`{content}`: nothing was glued under the name {key!r}")
@@ -191,15 +192,41 @@ class References:
         return ROLE.sub(self.role, text)
 
 
-def reader_notebook(executed: Path, glue_file: Path | None, references: References | None = None):
+def with_cached_outputs(nb, cache_path: str):
+    """``nb`` with the outputs jupyter-cache holds for its code.
+
+    MyST-NB writes the notebook it was given to ``jupyter_execute/``; when the outputs come from
+    the cache it merges them into a copy, so that file has none. The cache has them.
+    """
+    from jupyter_cache import get_cache
+
+    try:
+        return get_cache(cache_path).merge_match_into_notebook(nb)[1]
+    except KeyError:  # not in the cache: the notebook was executed in this build, in place
+        return nb
+
+
+def reader_notebook(executed: Path, glue_file: Path | None, references: References | None = None,
+                    cache_path: str | None = None):
     """The executed notebook with its Markdown made readable in Jupyter (see the module docstring)."""
     nb = nbformat.read(executed, as_version=4)
+    if cache_path:
+        nb = with_cached_outputs(nb, cache_path)
     glue = json.loads(glue_file.read_text(encoding="utf8")) if glue_file and glue_file.exists() else {}
     for cell in nb.cells:
-        if cell.cell_type != "markdown":
-            continue
-        text = paste_all_glue(cell.source, glue)
-        cell.source = references.markdown(text) if references else text
+        if cell.cell_type == "markdown":
+            text = paste_all_glue(cell.source, glue)
+            cell.source = references.markdown(text) if references else text
+        elif cell.cell_type == "code":
+            # glued values live in the text now; their hidden outputs would only puzzle Jupyter
+            cell.outputs = [o for o in cell.get("outputs", []) if "scrapbook" not in o.get("metadata", {})]
+        if cell.cell_type == "code" and references:
+            for output in cell.get("outputs", []):
+                data = output.get("data", {})
+                if "text/markdown" in data:     # tables printed as MyST may hold roles too
+                    markdown = data["text/markdown"]
+                    data["text/markdown"] = references.markdown(
+                        "".join(markdown) if isinstance(markdown, list) else markdown)
     nb.metadata.pop("source_map", None)
     return nb
 
@@ -214,8 +241,9 @@ def offer_executed_notebook(app, pagename, templatename, context, doctree):
     if source.suffix != ".md" or not exec_data or not executed.exists():
         return
     try:
-        nb = reader_notebook(executed, executed.with_name(f"{executed.stem}.glue.json"),
-                             References(app, pagename))
+        config = app.env.mystnb_config
+        nb = reader_notebook(executed, executed.with_name(f"{executed.stem}.glue.json"), References(app, pagename),
+                             config.execution_cache_path if config.execution_mode == "cache" else None)
     except GlueError as error:
         logger.warning(f"executed notebook of {pagename}: {error}", location=pagename)
         return

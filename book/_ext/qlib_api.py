@@ -22,16 +22,66 @@ plain-text code block, and a ``|`` in prose is escaped (in reStructuredText ``|x
 """
 from __future__ import annotations
 
+import ast
 import importlib
+import inspect
+import os
 import re
 
 from docutils import nodes
 from docutils.statemachine import StringList
+from sphinx.ext.autodoc import DataDocumenter
+from sphinx.pycode import ModuleAnalyzer
 from sphinx.util.docutils import SphinxDirective
+from sphinx.util.inspect import object_description
 from sphinx.util.nodes import nested_parse_with_titles
 
-#: Options of every module's ``automodule``.
+#: Options of every module's ``automodule``: its documented members, in source order.
 AUTOMODULE_OPTIONS = (":members:", ":member-order: bysource", ":show-inheritance:")
+#: A constant's value is shown beside its name when it is this short (a float format is, a table is not).
+MAX_VALUE_LENGTH = 110
+
+
+def undocumented_constants(module) -> list[str]:
+    """Public names that ``module`` assigns at its top level without a ``#:`` comment or docstring.
+
+    ``automodule`` skips them (autodoc documents module data only when it has a doc comment), but
+    the chapters name some of them, e.g. ``qlib.floating_point.FP8_E4M3``; they are listed after the
+    module's documented members, with their value when it is short.
+    """
+    tree = ast.parse(inspect.getsource(module))
+    assigned = []
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, ast.AnnAssign) else []
+        for target in targets:
+            assigned += [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]
+    documented = {name for (namespace, name) in ModuleAnalyzer.for_module(module.__name__).find_attr_docs()
+                  if namespace == ""}
+    public = [name for name in dict.fromkeys(assigned) if not name.startswith("_") and name not in documented]
+    listed = getattr(module, "__all__", None)
+    return [name for name in public if listed is None or name in listed]
+
+
+class ShortValueDataDocumenter(DataDocumenter):
+    """Module constants: their doc comment only (never the docstring of their type), and their value
+    when it is short."""
+
+    priority = DataDocumenter.priority + 1
+
+    def get_doc(self) -> list[list[str]] | None:
+        comment = self.get_module_comment(self.objpath[-1])
+        return [comment] if comment else []
+
+    def should_suppress_value_header(self) -> bool:
+        if super().should_suppress_value_header():
+            return True
+        if isinstance(self.object, os.PathLike):
+            return True  # a path on the machine that built the site says nothing to a reader
+        try:
+            return len(object_description(self.object)) > MAX_VALUE_LENGTH
+        except ValueError:
+            return True
 
 
 LIST_ITEM = re.compile(r"^(\s*)([*+-]|\d+\.|#\.|\(\d+\))\s+")
@@ -122,11 +172,13 @@ class QlibApi(SphinxDirective):
             if not name.startswith("qlib.") or name.split(".")[-1].startswith("_"):
                 raise self.error(f"qlib-api: {name!r} is not a public qlib module")
             try:
-                importlib.import_module(name)
+                module = importlib.import_module(name)
             except ImportError as error:
                 raise self.error(f"qlib-api: cannot import {name}: {error}") from error
             block = [f"``{name}``", "-" * (len(name) + 4), "", f".. automodule:: {name}"]
             block += [f"   {option}" for option in AUTOMODULE_OPTIONS] + [""]
+            for constant in undocumented_constants(module):
+                block += [f".. autodata:: {name}.{constant}", ""]
             for line in block:
                 lines.append(line, source)
         holder = nodes.section()
@@ -138,5 +190,6 @@ class QlibApi(SphinxDirective):
 def setup(app):
     app.setup_extension("sphinx.ext.autodoc")
     app.add_directive("qlib-api", QlibApi)
+    app.add_autodocumenter(ShortValueDataDocumenter, override=True)
     app.connect("autodoc-process-docstring", _process_docstring)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
