@@ -240,7 +240,7 @@ def test_notation_page_gives_each_symbol_of_the_book_its_meaning(site):
     html = (site / "book" / "notation.html").read_text()
     for symbol in (r"\(S\)", r"\(Z\)", r"\(q\)", r"\(b\)", r"\(T\)", r"\(\alpha\)", r"\(\kappa\)",
                    r"\(\lambda\)", r"\(\Delta\)", r"\(\rho_c\)", r"\(X\)", r"\(M_0\)", r"\(\gamma_c\)",
-                   r"\(\beta_c\)", r"q_\text{min}", r"\(Q_N\)"):
+                   r"\(\beta_c\)", r"q_\text{min}", r"\(S_0\)", r"\(d_i\)", r"\(t\)"):
         assert symbol in html, symbol
     text = BeautifulSoup(html, "html.parser").get_text()
     for row in ("2.5 → 2; −2.5 → −2", "2.5 → 3; −2.5 → −3", "1.5 → 2; −1.5 → −1", "2.5 → 3; −2.5 → −2",
@@ -312,3 +312,13 @@ def test_rounding_rules_of_the_notation_page_hold_for_every_function_named():
     codes, _, delta = ternary.ternarize(w, per_channel=False)
     assert float(delta) == float(w[0]) and int(codes[0]) == 0
     assert kmeans.kmeans_quantize(torch.tensor([0.5]), torch.tensor([0.0, 1.0]), max_iter=0)[1].tolist() == [0]
+
+
+def test_plain_text_docstrings_become_valid_restructuredtext():
+    from qlib_api import plain_text_formulas
+
+    lines = ["Scale and zero point:", "", "    scale = max|x| / qmax      (float32)", "", "Uses |x|, not ``|x|``.",
+             "", "* first item continued", "               in a column", "* second"]
+    assert plain_text_formulas(lines) == [
+        "Scale and zero point:", "", ".. code-block:: text", "", "    scale = max|x| / qmax      (float32)", "",
+        "Uses \\|x\\|, not ``|x|``.", "", "* first item continued", "  in a column", "* second"]

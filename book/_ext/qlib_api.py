@@ -85,7 +85,7 @@ class ShortValueDataDocumenter(DataDocumenter):
 
 
 LIST_ITEM = re.compile(r"^(\s*)([*+-]|\d+\.|#\.|\(\d+\))\s+")
-INLINE_CODE = re.compile(r"(:[\w:+-]+:)?`[^`]*`+|``.*?``")
+ROLE_OR_TEXT = re.compile(r"(:[\w:+-]+:)?`[^`]+`")
 
 
 def _indent(line: str) -> int:
@@ -100,15 +100,18 @@ def _content_indent(paragraph_first: str, previous: str) -> int:
     return _indent(previous)
 
 
-def _escape_bars(line: str) -> str:
-    """``line`` with each ``|`` outside inline literals and roles escaped."""
-    out, last = [], 0
-    for match in INLINE_CODE.finditer(line):
-        out.append(line[last:match.start()].replace("|", "\\|"))
-        out.append(match.group(0))
-        last = match.end()
-    out.append(line[last:].replace("|", "\\|"))
-    return "".join(out)
+def _escape_bars(line: str, in_literal: bool = False) -> tuple[str, bool]:
+    """``line`` with each ``|`` outside inline literals and roles escaped, and whether an inline
+    literal (````...````) is still open at its end (one may run on to the next line)."""
+    parts = line.split("``")
+    for i, part in enumerate(parts):
+        if (i % 2 == 0) != in_literal:     # outside a literal: protect roles and `text`, escape the rest
+            pieces, last = [], 0
+            for match in ROLE_OR_TEXT.finditer(part):
+                pieces += [part[last:match.start()].replace("|", "\\|"), match.group(0)]
+                last = match.end()
+            parts[i] = "".join(pieces) + part[last:].replace("|", "\\|")
+    return "``".join(parts), in_literal != (len(parts) % 2 == 0)
 
 
 def plain_text_formulas(lines: list[str]) -> list[str]:
@@ -118,12 +121,14 @@ def plain_text_formulas(lines: list[str]) -> list[str]:
     formula or code block in qlib's docstrings; reStructuredText would read it as a block quote
     (and warn on its uneven indentation). It becomes a ``code-block:: text`` (shown as written,
     without syntax colours). Blocks that already are literal (after ``::``), directives
-    (``.. math::``) and doctests are left alone.
+    (``.. math::``) and doctests are left alone. A list item's text continued in an aligned column
+    is moved under the item's text (it would otherwise read as a definition list).
     """
     out: list[str] = []
     previous = paragraph_first = None   # last non-blank line before the current point, and its paragraph's first
     literal_indent = None               # indent of the paragraph that opened the current literal block
     blank_before = True
+    in_literal = False                  # an inline literal left open at the end of the previous line
     for line in lines:
         if not line.strip():
             out.append(line)
@@ -147,7 +152,14 @@ def plain_text_formulas(lines: list[str]) -> list[str]:
             continue
         if blank_before or previous is None:
             paragraph_first = line
-        out.append(line if line.lstrip().startswith(("..", ">>>")) else _escape_bars(line))
+        elif (LIST_ITEM.match(paragraph_first) and not LIST_ITEM.match(line)
+              and indent > LIST_ITEM.match(paragraph_first).end()):
+            # a list item's text continued in an aligned column: reStructuredText would make the
+            # item a definition list; it is the same sentence, so it goes under the item's text
+            line = " " * LIST_ITEM.match(paragraph_first).end() + line.lstrip()
+        if not line.lstrip().startswith(("..", ">>>")):
+            line, in_literal = _escape_bars(line, in_literal and not blank_before)
+        out.append(line)
         previous, blank_before = line, False
     return out
 
