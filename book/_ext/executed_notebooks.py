@@ -10,6 +10,8 @@ This extension writes a copy of that notebook to ``_sources/<page>.ipynb`` in wh
 * the cross-references Jupyter cannot follow read as the page shows them: ``{eq}`` -> ``(3.1)``,
   ``{numref}`` -> ``Fig. 3.1``, ``{cite:p}`` -> ``(Jacob et al., 2018)``, ``{doc}`` -> the page
   title, ``{py:func}`` -> the name as code; labelled display equations get ``\\tag{3.1}``;
+  admonitions (the exercises) become block quotes, and the bibliography the list of the works
+  the page cites;
 * Markdown printed by code cells (tables) gets the same cross-references;
 * every cell is kept, hidden ones too (the set-up cell holds the imports a reader needs),
 
@@ -32,6 +34,11 @@ logger = logging.getLogger(__name__)
 ROLE = re.compile(r"\{(?P<name>[a-zA-Z][\w:-]*)\}`(?P<content>[^`]*)`")
 #: A labelled display equation: ``$$ ... $$ (label)``.
 LABELLED_MATH = re.compile(r"\$\$(?P<body>.+?)\$\$[ \t]*\((?P<label>[^)\s]+)\)", re.DOTALL)
+#: A fenced directive: ```` ```{name} argument ```` ... ```` ``` ```` (or with ``:::``).
+DIRECTIVE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>[\w:-]+)\}[ \t]*(?P<arg>[^\n]*)\n(?P<body>.*?)^(?P=fence)[ \t]*$",
+                       re.MULTILINE | re.DOTALL)
+#: The options at the top of a directive's body: ``:class: dropdown`` lines, or a ``---`` YAML block.
+DIRECTIVE_OPTIONS = re.compile(r"\A(?:---\n.*?\n---\n|(?::[\w-]+:[^\n]*\n)+)", re.DOTALL)
 #: A MyST target line: ``(label)=``.
 TARGET = re.compile(r"^\([^)\s]+\)=[ \t]*\n", re.MULTILINE)
 #: Characters that would change the meaning of a pasted value in Markdown.
@@ -96,11 +103,37 @@ def paste_all_glue(markdown: str, glue: dict) -> str:
     return text
 
 
+def plain_latex(text: str) -> str:
+    """BibTeX text as plain Unicode: ``L{\\'e}onard`` -> ``Léonard``, braces dropped."""
+    import codecs
+
+    import latexcodec  # noqa: F401 - registers the "ulatex" codec
+
+    return re.sub(r"[{}]", "", codecs.decode(text, "ulatex"))
+
+
 class References:
     """How the page shows a cross-reference, read from the built environment."""
 
     def __init__(self, app, docname: str):
         self.app, self.env, self.docname = app, app.env, docname
+        self.cited: list[str] = []      # the page's citation keys, for its reference list
+
+    def collect_citations(self, markdown: str) -> None:
+        for match in ROLE.finditer(markdown):
+            if match["name"].startswith("cite"):
+                for key in (k.strip() for k in match["content"].split(",")):
+                    if key not in self.cited:
+                        self.cited.append(key)
+
+    def entry(self, key: str):
+        """The bibliography entry of a citation key (a bibliography's :keyprefix: such as "ch7-" removed)."""
+        entries = self.env.get_domain("cite").bibdata.data.entries
+        entry, bare = entries.get(key), key
+        while entry is None and "-" in bare:
+            bare = bare.split("-", 1)[1]
+            entry = entries.get(bare)
+        return entry
 
     def number(self, docname: str, figtype: str, node_id: str) -> str:
         numbers = self.env.toc_fignumbers.get(docname, {}).get(figtype, {}).get(node_id)
@@ -150,22 +183,51 @@ class References:
         return title.astext() if title is not None else target
 
     def cite(self, content: str, textual: bool) -> str:
-        entries = self.env.get_domain("cite").bibdata.data.entries
         cited = []
         for key in (k.strip() for k in content.split(",")):
-            entry = entries.get(key)
-            if entry is None:
-                cited.append((key, ""))
-                continue
-            people = entry.persons.get("author") or entry.persons.get("editor") or []
-            names = [" ".join(p.last_names) for p in people]
-            who = (names[0] if len(names) == 1 else f"{names[0]} and {names[1]}" if len(names) == 2
-                   else f"{names[0]} et al." if names else key)
-            who = re.sub(r"[{}]", "", who)
-            cited.append((who, entry.fields.get("year", "")))
+            entry = self.entry(key)
+            cited.append((self.authors(entry, short=True), entry.fields.get("year", "")) if entry else (key, ""))
         if textual:
             return "; ".join(f"{who} ({year})" for who, year in cited)
         return "(" + "; ".join(f"{who}, {year}" if year else who for who, year in cited) + ")"
+
+    @staticmethod
+    def authors(entry, short: bool) -> str:
+        people = entry.persons.get("author") or entry.persons.get("editor") or []
+        names = [" ".join(p.last_names) for p in people]
+        if not names:
+            return ""
+        if short and len(names) > 2:
+            text = f"{names[0]} et al."
+        else:
+            text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        return plain_latex(text)
+
+    def bibliography(self) -> str:
+        """The page's reference list, as Markdown."""
+        lines = []
+        for key in self.cited:
+            entry = self.entry(key)
+            if entry is None:
+                continue
+            fields = {name: plain_latex(value) for name, value in entry.fields.items()}
+            venue = fields.get("journal") or fields.get("booktitle") or fields.get("publisher") \
+                or fields.get("howpublished") or (f"arXiv:{fields['eprint']}" if "eprint" in fields else "")
+            lines.append(f"- {self.authors(entry, short=False)} ({fields.get('year', 'n.d.')}). "
+                         f"{fields.get('title', key)}." + (f" {venue}." if venue else ""))
+        return "\n".join(sorted(set(lines)))
+
+    def directive(self, match) -> str:
+        name, arg = match["name"], match["arg"].strip()
+        body = DIRECTIVE_OPTIONS.sub("", match["body"], count=1).strip("\n")
+        if name == "bibliography":
+            return self.bibliography()
+        if name in {"admonition", "note", "tip", "hint", "important", "warning", "caution", "attention",
+                    "seealso", "dropdown"}:
+            title = arg or name.capitalize()
+            quoted = "\n".join(f"> {line}" if line else ">" for line in body.splitlines())
+            return f"> **{title}**\n>\n{quoted}"
+        return match[0]
 
     def role(self, match) -> str:
         name, content = match["name"], match["content"]
@@ -189,6 +251,7 @@ class References:
     def markdown(self, text: str) -> str:
         text = LABELLED_MATH.sub(lambda m: f"$${m['body'].rstrip()}\n\\tag{{{self.eq(m['label'])[1:-1]}}}\n$$", text)
         text = TARGET.sub("", text)
+        text = DIRECTIVE.sub(self.directive, text)
         return ROLE.sub(self.role, text)
 
 
@@ -213,6 +276,10 @@ def reader_notebook(executed: Path, glue_file: Path | None, references: Referenc
     if cache_path:
         nb = with_cached_outputs(nb, cache_path)
     glue = json.loads(glue_file.read_text(encoding="utf8")) if glue_file and glue_file.exists() else {}
+    if references:
+        for cell in nb.cells:
+            if cell.cell_type == "markdown":
+                references.collect_citations(cell.source)
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             text = paste_all_glue(cell.source, glue)
