@@ -1,4 +1,8 @@
-"""The course site builds offline with warnings as errors, and shows what it promises."""
+"""The course site builds offline with warnings as errors, and shows what it promises.
+
+The site is built once, in the repository (`jupyter-book build -W`); with BOOK_BUILT_ROOT=DIR the
+tests read DIR/_build/html instead, a copy of the repository built there beforehand.
+"""
 from __future__ import annotations
 
 import importlib
