@@ -14,17 +14,20 @@ Chapter: Deep Compression (chapter 2). Every component is counted, in bits:
 Not counted, here or in the FP32 baseline: the architecture (layer shapes, which layers are
 pruned, their bit widths) and the lengths of the streams, a few bytes of framing per layer.
 
-Relative index encoding (Deep Compression, section 2 and figure 2), with ``index_bits`` = b and
-M = 2**b - 1 the largest b-bit number. The kept weights sit at flat (row-major) positions
-p_1 < p_2 < ...; with p_0 = -1, each gap g_i = p_i - p_{i-1} is at least 1. An entry stores:
+Relative index encoding, the course's convention (after Deep Compression, section 2), with
+``index_bits`` = b and M = 2**b - 1 the largest b-bit number. The kept weights sit at flat
+(row-major) positions p_1 < p_2 < ...; with p_0 = -1, each gap g_i = p_i - p_{i-1} is at least 1.
+An entry stores:
 
 * a kept weight whose gap from the previous entry is g <= M: the number g (1 .. M);
-* a filler, when the gap is larger: the number 0, meaning "M positions further, no weight".
+* a filler, when the gap is larger: the reserved number 0, meaning "M positions further, no weight".
 
-A gap g needs (g - 1) // M fillers before its weight. As in the paper, a filler also occupies a
-weight field (the paper stores a zero there; a decoder skips it), so both streams have one field
-per entry: n_entries = n_kept + n_fillers. Example (the paper's figure 2, b = 3, M = 7): kept
-positions 1, 4, 15 of 16 give gaps 2, 3, 11 and the stream 2, 3, 0, 4: four entries, one filler.
+A gap g needs (g - 1) // M fillers before its weight. A filler also occupies a weight field (a
+decoder skips it), so both streams have one field per entry: n_entries = n_kept + n_fillers.
+Example (b = 3, M = 7): kept positions 1, 4, 15 of 16 give gaps 2, 3, 11 and the stream 2, 3, 0, 4:
+four entries, one filler. The paper's own filler is different: it stores an explicit zero weight
+as an ordinary entry at the largest reachable position, so its example reads 1, 3, 8, 3 (chapter 2
+sets the two conventions side by side).
 The paper uses b = 8 for convolutions and b = 5 for fully connected layers (AlexNet).
 """
 from __future__ import annotations
