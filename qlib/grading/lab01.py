@@ -15,7 +15,8 @@ from qlib import fixed_point as ref_fixed
 from qlib import floating_point as ref_float
 from qlib import integers as ref_int
 from qlib import microscaling as ref_mx
-from qlib.grading.harness import as_integers, call_catching, fail, run_submission, time_limit  # noqa: F401 (used by the lab)
+from qlib.grading.checks_common import HIDDEN, passed, task_runner
+from qlib.grading.harness import as_integers, call_catching, fail, time_limit  # noqa: F401 (used by the lab)
 
 REFERENCES = (
     "encode_integer", "decode_integer", "encode_fixed", "decode_fixed", "decode_float", "encode_float",
@@ -23,17 +24,8 @@ REFERENCES = (
     "mx_fake_quantize",
 )
 EARLIER_TASKS = {"mx_quantize": ("encode_float", "decode_float")}
-_REFERENCE_OF = {"encode_float": ref_float.encode_float, "decode_float": ref_float.decode_float}
-HIDDEN = "A hidden check failed"
-
-
-def _run(task, fn, *args, seconds=20.0):
-    stand_ins = {name: _REFERENCE_OF[name] for name in EARLIER_TASKS.get(task, ())}
-    return run_submission(task, fn, *args, blocked=REFERENCES, stand_ins=stand_ins, seconds=seconds)
-
-
-def _passed(task, seed, n_cases):
-    print(f"{task}: {n_cases} visible cases passed" if seed is None else f"{task}: hidden checks passed")
+STAND_INS = {"encode_float": ref_float.encode_float, "decode_float": ref_float.decode_float}
+_run = task_runner(REFERENCES, EARLIER_TASKS, STAND_INS)
 
 
 def _as_int(value, what, task) -> int:
@@ -100,7 +92,7 @@ def check_encode_integer(encode_integer, seed=None):
         lo, hi = ref_int.integer_bounds(bits, encoding)
         fail(f"{task}({value}, {bits}, {encoding!r}): {value} is outside [{lo}, {hi}] and should raise "
              f"ValueError, but the function returned {encode_integer_result!r}.")
-    _passed(task, seed, len(cases) + 4)
+    passed(task, len(cases) + 4, hidden=seed is not None)
 
 
 class _RaisedValueError(Exception):
@@ -135,7 +127,7 @@ def check_decode_integer(decode_integer, seed=None):
             if seed is None:
                 fail(f"{task}({bit_string!r}, {encoding!r}): expected {expected}, got {got}. Hint: {hint}")
             fail(f"{HIDDEN} for decode_integer ({encoding}). Hint: {hint}")
-    _passed(task, seed, len(pairs))
+    passed(task, len(pairs), hidden=seed is not None)
 
 
 # --- Task 3: fixed point ---------------------------------------------------------------------
@@ -190,7 +182,7 @@ def check_fixed_point(encode_fixed, decode_fixed, seed=None):
             ok = False
         if not ok:
             fail(f"{task}({raw}, frac_bits={f}): expected {expected!r}, got {got!r}. Hint: value = raw * 2^-frac_bits.")
-    _passed("fixed point", seed, len(cases) + 5)
+    passed("fixed point", len(cases) + 5, hidden=seed is not None)
 
 
 # --- Tasks 4 and 5: floating point -------------------------------------------------------------
@@ -249,7 +241,7 @@ def check_decode_float(decode_float, seed=None):
                 fail(f"{task}({ref_float.bit_string(code, fmt)!r} in {fmt.name}): expected {expected!r}, got {got!r}. "
                      f"Hint: {_DECODE_HINTS[kind]}")
             fail(f"{HIDDEN} for decode_float on {kind} of {fmt.name}. Hint: {_DECODE_HINTS[kind]}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 def _encode_cases(seed):
@@ -311,7 +303,7 @@ def check_encode_float(encode_float, seed=None):
                      f"({ref_float.decode_float(expected, fmt)!r}), got {ref_float.bit_string(got, fmt)!r} "
                      f"({ref_float.decode_float(got, fmt)!r}). Hint: {hint}")
             fail(f"{HIDDEN} for encode_float in {fmt.name} on {kind} values. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 6: one MX block ----------------------------------------------------------------------
@@ -354,4 +346,4 @@ def check_mx_quantize(mx_quantize, seed=None):
                 fail(f"{task}(block, {element.name}): the element codes differ from the expected "
                      f"{codes_ref.tolist()} (got {codes.tolist()}). Hint: {hint}")
             fail(f"{HIDDEN} for mx_quantize ({element.name}): element codes differ. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)

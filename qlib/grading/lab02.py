@@ -14,27 +14,19 @@ import torch
 from qlib import huffman as ref_huffman
 from qlib import kmeans as ref_kmeans
 from qlib import storage as ref_storage
-from qlib.grading.harness import as_array, as_integers, as_pair, fail, fmt, run_submission, time_limit  # noqa: F401
+from qlib.grading.checks_common import HIDDEN, passed, task_runner
+from qlib.grading.harness import as_array, as_integers, as_pair, fail, fmt, time_limit  # noqa: F401
 
 REFERENCES = (
     "kmeans_quantize", "codebook_gradient", "huffman_code_lengths", "canonical_code", "huffman_encode",
     "huffman_decode", "layer_storage_bits", "relative_index_entries", "linear_init",
 )
 EARLIER_TASKS = {"huffman_encode": ("canonical_code",), "huffman_decode": ("canonical_code",)}
-_REFERENCE_OF = {"canonical_code": ref_huffman.canonical_code}
-HIDDEN = "A hidden check failed"
+STAND_INS = {"canonical_code": ref_huffman.canonical_code}
+_run = task_runner(REFERENCES, EARLIER_TASKS, STAND_INS)
 
 LECTURE_W = torch.tensor([[2.09, -0.98, 1.48, 0.09], [0.05, -0.14, -1.08, 2.12],
                           [-0.91, 1.92, 0.0, -1.03], [1.87, 0.0, 1.53, 1.49]])
-
-
-def _run(task, fn, *args, seconds=20.0):
-    stand_ins = {name: _REFERENCE_OF[name] for name in EARLIER_TASKS.get(task, ())}
-    return run_submission(task, fn, *args, blocked=REFERENCES, stand_ins=stand_ins, seconds=seconds)
-
-
-def _passed(task, seed, n_cases):
-    print(f"{task}: {n_cases} visible cases passed" if seed is None else f"{task}: hidden checks passed")
 
 
 # --- Task 1: K-means ---------------------------------------------------------------------------
@@ -90,7 +82,7 @@ def check_kmeans_quantize(kmeans_quantize, seed=None):
             if seed is None:
                 fail(f"{task} ({where}): expected indices\n{fmt(idx_ref)}\ngot\n{fmt(indices)}\nHint: {hint}")
             fail(f"{HIDDEN} for {task} ({where}): {int(differ.sum())} indices differ. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 2: codebook gradient -----------------------------------------------------------------
@@ -121,7 +113,7 @@ def check_codebook_gradient(codebook_gradient, seed=None):
         if seed is None:
             fail(f"{task}: expected {fmt(expected)}, got {fmt(got)}. Hint: {hint}")
         fail(f"{HIDDEN} for {task}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 3: Huffman code lengths ----------------------------------------------------------------
@@ -166,7 +158,7 @@ def check_huffman_code_lengths(huffman_code_lengths, seed=None):
                 fail(f"{task}({counts.tolist()}): got lengths {got.tolist()}; an optimal code has lengths like "
                      f"{expected.tolist()} ({int(np.sum(counts * expected))} bits in all). Hint: {problem}")
             fail(f"{HIDDEN} for {task}. Hint: {problem}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 4: canonical code ------------------------------------------------------------------------
@@ -185,7 +177,7 @@ def check_canonical_code(canonical_code, seed=None):
             if seed is None:
                 fail(f"{task}({lengths.tolist()}): expected {expected.tolist()}, got {got.tolist()}. Hint: {hint}")
             fail(f"{HIDDEN} for {task}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 5: encode and decode ---------------------------------------------------------------------
@@ -235,7 +227,7 @@ def check_huffman_coding(huffman_encode, huffman_decode, seed=None):
                     if seed is None:
                         fail(f"{task}: expected {symbols.tolist()}, got {got.tolist()}. Hint: {hint}")
                     fail(f"{HIDDEN} for {task}. Hint: {hint}")
-    _passed("huffman_encode and huffman_decode", seed, 2 * len(_stream_cases(seed)))
+    passed("huffman_encode and huffman_decode", 2 * len(_stream_cases(seed)), hidden=seed is not None)
 
 
 # --- Task 6: bit accounting ---------------------------------------------------------------------
@@ -288,4 +280,4 @@ def check_layer_storage_bits(layer_storage_bits, seed=None):
                     fail(f"{task}({desc}): {key} should be {expected[key]} bits, got {value}. Hint: {hints[key]}")
                 fail(f"{HIDDEN} for {task} ({'pruned' if 'mask' in case else 'dense'} layer): the {key} entry "
                      f"differs. Hint: {hints[key]}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)

@@ -18,6 +18,7 @@ import torch
 from qlib import granularity as ref_granularity
 from qlib import linear as ref
 from qlib import weights as ref_weights
+from qlib.grading.checks_common import HIDDEN, near_tie_but_not_exact, passed, task_runner
 from qlib.grading.harness import (
     as_array,
     as_integers,
@@ -25,7 +26,6 @@ from qlib.grading.harness import (
     check_shape,
     fail,
     fmt,
-    run_submission,
     time_limit,
 )
 
@@ -35,30 +35,20 @@ REFERENCES = (
     "quantize_per_channel", "dequantize_per_channel", "fake_quantize_tensor", "fake_quantize_weights",
 )
 
-HIDDEN = "A hidden check failed"
-
-
-def _passed(task, seed, n_cases):
-    """Report success; hidden checks do not say how many cases they ran."""
-    print(f"{task}: {n_cases} visible cases passed" if seed is None else f"{task}: hidden checks passed")
-
-
 #: Earlier tasks each task may call; while it is checked they are replaced by correct versions.
 EARLIER_TASKS = {
     "quantize_per_channel": ("integer_range", "asymmetric_qparams", "symmetric_qparams", "quantize", "dequantize"),
     "fake_quantize_weights": ("integer_range", "asymmetric_qparams", "symmetric_qparams", "quantize",
                               "dequantize", "quantize_per_channel"),
 }
-_REFERENCE_OF = {
+#: The correct versions that stand in for them.
+STAND_INS = {
     "integer_range": ref.integer_range, "asymmetric_qparams": ref.asymmetric_qparams,
     "symmetric_qparams": ref.symmetric_qparams, "quantize": ref.quantize, "dequantize": ref.dequantize,
     "quantize_per_channel": ref_granularity.quantize_per_channel,
 }
 
-
-def _run(task, fn, *args, seconds=20.0, **kwargs):
-    stand_ins = {name: _REFERENCE_OF[name] for name in EARLIER_TASKS.get(task, ())}
-    return run_submission(task, fn, *args, blocked=REFERENCES, stand_ins=stand_ins, seconds=seconds, **kwargs)
+_run = task_runner(REFERENCES, EARLIER_TASKS, STAND_INS)
 
 
 # --- Task 1: integer_range ------------------------------------------------------------------
@@ -96,7 +86,7 @@ def check_integer_range(integer_range, seed=None):
                 fail(f"{task}({bits}, signed={signed}, narrow={narrow}): expected {expected}, got {got}. {hint}")
             fail(f"{HIDDEN} for integer_range with {'signed' if signed else 'unsigned'}"
                  f"{' narrow' if narrow else ''} ranges. {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Tasks 2 and 3: scale and zero point ---------------------------------------------------
@@ -117,16 +107,6 @@ def _random_ranges(seed: int, n: int):
             lo, hi = -(abs(hi) + abs(lo) + 2e-3), -(abs(lo) * 0.1 + 1e-3)
         cases.append((kind, float(np.float32(lo)), float(np.float32(hi)), qmin, qmax))
     return cases
-
-
-def near_tie(v):
-    """True where ``v`` is within float rounding of a tie but not exactly one.
-
-    At such values float32 and float64 arithmetic (or x / scale and
-    x * (1 / scale)) may round to different neighbours; both are accepted.
-    """
-    v = np.asarray(v, dtype=np.float64)
-    return (np.abs(v - np.floor(v) - 0.5) < 1e-6 * np.maximum(1.0, np.abs(v))) & (v != np.floor(v) + 0.5)
 
 
 def _qparams_got(fn, task, rmin, rmax, qmin, qmax):
@@ -168,7 +148,7 @@ def check_asymmetric_qparams(asymmetric_qparams, seed=None):
                                               ("negative", -6.0, -2.0, 0, 15)]
     for kind, rmin, rmax, qmin, qmax in cases:
         s_ref, z_ref = (v.item() for v in ref.asymmetric_qparams(rmin, rmax, qmin, qmax))
-        if seed is not None and near_tie(qmin - min(rmin, 0.0) / s_ref):
+        if seed is not None and near_tie_but_not_exact(qmin - min(rmin, 0.0) / s_ref):
             continue  # float32 and float64 may round a near-tie differently; both are fine
         scale, zp = _qparams_got(asymmetric_qparams, task, rmin, rmax, qmin, qmax)
         if not (np.isclose(scale, s_ref, rtol=1e-5) and zp == z_ref):
@@ -184,7 +164,7 @@ def check_asymmetric_qparams(asymmetric_qparams, seed=None):
         fail(f"{task}(0.0, 0.0, -128, 127): an all-zero tensor needs a positive scale and a zero point in range "
              f"(got scale {scale:.6g}, zero_point {zp}). Hint: keep the scale at least "
              "torch.finfo(torch.float32).eps so that it is never 0.")
-    _passed(task, seed, len(cases) + 1)
+    passed(task, len(cases) + 1, hidden=seed is not None)
 
 
 def _symmetric_hint(rmin, rmax, qmin, qmax, scale) -> str:
@@ -218,7 +198,7 @@ def check_symmetric_qparams(symmetric_qparams, seed=None):
     if not scale > 0:
         fail(f"{task}(0.0, 0.0, -128, 127): an all-zero tensor needs a positive scale, got {scale:.6g}. "
              "Hint: keep the scale at least torch.finfo(torch.float32).eps.")
-    _passed(task, seed, len(cases) + 1)
+    passed(task, len(cases) + 1, hidden=seed is not None)
 
 
 # --- Task 4: quantize -----------------------------------------------------------------------
@@ -262,7 +242,7 @@ def _quantize_cases(seed: int):
 
 def _q_matches(got, expected, x, scale) -> np.ndarray:
     """Element-wise agreement; at a value within float rounding of a tie either neighbour is accepted."""
-    return (got == expected) | (near_tie(x.astype(np.float64) / scale) & (np.abs(got - expected) <= 1))
+    return (got == expected) | (near_tie_but_not_exact(x.astype(np.float64) / scale) & (np.abs(got - expected) <= 1))
 
 
 def check_quantize(quantize, seed=None):
@@ -289,7 +269,7 @@ def check_quantize(quantize, seed=None):
                  f"first difference: x = {float(x[i])!r} should give {expected[i]}, got {got[i]}. Hint: {hint}")
         fail(f"{HIDDEN} for quantize: {int((~ok).sum())} of {x.size} values differ on inputs that are {kind}. "
              f"Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 5: dequantize ---------------------------------------------------------------------
@@ -322,7 +302,7 @@ def check_dequantize(dequantize, seed=None):
             fail(f"{task}(q={fmt(q)}, scale={scale}, zero_point={zp}): expected {fmt(expected)}, got {fmt(got)}. "
                  f"Hint: {hint}")
         fail(f"{HIDDEN} for dequantize on random integers. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 6: quantize_per_channel -----------------------------------------------------------
@@ -388,14 +368,14 @@ def check_quantize_per_channel(quantize_per_channel, seed=None):
             fail(f"{HIDDEN} for quantize_per_channel ({scheme}): the zero points differ. "
                  "Hint: symmetric means zero_point 0; asymmetric uses your Task 2 formula.")
         v = np.moveaxis(np.moveaxis(x, axis, -1).astype(np.float64) / s_ref, -1, axis)
-        ok = (q == q_ref) | (near_tie(v) & (np.abs(q - q_ref) <= 1))
+        ok = (q == q_ref) | (near_tie_but_not_exact(v) & (np.abs(q - q_ref) <= 1))
         if not ok.all():
             if seed is None:
                 fail(f"{task} ({where}): expected q =\n{fmt(q_ref)}\ngot\n{fmt(q)}\n"
                      "Hint: quantize each channel with its own scale and zero point (broadcast them along axis).")
             fail(f"{HIDDEN} for quantize_per_channel ({scheme}, axis={axis}): {int((~ok).sum())} values of q differ. "
                  "Hint: reshape the scales so that they broadcast along axis.")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 7: the experiment -----------------------------------------------------------------
@@ -444,4 +424,4 @@ def check_fake_quantize_weights(fake_quantize_weights, seed=None):
         acc_got, acc_exp = accuracy(got, test), accuracy(expected, test)
         if abs(acc_got - acc_exp) > 2.5 / len(test):
             fail(f"{task} ({where}): test accuracy {acc_got:.4f}, expected {acc_exp:.4f}.")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)

@@ -21,6 +21,7 @@ import torch
 
 from qlib import granularity as ref
 from qlib import scale_storage as ref_storage
+from qlib.grading.checks_common import HIDDEN, near_tie_but_not_exact, passed, task_runner
 from qlib.grading.harness import (
     as_array,
     as_integers,
@@ -28,10 +29,8 @@ from qlib.grading.harness import (
     check_shape,
     fail,
     fmt,
-    run_submission,
     time_limit,  # noqa: F401  (the lab's experiment cell uses grader.time_limit)
 )
-from qlib.grading.lab03 import near_tie
 from qlib.linear import integer_range
 
 #: The qlib functions this lab asks students to write, and those that would do the work for them.
@@ -41,16 +40,7 @@ REFERENCES = (
     "mx_quantize", "mx_dequantize", "mx_fake_quantize",
 )
 
-HIDDEN = "A hidden check failed"
-
-
-def _run(task, fn, *args, seconds=20.0, **kwargs):
-    return run_submission(task, fn, *args, blocked=REFERENCES, seconds=seconds, **kwargs)
-
-
-def _passed(task, seed, n_cases):
-    """Report success; hidden checks do not say how many cases they ran."""
-    print(f"{task}: {n_cases} visible cases passed" if seed is None else f"{task}: hidden checks passed")
+_run = task_runner(REFERENCES)
 
 
 def _triple(got, task, names):
@@ -159,7 +149,7 @@ def check_quantize_per_group(quantize_per_group, seed=None):
                 fail(f"{task} ({where}): expected zero points\n{fmt(z_ref)}\ngot\n{fmt(zp)}\nHint: {hint}")
             fail(f"{HIDDEN} for quantize_per_group ({kind}): the zero points differ. Hint: {hint}")
         ratio = x.astype(np.float64) / ref.expand_groups(s_ref, axis, group_size).numpy()
-        ok = (q == q_ref) | (near_tie(ratio) & (np.abs(q - q_ref) <= 1))
+        ok = (q == q_ref) | (near_tie_but_not_exact(ratio) & (np.abs(q - q_ref) <= 1))
         if not ok.all():
             hint = ("quantize each value with its own group's scale and zero point: repeat them group_size times "
                     "along axis (or keep the (..., n_groups, group_size) view) so that they line up with x.")
@@ -168,13 +158,12 @@ def check_quantize_per_group(quantize_per_group, seed=None):
             fail(f"{HIDDEN} for quantize_per_group ({kind}, axis={axis}): {int((~ok).sum())} values of q differ. "
                  f"Hint: {hint}")
     # a group size that does not divide the axis must be refused, not silently mishandled
-    outcome = run_submission(task, call_catching, quantize_per_group, torch.ones(4, 12), 1, 5, -8, 7,
-                             blocked=REFERENCES)
+    outcome = _run(task, call_catching, quantize_per_group, torch.ones(4, 12), 1, 5, -8, 7)
     if outcome[0] != "raised" or "ValueError" not in outcome[1]:
         did = "it returned normally" if outcome[0] == "returned" else f"it raised {outcome[1][0]} ({outcome[2]})"
         fail(f"{task}(x of shape (4, 12), axis=1, group_size=5, qmin=-8, qmax=7): 5 does not divide 12, so this "
              f"call should raise ValueError, but {did}. Hint: check x.shape[axis] % group_size first.")
-    _passed(task, seed, len(cases) + 1)
+    passed(task, len(cases) + 1, hidden=seed is not None)
 
 
 # --- Task 2: dequantize_per_group -------------------------------------------------------------
@@ -223,7 +212,7 @@ def check_dequantize_per_group(dequantize_per_group, seed=None):
             fail(f"{task}(q=\n{fmt(q)}, scale={fmt(scale)}, zero_point={fmt(zp)}, axis={axis}, group_size={group_size}):"
                  f"\nexpected {fmt(expected)}\ngot      {fmt(got)}\nHint: {hint}")
         fail(f"{HIDDEN} for dequantize_per_group on {kind} (axis={axis}). Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 3: mxint_quantize -------------------------------------------------------------------
@@ -312,7 +301,7 @@ def check_mxint_quantize(mxint_quantize, seed=None):
             fail(f"{task} ({where}) with x =\n{x_text}\nexpected shared_exponents {fmt(s_ref)} and q =\n{fmt(q_ref)}\n"
                  f"got shared_exponents {fmt(s)} and q =\n{fmt(q)}\nHint: {hint}")
         fail(f"{HIDDEN} for mxint_quantize on {kind} (bits={bits}). Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 4: scale_bits_per_weight ------------------------------------------------------------
@@ -372,4 +361,4 @@ def check_scale_bits_per_weight(scale_bits_per_weight, seed=None):
         if seed is None:
             fail(f"{call}: expected {expected!r}, got {got!r}. Hint: {hint}")
         fail(f"{HIDDEN} for scale_bits_per_weight with granularity {granularity!r}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)

@@ -26,17 +26,12 @@ import numpy as np
 import torch
 
 from qlib import calibration as ref
-from qlib.grading.harness import as_array, check_shape, fail, fmt, run_submission, time_limit  # noqa: F401
+from qlib.grading.checks_common import HIDDEN, passed, task_runner
+from qlib.grading.harness import as_array, check_shape, fail, fmt, time_limit  # noqa: F401
 
 #: The qlib functions that this lab asks students to write; unavailable while their code runs.
 REFERENCES = ("percentile_threshold", "mse_threshold", "candidate_distribution", "kl_threshold", "round_stochastic")
 
-HIDDEN = "A hidden check failed"
-
-
-def _passed(task, seed, n_cases):
-    """Report success; hidden checks do not say how many cases they ran."""
-    print(f"{task}: {n_cases} visible cases passed" if seed is None else f"{task}: hidden checks passed")
 
 
 def _candidate_distribution_stand_in(counts, levels):
@@ -46,12 +41,9 @@ def _candidate_distribution_stand_in(counts, levels):
 
 
 #: Earlier tasks a task may call; while it is checked they are replaced by correct versions.
-EARLIER_TASKS = {"kl_threshold": {"candidate_distribution": _candidate_distribution_stand_in}}
-
-
-def _run(task, fn, *args, seconds=20.0, **kwargs):
-    return run_submission(task, fn, *args, blocked=REFERENCES, stand_ins=EARLIER_TASKS.get(task, {}),
-                          seconds=seconds, **kwargs)
+EARLIER_TASKS = {"kl_threshold": ("candidate_distribution",)}
+STAND_INS = {"candidate_distribution": _candidate_distribution_stand_in}
+_run = task_runner(REFERENCES, EARLIER_TASKS, STAND_INS)
 
 
 def _as_float(value, what, task) -> float:
@@ -129,7 +121,7 @@ def check_percentile_threshold(percentile_threshold, seed=None):
         if seed is None:
             fail(f"{task}(x, {p}) with x = {fmt(x)}: expected {expected:.7g}, got {got:.7g}. Hint: {hint}")
         fail(f"{HIDDEN} for percentile_threshold on values that are {kind}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 2: mse_threshold -----------------------------------------------------------------------
@@ -210,7 +202,7 @@ def check_mse_threshold(mse_threshold, seed=None):
             fail(f"{where} with x = {fmt(x)}: expected {expected:.6g} (error {float(errors.min()):.4g}), got {got:.6g}"
                  + (f" (error {float(errors[k]):.4g})" if on_grid else "") + f". Hint: {hint}")
         fail(f"{HIDDEN} for mse_threshold on values that are {kind}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 3: candidate_distribution -------------------------------------------------------------
@@ -278,7 +270,7 @@ def check_candidate_distribution(candidate_distribution, seed=None):
             fail(f"{task}(counts={fmt(counts.astype(np.int64))}, levels={levels}):\nexpected {fmt(expected)}\n"
                  f"got      {fmt(got)}\nHint: {hint}")
         fail(f"{HIDDEN} for candidate_distribution on histograms {kind}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 4: kl_threshold ------------------------------------------------------------------------
@@ -377,7 +369,7 @@ def check_kl_threshold(kl_threshold, seed=None):
                  f"{expected:.6g} (i = {round(expected / width)} bins, divergence {divergences.min():.4g}), got "
                  f"{got:.6g} (i = {i_got:.6g}). Hint: {hint}")
         fail(f"{HIDDEN} for kl_threshold on a histogram that is {kind}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 5: round_stochastic --------------------------------------------------------------------
@@ -442,4 +434,4 @@ def check_round_stochastic(round_stochastic, seed=None):
     c = _draw(round_stochastic, task, x, 8 + base, global_seed=1)
     if np.array_equal(a, c):
         fail_("generators with different seeds gave the same result.", "the rounding must depend on the generator's draws.")
-    _passed(task, seed, 3 + len(fractions))
+    passed(task, 3 + len(fractions), hidden=seed is not None)

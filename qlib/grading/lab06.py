@@ -20,13 +20,13 @@ import torch
 
 from qlib import integer_layers as ref_layers
 from qlib import requantize as ref
+from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import (
     as_integers,
     as_pair,
     check_shape,
     fail,
     fmt,
-    run_submission,
     time_limit,  # noqa: F401  (the lab's experiment cell uses grader.time_limit)
 )
 
@@ -37,7 +37,6 @@ REFERENCES = (
     "quantized_conv2d", "quantize_bias",
 )
 
-HIDDEN = "A hidden check failed"
 INT32_MIN, INT32_MAX = ref.INT32_MIN, ref.INT32_MAX
 
 #: Earlier tasks each task may call; while it is checked they are replaced by correct versions.
@@ -47,22 +46,14 @@ EARLIER_TASKS = {
     "quantized_conv2d": ("saturating_rounding_doubling_high_mul", "rounding_divide_by_pot", "requantize",
                          "quantized_linear"),
 }
-_REFERENCE_OF = {
+#: The correct versions that stand in for them.
+STAND_INS = {
     "saturating_rounding_doubling_high_mul": ref.saturating_rounding_doubling_high_mul,
     "rounding_divide_by_pot": ref.rounding_divide_by_pot,
     "requantize": ref.requantize,
     "quantized_linear": ref_layers.quantized_linear,
 }
-
-
-def _run(task, fn, *args, seconds=20.0, **kwargs):
-    stand_ins = {name: _REFERENCE_OF[name] for name in EARLIER_TASKS.get(task, ())}
-    return run_submission(task, fn, *args, blocked=REFERENCES, stand_ins=stand_ins, seconds=seconds, **kwargs)
-
-
-def _passed(task, seed, n_cases):
-    """Report success; hidden checks do not say how many cases they ran."""
-    print(f"{task}: {n_cases} visible cases passed" if seed is None else f"{task}: hidden checks passed")
+_run = task_runner(REFERENCES, EARLIER_TASKS, STAND_INS)
 
 
 def _hint_from(got: np.ndarray, variants: dict, default: str) -> str:
@@ -129,7 +120,7 @@ def check_quantize_multiplier(quantize_multiplier, seed=None):
             if seed is None:
                 fail(f"{task}({m!r}): expected (m0, shift) = {expected}, got {got}. Hint: {hint}")
             fail(f"{HIDDEN} for quantize_multiplier on a multiplier {kind}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 2: saturating_rounding_doubling_high_mul ----------------------------------------------
@@ -209,7 +200,7 @@ def check_saturating_rounding_doubling_high_mul(saturating_rounding_doubling_hig
                  f"expected {fmt(expected)}\ngot      {fmt(got)}\n"
                  f"{_first_difference({'a': a, 'b': b}, expected, got)}. Hint: {hint}")
         fail(f"{HIDDEN} for {task} on {kind} ({dtype} tensors). Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 3: rounding_divide_by_pot --------------------------------------------------------------
@@ -258,7 +249,7 @@ def check_rounding_divide_by_pot(rounding_divide_by_pot, seed=None):
             fail(f"{task}(x, exponent={e}) with x = {fmt(x)}:\nexpected {fmt(expected)}\ngot      {fmt(got)}\n"
                  f"{_first_difference({'x': x}, expected, got)}. Hint: {hint}")
         fail(f"{HIDDEN} for {task} on {kind}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 4: requantize -------------------------------------------------------------------------
@@ -339,7 +330,7 @@ def check_requantize(requantize, seed=None):
                  f"qmin={qmin}, qmax={qmax}) with acc = {fmt(acc)}:\nexpected {fmt(expected)}\ngot      {fmt(got)}\n"
                  f"{_first_difference({'acc': acc}, expected, got)}. Hint: {hint}")
         fail(f"{HIDDEN} for {task} with {kind}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 5: quantized_linear -------------------------------------------------------------------
@@ -465,7 +456,7 @@ def check_quantized_linear(quantized_linear, seed=None):
                               for k, v in args.items())
             fail(f"{task}({shown}):\nexpected {fmt(expected)}\ngot      {fmt(got)}\nHint: {hint}")
         fail(f"{HIDDEN} for {task} on a layer with {kind}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 6: quantized_conv2d -------------------------------------------------------------------
@@ -549,4 +540,4 @@ def check_quantized_conv2d(quantized_conv2d, seed=None):
                  f"{got.size} outputs differ; the first at (n, c_out, i, j) = {index}: expected {expected[index]}, "
                  f"got {got[index]}.\nHint: {hint}")
         fail(f"{HIDDEN} for {task} on a layer with {kind}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)

@@ -27,12 +27,12 @@ from torch import nn
 from qlib import _reference
 from qlib import lsq as ref_lsq
 from qlib import ste as ref_ste
+from qlib.grading.checks_common import HIDDEN, passed, task_runner, tie_or_near_tie
 from qlib.grading.harness import as_array, fail, fmt, run_submission, time_limit  # noqa: F401 (time_limit: the lab)
 
 #: The qlib functions whose work this lab asks for; unavailable while a student's code runs.
 REFERENCES = ("fake_quantize_ste", "lsq_fake_quantize", "lsq_grad_scale", "lsq_init_step", "prepare_qat",
               "train_qat", "quantized_forward")
-HIDDEN = "A hidden check failed"
 
 #: The layers of the folded digits CNN whose inputs and weights are quantized, in order.
 LAYERS = ("conv1", "conv2", "fc1", "fc2")
@@ -40,10 +40,6 @@ LAYERS = ("conv1", "conv2", "fc1", "fc2")
 # PyTorch operators that would compute a task's answer; hidden while the student's function runs.
 _TORCH_ANSWERS = ("fake_quantize_per_tensor_affine", "fake_quantize_per_channel_affine",
                   "_fake_quantize_learnable_per_tensor_affine", "_fake_quantize_learnable_per_channel_affine")
-
-
-def _passed(task, seed, n_cases):
-    print(f"{task}: {n_cases} visible cases passed" if seed is None else f"{task}: hidden checks passed")
 
 
 @contextmanager
@@ -150,12 +146,6 @@ def _tensor_out(value, what, task):
     return value
 
 
-def near_tie(v):
-    """True where ``v`` is within float rounding of a tie (k + 1/2): both neighbours are accepted there."""
-    v = np.asarray(v, dtype=np.float64)
-    return np.abs(v - np.floor(v) - 0.5) < 1e-5 * np.maximum(1.0, np.abs(v))
-
-
 # --- Task 1: fake quantization with the straight-through estimator -----------------------------
 
 def _ste_visible():
@@ -229,7 +219,7 @@ def check_fake_quant_ste_forward(FakeQuantSTE, seed=None):
             fail(f"{task}: the output should have the shape of x {tuple(x.shape)}, got {got.shape}.")
         step = torch.as_tensor(scale, dtype=torch.float64).expand(x.shape).numpy()
         ok = np.isclose(got, expected, rtol=1e-6, atol=1e-7 * step) | (
-            near_tie(_ratio(x, scale)) & (np.abs(got - expected) <= step * 1.0001))
+            tie_or_near_tie(_ratio(x, scale)) & (np.abs(got - expected) <= step * 1.0001))
         if ok.all():
             continue
         hint = next((h for h, v in _forward_variants(x, scale, zp, qmin, qmax).items()
@@ -241,7 +231,7 @@ def check_fake_quant_ste_forward(FakeQuantSTE, seed=None):
                  f"got      {fmt(got)}\nfirst difference: x = {float(x[i])!r} should give {expected[i]:.6g}, "
                  f"got {got[i]:.6g}. Hint: {hint}")
         fail(f"{HIDDEN} for the forward pass on inputs that are {kind}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 def _grad_of(cls, x, upstream, *args):
@@ -289,19 +279,19 @@ def check_fake_quant_ste_backward(FakeQuantSTE, seed=None):
             fail(f"{task}: x received no gradient. backward must return the gradient for x first, then None for "
                  "scale, zero_point, qmin and qmax (five values).")
         got = as_array(got, "the gradient", task).astype(np.float64)
-        ok = (got == expected) | near_tie(_ratio(x, scale))
+        ok = (got == expected) | tie_or_near_tie(_ratio(x, scale))
         if ok.all():
             continue
         hint = next((h for h, v in _mask_variants(x, scale, zp, qmin, qmax, upstream).items()
-                     if np.array_equal(got[~near_tie(_ratio(x, scale))],
-                                       np.broadcast_to(v, got.shape)[~near_tie(_ratio(x, scale))])),
+                     if np.array_equal(got[~tie_or_near_tie(_ratio(x, scale))],
+                                       np.broadcast_to(v, got.shape)[~tie_or_near_tie(_ratio(x, scale))])),
                     "return grad_output * mask, mask = (q >= qmin) & (q <= qmax) with "
                     "q = round(x / scale) + zero_point.")
         if seed is None:
             fail(f"{task} with {_where(kind, x, scale, zp, qmin, qmax)} and grad_output = {fmt(upstream.numpy())}:\n"
                  f"expected gradient {fmt(expected)}\ngot               {fmt(got)}\nHint: {hint}")
         fail(f"{HIDDEN} for the backward pass on inputs that are {kind}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 2: LSQ --------------------------------------------------------------------------------
@@ -388,7 +378,7 @@ def check_lsq_forward(LSQFakeQuant, seed=None):
         if got.shape != expected.shape:
             fail(f"{task}: the output should have the shape of v {tuple(v.shape)}, got {got.shape}.")
         ok = np.isclose(got, expected, rtol=1e-6, atol=1e-7 * step) | (
-            near_tie(v.double().numpy() / step) & (np.abs(got - expected) <= 1.0001 * step))
+            tie_or_near_tie(v.double().numpy() / step) & (np.abs(got - expected) <= 1.0001 * step))
         if ok.all():
             continue
         vs = v.double().numpy() / step
@@ -402,7 +392,7 @@ def check_lsq_forward(LSQFakeQuant, seed=None):
             fail(f"{task}(v, step={step}, qmin={qmin}, qmax={qmax}) with v = {fmt(v.numpy())}:\n"
                  f"expected {fmt(expected)}\ngot      {fmt(got)}\nHint: {hint}")
         fail(f"{HIDDEN} for the LSQ forward pass on {kind}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 def check_lsq_backward(LSQFakeQuant, seed=None):
@@ -428,7 +418,7 @@ def check_lsq_backward(LSQFakeQuant, seed=None):
             fail(f"{task}: the gradient for step should be a single number (step is one number), got shape "
                  f"{gs_arr.shape}. Sum the contributions of every element.")
         gs = float(gs_arr.reshape(()))
-        tie = near_tie(v.double().numpy() / step)
+        tie = tie_or_near_tie(v.double().numpy() / step)
         if not ((gv == e_gv) | tie).all():
             hint = ("the gradient for v is grad_output where qmin <= round(v / step) <= qmax and 0 elsewhere "
                     "(the straight-through estimator, as in Task 1).")
@@ -445,19 +435,15 @@ def check_lsq_backward(LSQFakeQuant, seed=None):
             if seed is None:
                 fail(f"{task} with {where}:\nexpected gradient for step {e_gs:.6g}, got {gs:.6g}.\nHint: {hint}")
             fail(f"{HIDDEN} for the gradient of step on {kind}. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 3: the quantized forward pass ---------------------------------------------------------
 
 #: Earlier tasks each task may call; while it is checked they are replaced by correct versions.
 EARLIER_TASKS = {"quantized_forward": ("fake_quant_ste",), "qat_finetune": ("fake_quant_ste", "quantized_forward")}
-_REFERENCE_OF = {"fake_quant_ste": ref_ste.fake_quantize_ste, "quantized_forward": reference_quantized_forward}
-
-
-def _run(task, fn, *args, seconds=20.0, **kwargs):
-    stand_ins = {name: _REFERENCE_OF[name] for name in EARLIER_TASKS.get(task, ())}
-    return run_submission(task, fn, *args, blocked=REFERENCES, stand_ins=stand_ins, seconds=seconds, **kwargs)
+STAND_INS = {"fake_quant_ste": ref_ste.fake_quantize_ste, "quantized_forward": reference_quantized_forward}
+_run = task_runner(REFERENCES, EARLIER_TASKS, STAND_INS)
 
 
 def _folded_cnn():
@@ -532,7 +518,7 @@ def check_quantized_forward(quantized_forward, seed=None):
                 prefix = f"{task} ({where})" if seed is None else f"{HIDDEN} for {task} at {bits} bits"
                 fail(f"{prefix}: the gradient of the summed logits with respect to model.{name}.weight differs "
                      f"from the expected one. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 4: QAT fine-tuning ----------------------------------------------------------------------
@@ -581,4 +567,4 @@ def check_qat_finetune(qat_finetune, seed=None):
         if seed is None:
             print(f"{task}: quantized test accuracy {acc:.4f} (at least {threshold:.2f} needed; {ptq:.4f} before "
                   "fine-tuning)")
-    _passed(task, seed, len(runs))
+    passed(task, len(runs), hidden=seed is not None)

@@ -20,22 +20,13 @@ import torch
 from qlib import binary as ref_binary
 from qlib import mixed_precision as ref_mixed
 from qlib import ternary as ref_ternary
-from qlib.grading.harness import as_array, as_integers, check_shape, fail, fmt, run_submission, time_limit  # noqa: F401
+from qlib.grading.checks_common import HIDDEN, passed, task_runner
+from qlib.grading.harness import as_array, as_integers, check_shape, fail, fmt, time_limit  # noqa: F401
 
 #: The qlib functions that this lab asks students to write; unavailable while their code runs.
 REFERENCES = ("binarize", "ternarize", "quantization_sensitivity")
-HIDDEN = "A hidden check failed"
 RTOL = 1e-5
-
-
-def _run(task, fn, *args, seconds=20.0):
-    return run_submission(task, fn, *args, blocked=REFERENCES, seconds=seconds)
-
-
-def _passed(task, seed, n_cases):
-    """Report success; hidden checks do not say how many cases they ran."""
-    print(f"{task}: {n_cases} visible case{'s' * (n_cases != 1)} passed" if seed is None
-          else f"{task}: hidden checks passed")
+_run = task_runner(REFERENCES)
 
 
 def _tuple(value, n, names, task):
@@ -161,7 +152,7 @@ def check_binarize(binarize, seed=None):
         if not ok:
             _mismatch(task, kind, w, per_channel, seed, {"b": b_ref, "alpha": alpha_ref}, {"b": b, "alpha": alpha},
                       _binarize_hint(w, per_channel, b, alpha, b_ref, alpha_ref))
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 2: ternarize -----------------------------------------------------------------------------
@@ -253,7 +244,7 @@ def check_ternarize(ternarize, seed=None):
         if not ok:
             _mismatch(task, kind, w, per_channel, seed, {"t": t_ref, "alpha": alpha_ref, "delta": delta_ref},
                       {"t": t, "alpha": alpha, "delta": delta}, _ternarize_hint(w, per_channel, t, alpha, delta, refs))
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 3: the sensitivity scan ----------------------------------------------------------------
@@ -359,4 +350,4 @@ def check_quantization_sensitivity(quantization_sensitivity, seed=None):
             if seed is None:
                 fail(f"{prefix}: layer {layer}: expected drops {fmt(np.asarray(exp))}, got {fmt(g)}. Hint: {hint}")
             fail(f"{prefix}: the drops of layer {layer} differ. Hint: {hint}")
-    _passed(task, seed, len(cases))
+    passed(task, len(cases), hidden=seed is not None)
