@@ -1,12 +1,28 @@
 """Lets the lab grader make qlib's reference answers unavailable to a student.
 
-Every qlib function that a lab asks students to write begins with
-``refuse_if_blocked("name")``. While the grader runs a student's function it
-blocks those names, so a submission that calls the reference instead of
-implementing it fails with a message that says why.
+Every qlib function that a lab asks students to write is decorated with
+:func:`reference`. While the grader runs a student's function it blocks the
+names of that lab's references (the ``REFERENCES`` of each
+``qlib.grading.labNN`` module), so a submission that calls the reference
+instead of implementing it fails with a message that says why.
+
+The one rule: **inside qlib, call the unguarded form**, ``quantize.unguarded(...)``,
+never the guarded ``quantize(...)``. The guarded name is for a reader's or a
+student's own call. Why: while a submission runs, the grader blocks the lab's
+references, and the submission may call what the lab hands out as tools (its
+set-up helpers: ``qlib.weights``' sweep, ``qlib.ptq``, the integer model of
+``qlib.integer_model``, ``qlib.mixed_precision.fake_quantize_weight`` ...),
+which use those same references inside. The block is there to stop a student
+from calling the answer, not to break the tools; so no qlib code may depend on
+a guarded name, and then no block can reach it. The grader's own process
+computes the expected answers with the guarded names, outside any block.
+``tests/test_reference_guard.py`` checks the rule statically (no qlib module
+loads a guarded name except as ``name.unguarded``) and by running the labs'
+set-up code and qlib's pipelines with every reference blocked at once.
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 
 
@@ -15,6 +31,7 @@ class ReferenceUnavailable(RuntimeError):
 
 
 _blocked: set[str] = set()
+_references: dict[str, object] = {}  # block name -> guarded function, filled as modules are imported
 
 
 def refuse_if_blocked(name: str) -> None:
@@ -24,6 +41,40 @@ def refuse_if_blocked(name: str) -> None:
             f"qlib.{name} is the reference answer and cannot be used while your work is graded: "
             "write this step yourself (your own functions from earlier tasks are fine)."
         )
+
+
+def reference(name_or_function):
+    """Mark a function as a lab's reference answer: ``@reference`` or ``@reference("block name")``.
+
+    The decorated function refuses to run while its name (the function's own name unless given)
+    is blocked. It keeps the original's name, signature and docstring (``functools.wraps``), and
+    carries the original as ``.unguarded``: what qlib's own code calls (see the module docstring).
+    """
+    def decorate(function, name: str):
+        earlier = _references.get(name)
+        if earlier is not None and (earlier.__module__, earlier.__qualname__) != (function.__module__,
+                                                                                  function.__qualname__):
+            raise ValueError(f"two qlib references are named {name!r}: {earlier.__module__}.{earlier.__qualname__} "
+                             f"and {function.__module__}.{function.__qualname__}")
+
+        @functools.wraps(function)
+        def guarded(*args, **kwargs):
+            refuse_if_blocked(name)
+            return function(*args, **kwargs)
+
+        guarded.unguarded = function
+        guarded.reference_name = name
+        _references[name] = guarded
+        return guarded
+
+    if isinstance(name_or_function, str):
+        return lambda function: decorate(function, name_or_function)
+    return decorate(name_or_function, name_or_function.__name__)
+
+
+def references() -> dict[str, object]:
+    """Block name -> guarded function, for every reference of the qlib modules imported so far."""
+    return dict(_references)
 
 
 @contextmanager

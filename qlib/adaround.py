@@ -201,7 +201,7 @@ def adaround_model(model: nn.Module, calibration_images: torch.Tensor, bits: int
     images = as_float_tensor(calibration_images, "calibration_images").to(torch.float32)
     float_model = prepare(model)
     quantized = prepare(model).requires_grad_(False)
-    qmin, qmax = integer_range(bits, signed=True)
+    qmin, qmax = integer_range.unguarded(bits, signed=True)
     results = []
     for k, name in enumerate(_layers_in_call_order(quantized, images)):
         layer = quantized.get_submodule(name)
@@ -228,4 +228,3 @@ def nearest_model(model: nn.Module, bits: int = 4, per_channel: bool = True, wei
         for _, layer in [(n, m) for n, m in quantized.named_modules() if isinstance(m, QUANTIZED_LAYERS)]:
             layer.weight.copy_(quantize_weight(layer.weight, bits, per_channel, weight_calibrator)[0])
     return quantized.eval()
-

@@ -42,7 +42,7 @@ import math
 import torch
 
 from qlib._checks import as_float_tensor, check_axis
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 
 #: Bits of one stored scale (a float32 alpha).
 SCALE_BITS = 32
@@ -67,12 +67,7 @@ def channel_view(p: torch.Tensor, ndim: int) -> torch.Tensor:
     return p.reshape((-1,) + (1,) * (ndim - 1)) if p.ndim == 1 else p
 
 
-def _binarize(w: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    w = as_float_tensor(w, "w").to(torch.float32)
-    alpha = channel_mean(w.abs(), per_channel)
-    return binary_sign(w), alpha
-
-
+@reference
 def binarize(w, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Binary codes and scales of ``w``: ``(b, alpha)`` with ``w_hat = alpha * b``.
 
@@ -82,12 +77,13 @@ def binarize(w, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     An all-zero channel gets alpha = 0 (its best approximation is 0). Raises ``ValueError`` for
     NaN, infinity, an empty tensor, or ``per_channel`` on a 0-d tensor.
     """
-    refuse_if_blocked("binarize")
-    return _binarize(w, per_channel)
+    w = as_float_tensor(w, "w").to(torch.float32)
+    alpha = channel_mean(w.abs(), per_channel)
+    return binary_sign(w), alpha
 
 
 def _fake_binarize(w, per_channel: bool) -> torch.Tensor:
-    b, alpha = _binarize(w, per_channel)
+    b, alpha = binarize.unguarded(w, per_channel)
     return channel_view(alpha, b.ndim) * b.to(torch.float32)
 
 

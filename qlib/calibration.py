@@ -44,7 +44,7 @@ from functools import partial
 import torch
 
 from qlib._checks import as_float_tensor, check_axis, check_count, check_integer_range
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.linear import MIN_SCALE
 from qlib.observers import Observer
 
@@ -130,6 +130,7 @@ def _percentile_threshold(x: torch.Tensor, percentile: float) -> float:
     return below + (above - below) * t if t < 0.5 else above - (above - below) * (1.0 - t)
 
 
+@reference
 def percentile_threshold(x, percentile: float = PERCENTILE) -> float:
     """The ``percentile``-th percentile of ``|x|``: the clipping threshold that keeps that share of values.
 
@@ -143,7 +144,6 @@ def percentile_threshold(x, percentile: float = PERCENTILE) -> float:
 
     Raises ``ValueError`` for NaN/inf/empty input or a percentile outside [0, 100].
     """
-    refuse_if_blocked("percentile_threshold")
     x = as_float_tensor(x)
     return _percentile_threshold(x, _check_percentile(percentile))
 
@@ -222,6 +222,7 @@ def _mse_threshold(x: torch.Tensor, qmin: int, qmax: int, n_candidates: int) -> 
     return float(thresholds[int(torch.argmin(errors))])
 
 
+@reference
 def mse_threshold(x, qmin: int, qmax: int, n_candidates: int = MSE_CANDIDATES) -> float:
     """The clipping threshold of least mean squared quantization error on the values ``x``.
 
@@ -233,7 +234,6 @@ def mse_threshold(x, qmin: int, qmax: int, n_candidates: int = MSE_CANDIDATES) -
 
     Raises ``ValueError`` for NaN/inf/empty input or a range without ``qmin <= 0 < qmax``.
     """
-    refuse_if_blocked("mse_threshold")
     x = as_float_tensor(x).to(torch.float32)
     _checked_levels(qmin, qmax)
     n = check_count(n_candidates, "n_candidates", 1)
@@ -292,6 +292,7 @@ def _check_counts(counts, name: str = "counts") -> torch.Tensor:
     return c
 
 
+@reference
 def candidate_distribution(counts, levels: int) -> torch.Tensor:
     """TensorRT's candidate ``Q``: ``i`` histogram bins folded into ``levels`` quantized bins, spread back.
 
@@ -304,7 +305,6 @@ def candidate_distribution(counts, levels: int) -> torch.Tensor:
 
     Returns a float64 tensor of length ``i`` with the same total as ``counts`` (not normalised).
     """
-    refuse_if_blocked("candidate_distribution")
     c = _check_counts(counts)
     levels = check_count(levels, "levels", 1)
     if c.numel() < levels:
@@ -426,6 +426,7 @@ def _kl_threshold_from_histogram(c: torch.Tensor, bin_width: float, levels: int)
     return (levels + int(torch.argmin(divergences))) * bin_width
 
 
+@reference
 def kl_threshold(counts, bin_width: float, levels: int) -> float:
     """TensorRT's entropy calibration: the threshold of least KL divergence, from a histogram of ``|x|``.
 
@@ -449,7 +450,6 @@ def kl_threshold(counts, bin_width: float, levels: int) -> float:
     the next ``i`` is one spike that ``Q`` reproduces exactly, the divergence is 0, and the
     search returns a threshold that clips nearly everything.
     """
-    refuse_if_blocked("kl_threshold")
     c = _check_counts(counts)
     levels = check_count(levels, "levels", 1)
     if not (isinstance(bin_width, numbers.Real) and math.isfinite(bin_width) and bin_width >= 0):

@@ -29,14 +29,14 @@ import torch
 from torch import nn
 
 from qlib.data import load_digits
-from qlib.huffman import _huffman_code_lengths, _huffman_decode, _huffman_encode
+from qlib.huffman import huffman_code_lengths, huffman_decode, huffman_encode
 from qlib.kmeans import CodebookQuantizer
 from qlib.models import accuracy, load_pretrained
 from qlib.pruning import apply_masks, prune_model, sparsity
 from qlib.storage import (
-    _layer_storage_bits,
     compression_ratio,
     huffman_table_bits,
+    layer_storage_bits,
     model_storage_bits,
     relative_index_decode,
     relative_index_stream,
@@ -125,9 +125,10 @@ def _sparse_fp32_sizes(model: nn.Module, masks: dict, index_bits: dict[str, int]
     sizes = {}
     for name, layer in quantized_layers(model):
         n = layer.weight.numel()
-        sizes[name] = _layer_storage_bits(n, 32, None, None, None, None, None)
+        sizes[name] = layer_storage_bits.unguarded(n, 32, None, None, None, None, None)
         if name in masks:
-            sparse = _layer_storage_bits(n, 32, None, masks[name].reshape(-1).numpy(), index_bits[name], None, None)
+            sparse = layer_storage_bits.unguarded(n, 32, None, masks[name].reshape(-1).numpy(), index_bits[name], None,
+                                                  None)
             sizes[name] = min(sizes[name], sparse, key=lambda s: s["total"])
     return sizes
 
@@ -144,8 +145,8 @@ def _codebook_sizes(cq: CodebookQuantizer, index_bits: dict[str, int]) -> dict[s
         mask = cq.masks[name]
         sparse = (None, None) if mask is None else (mask.reshape(-1).numpy(), index_bits[name])
         codebook = cq.codebooks[name]
-        sizes[name] = _layer_storage_bits(layer.weight.numel(), _index_width(codebook), len(codebook), *sparse,
-                                          None, None)
+        sizes[name] = layer_storage_bits.unguarded(layer.weight.numel(), _index_width(codebook), len(codebook),
+                                                   *sparse, None, None)
     return sizes
 
 
@@ -166,13 +167,13 @@ def _streams(cq: CodebookQuantizer, name: str, index_bits: int) -> tuple[np.ndar
 
 
 def _huffman(symbols: np.ndarray, n_symbols: int) -> dict:
-    lengths = _huffman_code_lengths(np.bincount(symbols, minlength=n_symbols))
-    packed, n_bits = _huffman_encode(symbols, lengths)
+    lengths = huffman_code_lengths.unguarded(np.bincount(symbols, minlength=n_symbols))
+    packed, n_bits = huffman_encode.unguarded(symbols, lengths)
     return {"packed": packed, "n_bits": n_bits, "lengths": lengths, "n_symbols": len(symbols)}
 
 
 def _decode(stream: dict) -> np.ndarray:
-    return _huffman_decode(stream["packed"], stream["n_bits"], stream["lengths"], stream["n_symbols"])
+    return huffman_decode.unguarded(stream["packed"], stream["n_bits"], stream["lengths"], stream["n_symbols"])
 
 
 def _huffman_stage(cq: CodebookQuantizer, index_bits: dict[str, int], model: nn.Module):
@@ -204,7 +205,8 @@ def _huffman_stage(cq: CodebookQuantizer, index_bits: dict[str, int], model: nn.
         with torch.no_grad():
             rebuilt_layers[name].weight.copy_(flat.reshape(layer.weight.shape))
         sparse = (None, None) if gaps is None else (mask, index_bits[name])
-        sizes[name] = _layer_storage_bits(n, _index_width(codebook), len(codebook), *sparse, huffman_bits, table)
+        sizes[name] = layer_storage_bits.unguarded(n, _index_width(codebook), len(codebook), *sparse, huffman_bits,
+                                                   table)
     return sizes, rebuilt
 
 

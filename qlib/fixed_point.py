@@ -22,7 +22,7 @@ import numbers
 
 import torch
 
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.integers import integer_bounds
 from qlib.rounding import round_with
 
@@ -47,6 +47,7 @@ def fixed_point_range(total_bits: int, frac_bits: int) -> tuple[float, float]:
     return math.ldexp(qmin, -f), math.ldexp(qmax, -f)
 
 
+@reference
 def encode_fixed(x: float, total_bits: int, frac_bits: int, rounding: str = "half_to_even") -> int:
     """The raw ``total_bits``-bit two's-complement integer that stores ``x`` with ``frac_bits`` fraction bits.
 
@@ -60,7 +61,6 @@ def encode_fixed(x: float, total_bits: int, frac_bits: int, rounding: str = "hal
 
     Raises ``ValueError`` for NaN and ``TypeError`` for a non-number.
     """
-    refuse_if_blocked("encode_fixed")
     f = _check_frac_bits(frac_bits)
     qmin, qmax = integer_bounds(total_bits, "twos_complement")
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
@@ -78,13 +78,13 @@ def encode_fixed(x: float, total_bits: int, frac_bits: int, rounding: str = "hal
     return min(max(scaled, qmin), qmax)
 
 
+@reference
 def decode_fixed(raw: int, frac_bits: int) -> float:
     """The real value ``raw * 2^-frac_bits`` of a raw fixed-point integer (exact for |raw| < 2^53).
 
     ``decode_fixed(0b00110001, 4) == 3.0625``. ``raw`` is the signed integer (for
     an 8-bit pattern ``11001111`` pass -49, e.g. ``qlib.integers.decode_integer``).
     """
-    refuse_if_blocked("decode_fixed")
     f = _check_frac_bits(frac_bits)
     if isinstance(raw, bool) or not isinstance(raw, numbers.Integral):
         raise TypeError(f"raw must be an integer, got {raw!r} ({type(raw).__name__})")

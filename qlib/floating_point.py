@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 
 SPECIALS = ("ieee", "fn", "finite", "e8m0")
 
@@ -219,6 +219,7 @@ def bit_string(bits: int, fmt: FloatFormat) -> str:
     return " ".join(groups)
 
 
+@reference
 def decode_float(bits: int, fmt: FloatFormat) -> float:
     """The value of the code ``bits`` in ``fmt``, as an exact Python float.
 
@@ -230,7 +231,6 @@ def decode_float(bits: int, fmt: FloatFormat) -> float:
 
     Raises ``ValueError`` if ``bits`` does not fit in ``fmt.total_bits`` bits.
     """
-    refuse_if_blocked("decode_float")
     sign, e, m = float_fields(bits, fmt)
     M, all_ones = fmt.mantissa_bits, 2**fmt.exponent_bits - 1
     if fmt.special == "e8m0":
@@ -246,6 +246,7 @@ def decode_float(bits: int, fmt: FloatFormat) -> float:
     return -magnitude if sign else magnitude
 
 
+@reference
 def encode_float(x: float, fmt: FloatFormat) -> int:
     """The code of ``fmt`` nearest to ``x`` (round half to even), as a Python int.
 
@@ -265,7 +266,6 @@ def encode_float(x: float, fmt: FloatFormat) -> int:
     NaN (0xFF), as ``torch.float8_e8m0fnu`` does. Zero and negative ``x`` raise
     ``ValueError``.
     """
-    refuse_if_blocked("encode_float")
     fmt = _check_format(fmt)
     x = _check_real(x)
     sign = 1 if math.copysign(1.0, x) < 0 else 0
@@ -317,7 +317,9 @@ def _as_float64(x) -> np.ndarray:
         return a.astype(np.float64)
 
 
-def _decode_floats(codes, fmt: FloatFormat) -> np.ndarray:
+@reference
+def decode_floats(codes, fmt: FloatFormat) -> np.ndarray:
+    """Vectorised :func:`decode_float`: a float64 array of the values of an integer array of codes."""
     c = _as_codes(codes, _check_format(fmt))
     M, all_ones = fmt.mantissa_bits, 2**fmt.exponent_bits - 1
     e = (c >> M) & all_ones
@@ -337,7 +339,12 @@ def _decode_floats(codes, fmt: FloatFormat) -> np.ndarray:
     return value
 
 
-def _encode_floats(x, fmt: FloatFormat) -> np.ndarray:
+@reference
+def encode_floats(x, fmt: FloatFormat) -> np.ndarray:
+    """Vectorised :func:`encode_float`: an int64 array of codes (same rounding, overflow and NaN rules).
+
+    ``x`` (any real array, e.g. float32 or float64) is read exactly as float64.
+    """
     fmt = _check_format(fmt)
     x = _as_float64(x)
     nan, inf = np.isnan(x), np.isinf(x)
@@ -372,26 +379,11 @@ def _encode_floats(x, fmt: FloatFormat) -> np.ndarray:
     return (sign | code).astype(np.int64)
 
 
-def decode_floats(codes, fmt: FloatFormat) -> np.ndarray:
-    """Vectorised :func:`decode_float`: a float64 array of the values of an integer array of codes."""
-    refuse_if_blocked("decode_floats")
-    return _decode_floats(codes, fmt)
-
-
-def encode_floats(x, fmt: FloatFormat) -> np.ndarray:
-    """Vectorised :func:`encode_float`: an int64 array of codes (same rounding, overflow and NaN rules).
-
-    ``x`` (any real array, e.g. float32 or float64) is read exactly as float64.
-    """
-    refuse_if_blocked("encode_floats")
-    return _encode_floats(x, fmt)
-
-
+@reference
 def round_to_format(x, fmt: FloatFormat) -> np.ndarray:
     """Fake quantization to a float format: ``decode(encode(x))`` as a float64 array.
 
     Each value becomes the nearest value of ``fmt`` (ties to even), with the
     format's overflow rule (inf for "ieee", saturation for "fn"/"finite").
     """
-    refuse_if_blocked("round_to_format")
-    return _decode_floats(_encode_floats(x, fmt), fmt)
+    return decode_floats.unguarded(encode_floats.unguarded(x, fmt), fmt)

@@ -25,13 +25,13 @@ import numbers
 import torch
 
 from qlib._checks import as_float_tensor, check_axis, check_bits
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.linear import asymmetric_qparams, dequantize, integer_range, quantize, symmetric_qparams
 
 
 def qparams(rmin, rmax, qmin: int, qmax: int, symmetric: bool):
     """Scale and zero point of [rmin, rmax]: symmetric or asymmetric formula."""
-    return (symmetric_qparams if symmetric else asymmetric_qparams)(rmin, rmax, qmin, qmax)
+    return (symmetric_qparams.unguarded if symmetric else asymmetric_qparams.unguarded)(rmin, rmax, qmin, qmax)
 
 
 def channel_shape(ndim: int, axis: int, length: int) -> tuple[int, ...]:
@@ -51,6 +51,7 @@ def per_channel_range(x, axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.amin(dim=1), flat.amax(dim=1)
 
 
+@reference
 def quantize_per_channel(x, axis: int, qmin: int, qmax: int, symmetric: bool = False):
     """Quantize with one (scale, zero_point) per index along ``axis``.
 
@@ -59,30 +60,21 @@ def quantize_per_channel(x, axis: int, qmin: int, qmax: int, symmetric: bool = F
     range ``[min(x_c), max(x_c)]`` in the formula of :func:`qlib.linear.asymmetric_qparams`
     (or :func:`~qlib.linear.symmetric_qparams`), rounding half to even.
     """
-    refuse_if_blocked("quantize_per_channel")
-    return _quantize_per_channel(x, axis, qmin, qmax, symmetric)
-
-
-def _quantize_per_channel(x, axis, qmin, qmax, symmetric):
     x = as_float_tensor(x).to(torch.float32)
     axis = check_axis(x, axis)
     scale, zero_point = qparams(*per_channel_range(x, axis), qmin, qmax, symmetric)
     shape = channel_shape(x.ndim, axis, x.shape[axis])
-    q = quantize(x, scale.reshape(shape), zero_point.reshape(shape), qmin, qmax)
+    q = quantize.unguarded(x, scale.reshape(shape), zero_point.reshape(shape), qmin, qmax)
     return q, scale, zero_point
 
 
+@reference
 def dequantize_per_channel(q, scale, zero_point, axis: int) -> torch.Tensor:
     """``scale[c] * (q - zero_point[c])`` along ``axis``, as float32."""
-    refuse_if_blocked("dequantize_per_channel")
-    return _dequantize_per_channel(q, scale, zero_point, axis)
-
-
-def _dequantize_per_channel(q, scale, zero_point, axis):
     q = torch.as_tensor(q)
     axis = check_axis(q, axis)
     shape = channel_shape(q.ndim, axis, q.shape[axis])
-    return dequantize(q, torch.as_tensor(scale).reshape(shape), torch.as_tensor(zero_point).reshape(shape))
+    return dequantize.unguarded(q, torch.as_tensor(scale).reshape(shape), torch.as_tensor(zero_point).reshape(shape))
 
 
 # --- per-group -----------------------------------------------------------------------------
@@ -112,6 +104,7 @@ def expand_groups(p, axis: int, group_size: int) -> torch.Tensor:
     return torch.as_tensor(p).repeat_interleave(group_size, dim=axis)
 
 
+@reference
 def quantize_per_group(x, axis: int, group_size: int, qmin: int, qmax: int, symmetric: bool = False):
     """Quantize with one (scale, zero_point) per group of ``group_size`` values along ``axis``.
 
@@ -124,28 +117,21 @@ def quantize_per_group(x, axis: int, group_size: int, qmin: int, qmax: int, symm
     :func:`qlib.linear.asymmetric_qparams` (or :func:`~qlib.linear.symmetric_qparams`),
     and its values are rounded half to even.
     """
-    refuse_if_blocked("quantize_per_group")
-    return _quantize_per_group(x, axis, group_size, qmin, qmax, symmetric)
-
-
-def _quantize_per_group(x, axis, group_size, qmin, qmax, symmetric):
     x = as_float_tensor(x).to(torch.float32)
     axis = check_axis(x, axis)
     scale, zero_point = qparams(*per_group_range(x, axis, group_size), qmin, qmax, symmetric)
-    q = quantize(x, expand_groups(scale, axis, group_size), expand_groups(zero_point, axis, group_size), qmin, qmax)
+    q = quantize.unguarded(x, expand_groups(scale, axis, group_size), expand_groups(zero_point, axis, group_size),
+                           qmin, qmax)
     return q, scale, zero_point
 
 
+@reference
 def dequantize_per_group(q, scale, zero_point, axis: int, group_size: int) -> torch.Tensor:
     """``scale_g * (q - zero_point_g)`` with each group's parameters repeated along ``axis``, as float32."""
-    refuse_if_blocked("dequantize_per_group")
-    return _dequantize_per_group(q, scale, zero_point, axis, group_size)
-
-
-def _dequantize_per_group(q, scale, zero_point, axis, group_size):
     q = torch.as_tensor(q)
     axis = check_axis(q, axis)
-    return dequantize(q, expand_groups(scale, axis, group_size), expand_groups(zero_point, axis, group_size))
+    return dequantize.unguarded(q, expand_groups(scale, axis, group_size),
+                                expand_groups(zero_point, axis, group_size))
 
 
 # --- MX-style integer blocks: a shared power-of-two scale --------------------------------------
@@ -175,6 +161,7 @@ def _blocks(x: torch.Tensor, block_size) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], x.shape[-1] // block_size, int(block_size))
 
 
+@reference
 def mxint_quantize(x, bits: int, block_size: int = MX_BLOCK_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize ``x`` to MXINT-``bits`` blocks over its last axis: ``(shared_exponents, q)``.
 
@@ -198,11 +185,6 @@ def mxint_quantize(x, bits: int, block_size: int = MX_BLOCK_SIZE) -> tuple[torch
     Returns int64 tensors: ``shared_exponents`` of shape ``x.shape[:-1] + (n_blocks,)``
     (the stored E8M0 code is ``s + 127``) and ``q`` of the shape of ``x``.
     """
-    refuse_if_blocked("mxint_quantize")
-    return _mxint_quantize(x, bits, block_size)
-
-
-def _mxint_quantize(x, bits, block_size):
     qmin, qmax = mxint_element_range(bits)
     x = as_float_tensor(x).to(torch.float64)  # float32 inputs are exact in float64; so is every x * 2^k
     blocks = _blocks(x, block_size)
@@ -214,13 +196,9 @@ def _mxint_quantize(x, bits, block_size):
     return s, q.reshape(x.shape)
 
 
+@reference
 def mxint_dequantize(shared_exponents, q, bits: int, block_size: int = MX_BLOCK_SIZE) -> torch.Tensor:
     """``q * 2^(s - (bits - 2))`` for every block of the last axis, as float32 (exact)."""
-    refuse_if_blocked("mxint_dequantize")
-    return _mxint_dequantize(shared_exponents, q, bits, block_size)
-
-
-def _mxint_dequantize(shared_exponents, q, bits, block_size):
     qmin, qmax = mxint_element_range(bits)
     s, q = torch.as_tensor(shared_exponents), torch.as_tensor(q)
     for name, t in (("shared_exponents", s), ("q", q)):
@@ -240,8 +218,8 @@ def _mxint_dequantize(shared_exponents, q, bits, block_size):
 
 def mxint_fake_quantize(x, bits: int, block_size: int = MX_BLOCK_SIZE) -> torch.Tensor:
     """``mxint_dequantize(*mxint_quantize(x, bits, block_size), bits, block_size)``: the float32 values stored."""
-    s, q = _mxint_quantize(x, bits, block_size)
-    return _mxint_dequantize(s, q, bits, block_size)
+    s, q = mxint_quantize.unguarded(x, bits, block_size)
+    return mxint_dequantize.unguarded(s, q, bits, block_size)
 
 
 # --- one entry point -----------------------------------------------------------------------
@@ -249,6 +227,7 @@ def mxint_fake_quantize(x, bits: int, block_size: int = MX_BLOCK_SIZE) -> torch.
 GRANULARITIES = ("tensor", "channel", "group")
 
 
+@reference
 def fake_quantize_tensor(x, bits: int = 8, granularity: str = "tensor", axis: int = 0,
                          group_size: int | None = None, symmetric: bool = True,
                          signed: bool = True, narrow: bool = False) -> torch.Tensor:
@@ -257,22 +236,17 @@ def fake_quantize_tensor(x, bits: int = 8, granularity: str = "tensor", axis: in
     ``granularity`` is ``"tensor"``, ``"channel"`` (one pair per index of ``axis``)
     or ``"group"`` (groups of ``group_size`` along ``axis``). Rounding: half to even.
     """
-    refuse_if_blocked("fake_quantize_tensor")
-    return _fake_quantize_tensor(x, bits, granularity, axis, group_size, symmetric, signed, narrow)
-
-
-def _fake_quantize_tensor(x, bits, granularity, axis, group_size, symmetric, signed, narrow):
     x = as_float_tensor(x).to(torch.float32)
-    qmin, qmax = integer_range(bits, signed=signed, narrow=narrow)
+    qmin, qmax = integer_range.unguarded(bits, signed=signed, narrow=narrow)
     if granularity == "tensor":
         scale, zero_point = qparams(x.min(), x.max(), qmin, qmax, symmetric)
-        return dequantize(quantize(x, scale, zero_point, qmin, qmax), scale, zero_point)
+        return dequantize.unguarded(quantize.unguarded(x, scale, zero_point, qmin, qmax), scale, zero_point)
     if granularity == "channel":
-        q, scale, zero_point = _quantize_per_channel(x, axis, qmin, qmax, symmetric)
-        return _dequantize_per_channel(q, scale, zero_point, axis)
+        q, scale, zero_point = quantize_per_channel.unguarded(x, axis, qmin, qmax, symmetric)
+        return dequantize_per_channel.unguarded(q, scale, zero_point, axis)
     if granularity == "group":
         if group_size is None:
             raise ValueError("granularity='group' needs a group_size")
-        q, scale, zero_point = _quantize_per_group(x, axis, group_size, qmin, qmax, symmetric)
-        return _dequantize_per_group(q, scale, zero_point, axis, group_size)
+        q, scale, zero_point = quantize_per_group.unguarded(x, axis, group_size, qmin, qmax, symmetric)
+        return dequantize_per_group.unguarded(q, scale, zero_point, axis, group_size)
     raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")

@@ -25,7 +25,7 @@ import numbers
 
 import numpy as np
 
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 
 #: Longest codeword supported: a 57-bit codeword starting anywhere in a byte fits in 64 bits.
 MAX_CODE_LENGTH = 57
@@ -45,7 +45,18 @@ def _as_int_array(values, name: str) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _huffman_code_lengths(counts: np.ndarray) -> np.ndarray:
+@reference
+def huffman_code_lengths(counts) -> np.ndarray:
+    """Optimal prefix-code length of every symbol 0 .. n-1 for the given counts (int64 array).
+
+    Huffman's algorithm: repeatedly merge the two nodes of smallest count; a symbol's length is
+    its depth in the final tree. Ties are broken deterministically: among equal counts a leaf
+    goes before a merged node, leaves in symbol order, merged nodes in order of creation.
+    Symbols with count 0 get length 0 (no codeword); if only one symbol occurs it gets length 1.
+    """
+    counts = _as_int_array(counts, "counts")
+    if not counts.any():
+        raise ValueError("every count is 0: there is nothing to code")
     n = len(counts)
     used = np.flatnonzero(counts)
     lengths = np.zeros(n, dtype=np.int64)
@@ -72,21 +83,6 @@ def _huffman_code_lengths(counts: np.ndarray) -> np.ndarray:
     return lengths
 
 
-def huffman_code_lengths(counts) -> np.ndarray:
-    """Optimal prefix-code length of every symbol 0 .. n-1 for the given counts (int64 array).
-
-    Huffman's algorithm: repeatedly merge the two nodes of smallest count; a symbol's length is
-    its depth in the final tree. Ties are broken deterministically: among equal counts a leaf
-    goes before a merged node, leaves in symbol order, merged nodes in order of creation.
-    Symbols with count 0 get length 0 (no codeword); if only one symbol occurs it gets length 1.
-    """
-    refuse_if_blocked("huffman_code_lengths")
-    counts = _as_int_array(counts, "counts")
-    if not counts.any():
-        raise ValueError("every count is 0: there is nothing to code")
-    return _huffman_code_lengths(counts)
-
-
 def _check_lengths(lengths) -> np.ndarray:
     lengths = _as_int_array(lengths, "lengths")
     if not lengths.any():
@@ -100,19 +96,7 @@ def _check_lengths(lengths) -> np.ndarray:
     return lengths
 
 
-def _canonical_code(lengths: np.ndarray) -> np.ndarray:
-    codes = np.zeros(len(lengths), dtype=np.int64)
-    code, previous = 0, 0
-    for s in np.lexsort((np.arange(len(lengths)), lengths)):  # by length, then symbol
-        length = int(lengths[s])
-        if length == 0:
-            continue
-        code <<= length - previous
-        codes[s] = code
-        code, previous = code + 1, length
-    return codes
-
-
+@reference
 def canonical_code(lengths) -> np.ndarray:
     """Canonical codewords for the given lengths (int64 array; 0 where the length is 0).
 
@@ -124,8 +108,17 @@ def canonical_code(lengths) -> np.ndarray:
     ``lengths`` must satisfy the Kraft inequality; shorter codewords are numerically smaller
     once left-aligned, which is what lets the decoder find a codeword by binary search.
     """
-    refuse_if_blocked("canonical_code")
-    return _canonical_code(_check_lengths(lengths))
+    lengths = _check_lengths(lengths)
+    codes = np.zeros(len(lengths), dtype=np.int64)
+    code, previous = 0, 0
+    for s in np.lexsort((np.arange(len(lengths)), lengths)):  # by length, then symbol
+        length = int(lengths[s])
+        if length == 0:
+            continue
+        code <<= length - previous
+        codes[s] = code
+        code, previous = code + 1, length
+    return codes
 
 
 def _check_symbols(symbols, lengths: np.ndarray) -> np.ndarray:
@@ -143,8 +136,17 @@ def _check_symbols(symbols, lengths: np.ndarray) -> np.ndarray:
     return symbols
 
 
-def _huffman_encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, int]:
-    codes = _canonical_code(lengths)
+@reference
+def huffman_encode(symbols, lengths) -> tuple[np.ndarray, int]:
+    """Concatenate the canonical codewords of ``symbols``: ``(packed, n_bits)``.
+
+    Bits are written first bit of the first codeword first and packed MSB-first into bytes
+    (``np.packbits`` order); the last byte is padded with zeros. ``n_bits`` = sum of the
+    lengths of the symbols. ``symbols`` may have any shape; it is read in flat (row-major) order.
+    """
+    lengths = _check_lengths(lengths)
+    symbols = _check_symbols(symbols, lengths)
+    codes = canonical_code.unguarded(lengths)
     size, code = lengths[symbols], codes[symbols]
     ends = np.cumsum(size)
     n_bits = int(ends[-1]) if len(ends) else 0
@@ -156,19 +158,7 @@ def _huffman_encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarra
     return np.packbits(bits), n_bits
 
 
-def huffman_encode(symbols, lengths) -> tuple[np.ndarray, int]:
-    """Concatenate the canonical codewords of ``symbols``: ``(packed, n_bits)``.
-
-    Bits are written first bit of the first codeword first and packed MSB-first into bytes
-    (``np.packbits`` order); the last byte is padded with zeros. ``n_bits`` = sum of the
-    lengths of the symbols. ``symbols`` may have any shape; it is read in flat (row-major) order.
-    """
-    refuse_if_blocked("huffman_encode")
-    lengths = _check_lengths(lengths)
-    symbols = _check_symbols(symbols, lengths)
-    return _huffman_encode(symbols, lengths)
-
-
+@reference
 def huffman_decode(packed, n_bits: int, lengths, n_symbols: int) -> np.ndarray:
     """The ``n_symbols`` symbols (int64 array) whose canonical codewords fill the first ``n_bits`` of ``packed``.
 
@@ -179,7 +169,6 @@ def huffman_decode(packed, n_bits: int, lengths, n_symbols: int) -> np.ndarray:
     next is a Python loop (one step per symbol). Raises ``ValueError`` if the bits do not decode to exactly
     ``n_symbols`` symbols in exactly ``n_bits`` bits.
     """
-    refuse_if_blocked("huffman_decode")
     lengths = _check_lengths(lengths)
     packed = np.asarray(packed)
     if packed.dtype != np.uint8 or packed.ndim != 1:
@@ -189,10 +178,6 @@ def huffman_decode(packed, n_bits: int, lengths, n_symbols: int) -> np.ndarray:
             raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
     if n_bits > 8 * len(packed):
         raise ValueError(f"n_bits = {n_bits} but packed holds only {8 * len(packed)} bits")
-    return _huffman_decode(packed, n_bits, lengths, n_symbols)
-
-
-def _huffman_decode(packed: np.ndarray, n_bits: int, lengths: np.ndarray, n_symbols: int) -> np.ndarray:
     if n_bits == 0 or n_symbols == 0:
         if n_bits or n_symbols:
             raise ValueError(f"{n_bits} bits cannot hold {n_symbols} symbols")
@@ -206,7 +191,7 @@ def _huffman_decode(packed: np.ndarray, n_bits: int, lengths: np.ndarray, n_symb
     pos = np.arange(n_bits, dtype=np.uint64)
     windows = ((words[pos >> np.uint64(3)] << (pos & np.uint64(7))) >> np.uint64(64 - longest)).astype(np.int64)
     # the used symbols in canonical order and their left-aligned codewords (increasing)
-    codes = _canonical_code(lengths)
+    codes = canonical_code.unguarded(lengths)
     order = np.lexsort((np.arange(len(lengths)), lengths))
     order = order[lengths[order] > 0]
     aligned = codes[order] << (longest - lengths[order])

@@ -35,7 +35,7 @@ import numbers
 import torch
 
 from qlib._checks import as_float_tensor, check_count, check_integer_range
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.requantize import INT32_MAX, INT32_MIN, MAX_SHIFT, MIN_SHIFT, _check_zero_point, _int_tensor, _mbqm
 
 #: Largest |integer| that float64 holds exactly, with every integer below it.
@@ -44,6 +44,7 @@ FLOAT64_EXACT = 2**53
 
 # --- bias ---------------------------------------------------------------------------------------
 
+@reference
 def quantize_bias(bias, input_scale, weight_scale) -> torch.Tensor:
     """The int32 bias ``q_b = round(b / (S_X * S_W))`` of a layer (zero point 0).
 
@@ -53,7 +54,6 @@ def quantize_bias(bias, input_scale, weight_scale) -> torch.Tensor:
     ``weight_scale`` may hold one scale per output channel. Raises ``ValueError``
     if a ``q_b`` does not fit in int32 (the scales are far too small for the bias).
     """
-    refuse_if_blocked("quantize_bias")
     b = as_float_tensor(bias, "bias").to(torch.float64)
     sx = as_float_tensor(input_scale, "input_scale").to(torch.float32).to(torch.float64)
     sw = as_float_tensor(weight_scale, "weight_scale").to(torch.float32).to(torch.float64)
@@ -350,6 +350,14 @@ def _fast_route(x, w_rows, folded_bias, z_w, m0, shift, z_y, lo, hi, channels_fi
     return _int8_requantized_product(x8, w8, folded_bias, m0, shift, z_y, lo, hi, channels_first)
 
 
+def _layer_input(q, name: str, ndim: int) -> torch.Tensor:
+    q = q if _is_small_int(q) else _int_tensor(q, name)
+    if q.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(q.shape)}")
+    return q
+
+
+@reference
 def quantized_linear(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero_point: int,
                      qmin: int, qmax: int, relu: bool = False, weight_zero_point=0) -> torch.Tensor:
     """Integer-only fully connected layer: int8/uint8 in, int32 accumulate, requantize, int out.
@@ -368,20 +376,6 @@ def quantized_linear(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero
     Computed as ``q_X @ q_W^T + fold_zero_points(...) - Z_W rowsum(q_X)`` with the
     exact :func:`integer_matmul`. Returns int64 (N, C_out).
     """
-    refuse_if_blocked("quantized_linear")
-    return _quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
-                             relu, weight_zero_point)
-
-
-def _layer_input(q, name: str, ndim: int) -> torch.Tensor:
-    q = q if _is_small_int(q) else _int_tensor(q, name)
-    if q.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(q.shape)}")
-    return q
-
-
-def _quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
-                      relu=False, weight_zero_point=0) -> torch.Tensor:
     q_x = _layer_input(q_x, "q_x", 2)
     q_weight = _layer_input(q_weight, "q_weight", 2)
     c_out, c_in = q_weight.shape
@@ -424,6 +418,7 @@ def _patches(q_x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int,
     return patches.permute(0, 1, 2, 4, 5, 3)
 
 
+@reference
 def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero_point: int, qmin: int,
                      qmax: int, stride=1, padding=0, groups: int = 1, relu: bool = False,
                      weight_zero_point=0) -> torch.Tensor:
@@ -443,13 +438,6 @@ def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero
     im2col patches. Returns int64 (N, C_out, OH, OW) with
     ``OH = (H + 2 p_h - kh) // s_h + 1``.
     """
-    refuse_if_blocked("quantized_conv2d")
-    return _quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
-                             stride, padding, groups, relu, weight_zero_point)
-
-
-def _quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
-                      stride=1, padding=0, groups=1, relu=False, weight_zero_point=0) -> torch.Tensor:
     q_x = _layer_input(q_x, "q_x", 4)
     q_weight = _layer_input(q_weight, "q_weight", 4)
     groups = check_count(groups, "groups", 1)

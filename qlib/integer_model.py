@@ -50,11 +50,11 @@ from torch.utils._pytree import tree_flatten
 from qlib._checks import as_float_tensor, check_bits, check_count
 from qlib.folding import fold_batchnorms
 from qlib.granularity import quantize_per_channel
-from qlib.integer_layers import _quantized_conv2d, _quantized_linear, integer_max_pool2d, quantize_bias
+from qlib.integer_layers import integer_max_pool2d, quantize_bias, quantized_conv2d, quantized_linear
 from qlib.linear import dequantize, fake_quantize, integer_range, quantize
 from qlib.models import DigitsCNN
 from qlib.observers import MinMaxObserver, MovingAverageMinMaxObserver, Observer
-from qlib.requantize import _quantize_multiplier, real_multiplier
+from qlib.requantize import quantize_multiplier, real_multiplier
 
 #: Observers that :func:`prepare` accepts by name.
 OBSERVERS = {"minmax": MinMaxObserver, "moving_average": MovingAverageMinMaxObserver}
@@ -142,8 +142,8 @@ class Flatten:
 class Kernels:
     """The three functions an integer model calls (signatures of qlib.integer_layers)."""
 
-    linear: Callable = _quantized_linear
-    conv2d: Callable = _quantized_conv2d
+    linear: Callable = quantized_linear.unguarded
+    conv2d: Callable = quantized_conv2d.unguarded
     max_pool2d: Callable = integer_max_pool2d
 
 
@@ -197,7 +197,7 @@ class IntegerModel(nn.Module):
         """``q_X = clamp(round(x / S_X) + Z_X, qmin, qmax)`` (half to even), stored in the input's integer dtype."""
         x = self._check_images(x)
         p = self.input_qparams
-        return quantize(x, p.scale, p.zero_point, p.qmin, p.qmax).to(p.dtype)
+        return quantize.unguarded(x, p.scale, p.zero_point, p.qmin, p.qmax).to(p.dtype)
 
     def forward_integer(self, q_x: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
         """The integer part: integers in, integers out. ``trace`` (a dict) receives every intermediate."""
@@ -238,7 +238,7 @@ class IntegerModel(nn.Module):
     def dequantize_output(self, q_y: torch.Tensor) -> torch.Tensor:
         """Logits ``S_Y (q_Y - Z_Y)`` as float32."""
         p = self.output_qparams
-        return dequantize(q_y, p.scale, p.zero_point)
+        return dequantize.unguarded(q_y, p.scale, p.zero_point)
 
     def forward(self, x) -> torch.Tensor:
         """Float logits of the float images ``x``: quantize, integer layers, dequantize."""
@@ -342,10 +342,10 @@ def _activation_qparams(obs: Observer) -> ActivationQParams:
 
 def _integer_layer(name: str, layer: nn.Module, input_qp: ActivationQParams, output_qp: ActivationQParams,
                    relu: bool, weight_bits: int) -> IntegerLayer:
-    wmin, wmax = integer_range(weight_bits, signed=True, narrow=True)
-    q_weight, weight_scale, _ = quantize_per_channel(layer.weight.detach(), 0, wmin, wmax, symmetric=True)
-    q_bias = quantize_bias(layer.bias.detach(), input_qp.scale, weight_scale)
-    m0, shift = _quantize_multiplier(real_multiplier(input_qp.scale, weight_scale, output_qp.scale))
+    wmin, wmax = integer_range.unguarded(weight_bits, signed=True, narrow=True)
+    q_weight, weight_scale, _ = quantize_per_channel.unguarded(layer.weight.detach(), 0, wmin, wmax, symmetric=True)
+    q_bias = quantize_bias.unguarded(layer.bias.detach(), input_qp.scale, weight_scale)
+    m0, shift = quantize_multiplier.unguarded(real_multiplier(input_qp.scale, weight_scale, output_qp.scale))
     weight_dtype = torch.int8 if weight_bits <= 8 else torch.int16
     kind = "conv2d" if isinstance(layer, nn.Conv2d) else "linear"
     extra = {}

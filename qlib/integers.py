@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numbers
 
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 
 #: The three ways to read an n-bit string as an integer.
 ENCODINGS = ("unsigned", "sign_magnitude", "twos_complement")
@@ -64,6 +64,7 @@ def integer_bounds(bits: int, encoding: str = "twos_complement") -> tuple[int, i
     return -(2 ** (n - 1)), 2 ** (n - 1) - 1
 
 
+@reference
 def encode_integer(value: int, bits: int, encoding: str = "twos_complement") -> str:
     """The ``bits``-character bit string (most significant bit first) of ``value`` in ``encoding``.
 
@@ -75,7 +76,6 @@ def encode_integer(value: int, bits: int, encoding: str = "twos_complement") -> 
     ``encode_integer(-49, 8) == "11001111"``. Raises ``TypeError`` if ``value`` is
     not an integer and ``ValueError`` if it is outside :func:`integer_bounds`.
     """
-    refuse_if_blocked("encode_integer")
     encoding = _check_encoding(encoding)
     n = _check_bits(bits, encoding)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -93,6 +93,7 @@ def encode_integer(value: int, bits: int, encoding: str = "twos_complement") -> 
     return format(pattern, f"0{n}b")
 
 
+@reference
 def decode_integer(bit_string: str, encoding: str = "twos_complement") -> int:
     """The integer that ``bit_string`` (most significant bit first) stands for in ``encoding``.
 
@@ -105,7 +106,6 @@ def decode_integer(bit_string: str, encoding: str = "twos_complement") -> int:
     Raises ``TypeError`` if ``bit_string`` is not a string and ``ValueError`` if it
     is empty or holds characters other than 0 and 1.
     """
-    refuse_if_blocked("decode_integer")
     encoding = _check_encoding(encoding)
     if not isinstance(bit_string, str):
         raise TypeError(f"bit_string must be a str of 0s and 1s, got {type(bit_string).__name__}")

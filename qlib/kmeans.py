@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from qlib._checks import as_float_tensor, check_bits, check_count
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.weights import quantized_layers
 
 #: Largest codebook ``kmeans_quantize_bits`` builds: 2**16 centroids.
@@ -56,19 +56,16 @@ def _check_indices(indices, n_clusters: int) -> torch.Tensor:
     return idx.to(torch.int64)
 
 
-def _linear_init(x: torch.Tensor, n_clusters: int) -> torch.Tensor:
-    return torch.linspace(float(x.min()), float(x.max()), n_clusters, dtype=torch.float32)
-
-
+@reference
 def linear_init(x, n_clusters: int) -> torch.Tensor:
     """``n_clusters`` float32 centroids evenly spaced from min(x) to max(x) (both included).
 
     ``torch.linspace(min(x), max(x), n_clusters)``: the initialisation Deep Compression found best
     (section 3.2). With ``n_clusters = 1`` the single centroid is min(x).
     """
-    refuse_if_blocked("linear_init")
     x = as_float_tensor(x)
-    return _linear_init(x, check_count(n_clusters, "n_clusters", 1))
+    n_clusters = check_count(n_clusters, "n_clusters", 1)
+    return torch.linspace(float(x.min()), float(x.max()), n_clusters, dtype=torch.float32)
 
 
 def _cluster_ranges(v_sorted: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,6 +120,7 @@ def _kmeans(x: torch.Tensor, centroids: torch.Tensor, max_iter: int) -> tuple[to
     return c, indices.reshape(x.shape)
 
 
+@reference
 def kmeans_quantize(x, centroids, max_iter: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
     """1-D Lloyd's K-means on the values of ``x``, started from ``centroids``: ``(codebook, indices)``.
 
@@ -138,7 +136,6 @@ def kmeans_quantize(x, centroids, max_iter: int = 100) -> tuple[torch.Tensor, to
     ``max_iter = 0`` only assigns. Runs in O(n log n) for the sort plus O(k log n) per iteration:
     a million values to 16 centroids in a small fraction of a second.
     """
-    refuse_if_blocked("kmeans_quantize")
     x = as_float_tensor(x)
     return _kmeans(x, _check_centroids(centroids), check_count(max_iter, "max_iter", 0))
 
@@ -154,7 +151,7 @@ def kmeans_quantize_bits(x, bits: int, max_iter: int = 100) -> tuple[torch.Tenso
     """``kmeans_quantize`` with ``2**bits`` linearly initialised centroids (1 <= bits <= 16)."""
     x = as_float_tensor(x)
     bits = _check_codebook_bits(bits)
-    return _kmeans(x, _linear_init(x, 2**bits), check_count(max_iter, "max_iter", 0))
+    return _kmeans(x, linear_init.unguarded(x, 2**bits), check_count(max_iter, "max_iter", 0))
 
 
 def reconstruct(codebook, indices) -> torch.Tensor:
@@ -168,6 +165,7 @@ def _codebook_gradient(grad: torch.Tensor, indices: torch.Tensor, n_clusters: in
     return sums.to(grad.dtype)
 
 
+@reference
 def codebook_gradient(grad, indices, n_clusters: int) -> torch.Tensor:
     """Gradient of each centroid: the SUM of the gradients of the weights assigned to it.
 
@@ -177,7 +175,6 @@ def codebook_gradient(grad, indices, n_clusters: int) -> torch.Tensor:
     centroid moves by the summed pull of all its weights, not their mean. A cluster with no
     weights gets 0. ``grad`` and ``indices`` have the same shape; the result has length n_clusters.
     """
-    refuse_if_blocked("codebook_gradient")
     grad = as_float_tensor(grad, "grad")
     n_clusters = check_count(n_clusters, "n_clusters", 1)
     indices = _check_indices(indices, n_clusters)
@@ -225,7 +222,7 @@ class CodebookQuantizer:
             if kept.numel() == 0:
                 raise ValueError(f"layer {name} has no kept weights to cluster")
             b = _check_codebook_bits(bits_of[name])
-            codebook, idx = _kmeans(kept, _linear_init(kept, 2**b), max_iter)
+            codebook, idx = _kmeans(kept, linear_init.unguarded(kept, 2**b), max_iter)
             if mask is None:
                 full = idx
             else:

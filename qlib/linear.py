@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from qlib._checks import as_float_tensor, check_bits, check_integer_range
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.integers import integer_bounds
 from qlib.rounding import round_with
 
@@ -35,6 +35,7 @@ from qlib.rounding import round_with
 MIN_SCALE = float(torch.finfo(torch.float32).eps)
 
 
+@reference
 def integer_range(bits: int, signed: bool = True, narrow: bool = False) -> tuple[int, int]:
     """The integers ``(qmin, qmax)`` that ``bits`` bits can hold.
 
@@ -50,7 +51,6 @@ def integer_range(bits: int, signed: bool = True, narrow: bool = False) -> tuple
     while this function chooses the range a quantizer *uses* (chapter 3): the ``signed``/``narrow``
     arguments of PyTorch and TFLite, at most 32 bits; it is lab 3's first task, which its grader checks.
     """
-    refuse_if_blocked("integer_range")
     bits = check_bits(bits)
     qmin, qmax = integer_bounds(bits, "twos_complement" if signed else "unsigned")
     if narrow:
@@ -70,6 +70,7 @@ def _real_range(rmin, rmax) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.minimum(rmin, zero), torch.maximum(rmax, zero)
 
 
+@reference
 def asymmetric_qparams(rmin, rmax, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point that map the real range [rmin, rmax] onto [qmin, qmax].
 
@@ -86,7 +87,6 @@ def asymmetric_qparams(rmin, rmax, qmin: int, qmax: int) -> tuple[torch.Tensor, 
     results then have their shape. A zero range (all values 0) gives
     ``scale = MIN_SCALE``: every value then quantizes to the zero point.
     """
-    refuse_if_blocked("asymmetric_qparams")
     check_integer_range(qmin, qmax)
     rmin, rmax = _real_range(rmin, rmax)
     scale = _finite_scale(torch.clamp((rmax - rmin) / float(qmax - qmin), min=MIN_SCALE))
@@ -94,6 +94,7 @@ def asymmetric_qparams(rmin, rmax, qmin: int, qmax: int) -> tuple[torch.Tensor, 
     return scale, zero_point
 
 
+@reference
 def symmetric_qparams(rmin, rmax, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point (always 0) for symmetric quantization of [rmin, rmax].
 
@@ -104,7 +105,6 @@ def symmetric_qparams(rmin, rmax, qmin: int, qmax: int) -> tuple[torch.Tensor, t
     so ``qmin = -2**(bits-1)`` is never used. With an unsigned range (``qmin = 0``,
     e.g. after a ReLU) negative values clamp to 0.
     """
-    refuse_if_blocked("symmetric_qparams")
     check_integer_range(qmin, qmax)
     if qmax <= 0 or qmin > 0:
         raise ValueError(f"symmetric quantization needs qmin <= 0 < qmax, got [{qmin}, {qmax}]")
@@ -139,6 +139,7 @@ def _zero_point_tensor(zero_point) -> torch.Tensor:
     return zp.to(torch.int64)
 
 
+@reference
 def quantize(x, scale, zero_point, qmin: int, qmax: int, rounding: str = "half_to_even") -> torch.Tensor:
     """Integers ``q = clamp(round(x * (1/scale)) + zero_point, qmin, qmax)`` as an int64 tensor.
 
@@ -146,7 +147,6 @@ def quantize(x, scale, zero_point, qmin: int, qmax: int, rounding: str = "half_t
     :mod:`qlib.rounding`. ``1/scale`` and the product are float32, as in
     ``torch.fake_quantize_per_tensor_affine``; the clamp is exact.
     """
-    refuse_if_blocked("quantize")
     check_integer_range(qmin, qmax)
     x = as_float_tensor(x).to(torch.float32)
     inv_scale = torch.reciprocal(_scale_tensor(scale))
@@ -156,9 +156,9 @@ def quantize(x, scale, zero_point, qmin: int, qmax: int, rounding: str = "half_t
     return q.to(torch.int64)
 
 
+@reference
 def dequantize(q, scale, zero_point) -> torch.Tensor:
     """Real values ``scale * (q - zero_point)`` as float32."""
-    refuse_if_blocked("dequantize")
     q = torch.as_tensor(q)
     if q.is_floating_point() and not bool((q == torch.round(q)).all()):
         raise ValueError("q must hold integers")
@@ -171,5 +171,5 @@ def fake_quantize(x, scale, zero_point, qmin: int, qmax: int, rounding: str = "h
 
     Equal bit for bit to ``torch.fake_quantize_per_tensor_affine`` with the same arguments.
     """
-    q = quantize(x, scale, zero_point, qmin, qmax, rounding)
-    return dequantize(q, scale, zero_point)
+    q = quantize.unguarded(x, scale, zero_point, qmin, qmax, rounding)
+    return dequantize.unguarded(q, scale, zero_point)

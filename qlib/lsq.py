@@ -56,22 +56,19 @@ import torch
 from torch import nn
 
 from qlib._checks import as_float_tensor, check_bits, check_count, check_integer_range
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.linear import _scale_tensor, integer_range
 
 
+@reference
 def lsq_grad_scale(n: int, qmax: int) -> float:
     """``g = 1 / sqrt(n * Q_P)``: the factor applied to the step's gradient (``n`` values share the step)."""
-    refuse_if_blocked("lsq_grad_scale")
-    return _lsq_grad_scale(n, qmax)
-
-
-def _lsq_grad_scale(n: int, qmax: int) -> float:
     n = check_count(n, "n", 1)
     qmax = check_count(qmax, "qmax (Q_P)", 1)
     return 1.0 / math.sqrt(n * qmax)
 
 
+@reference
 def lsq_init_step(v, qmax: int, axis: int | None = None) -> torch.Tensor:
     """Initial step ``2 * mean(|v|) / sqrt(Q_P)`` (float32).
 
@@ -79,11 +76,6 @@ def lsq_init_step(v, qmax: int, axis: int | None = None) -> torch.Tensor:
     per output channel, shape ``[C, 1, ...]`` ready to broadcast against ``v``.
     An all-zero ``v`` gets the smallest scale, float32 eps, instead of 0.
     """
-    refuse_if_blocked("lsq_init_step")
-    return _lsq_init_step(v, qmax, axis)
-
-
-def _lsq_init_step(v, qmax: int, axis: int | None = None) -> torch.Tensor:
     v = as_float_tensor(v).detach().to(torch.float32)
     qmax = check_count(qmax, "qmax (Q_P)", 1)
     if axis is None:
@@ -163,17 +155,13 @@ class LSQBinarize(torch.autograd.Function):
         return grad_output * inside, _sum_to(grad_step * ctx.grad_scale, ctx.step_shape), None
 
 
+@reference
 def lsq_fake_quantize(v, step, qmin: int, qmax: int, grad_scale: float) -> torch.Tensor:
     """``clamp(round(v * (1/step)), qmin, qmax) * step`` with LSQ's gradients for ``v`` and ``step``.
 
     Round half to even, float32. ``qmin = -Q_N <= 0 < qmax = Q_P``. ``step`` is
     usually an ``nn.Parameter``; ``grad_scale`` is ``g`` (see :func:`lsq_grad_scale`).
     """
-    refuse_if_blocked("lsq_fake_quantize")
-    return _lsq_fake_quantize(v, step, qmin, qmax, grad_scale)
-
-
-def _lsq_fake_quantize(v, step, qmin: int, qmax: int, grad_scale: float) -> torch.Tensor:
     check_integer_range(qmin, qmax)
     if qmin > 0 or qmax <= 0:
         raise ValueError(f"LSQ needs qmin <= 0 < qmax (qmin = -Q_N, qmax = Q_P), got [{qmin}, {qmax}]")
@@ -232,7 +220,7 @@ class LSQQuantizer(nn.Module):
         if bits == 1 and not signed:
             raise ValueError("a 1-bit unsigned quantizer would map everything to 0 or one level; use 2+ bits")
         self.binary = bits == 1
-        self.qmin, self.qmax = (-1, 1) if self.binary else integer_range(bits, signed=signed)
+        self.qmin, self.qmax = (-1, 1) if self.binary else integer_range.unguarded(bits, signed=signed)
         self.signed, self.per_channel, self.activation = signed, per_channel, activation
         self.step = nn.Parameter(torch.empty(0))
 
@@ -245,10 +233,10 @@ class LSQQuantizer(nn.Module):
             with torch.no_grad():
                 axis = 0 if self.per_channel else None
                 # binary: mean|v|, the scale that minimizes ||v - s sign(v)||^2 (2 mean|v| is twice too large)
-                init = _lsq_init_step(v, 4, axis) if self.binary else _lsq_init_step(v, self.qmax, axis)
+                init = lsq_init_step.unguarded(v, 4 if self.binary else self.qmax, axis)
                 self.step = nn.Parameter(init)
         n = v[0].numel() if self.activation else (v[0].numel() if self.per_channel else v.numel())
-        g = _lsq_grad_scale(n, self.qmax)
+        g = lsq_grad_scale.unguarded(n, self.qmax)
         if self.binary:
             return LSQBinarize.apply(_float32(v), _checked_step(v, self.step), g)
         return LSQFakeQuantize.apply(_float32(v), _checked_step(v, self.step), self.qmin, self.qmax, g)

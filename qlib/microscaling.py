@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.floating_point import (
     E8M0,
     FP4_E2M1,
@@ -50,8 +50,8 @@ from qlib.floating_point import (
     FP8_E4M3,
     FP8_E5M2,
     FloatFormat,
-    _decode_floats,
-    _encode_floats,
+    decode_floats,
+    encode_floats,
 )
 
 #: Elements per block in every MX format of the spec.
@@ -135,7 +135,7 @@ def _encode_elements(v: np.ndarray, element: MXElement) -> np.ndarray:
         q = np.clip(np.rint(np.ldexp(v, MXINT8_FRACTION_BITS)), -127, 127).astype(np.int64)
         return q % 2**element.bits  # two's complement bit pattern
     clamped = np.clip(v, -element.max_value, element.max_value)  # saturate (E5M2 would round to inf)
-    return _encode_floats(clamped, element.float_format)
+    return encode_floats.unguarded(clamped, element.float_format)
 
 
 def _decode_elements(codes: np.ndarray, element: MXElement) -> np.ndarray:
@@ -145,9 +145,10 @@ def _decode_elements(codes: np.ndarray, element: MXElement) -> np.ndarray:
             raise ValueError(f"MXINT8 codes must lie in [0, 255], got values in [{c.min()}, {c.max()}]")
         q = np.where(c >= 2 ** (element.bits - 1), c - 2**element.bits, c)
         return np.ldexp(q.astype(np.float64), -MXINT8_FRACTION_BITS)
-    return _decode_floats(codes, element.float_format)
+    return decode_floats.unguarded(codes, element.float_format)
 
 
+@reference
 def mx_shared_exponent(block, element: MXElement) -> int:
     """The shared exponent ``s`` of one block (the E8M0 scale is 2^s, stored as code s + 127).
 
@@ -158,27 +159,12 @@ def mx_shared_exponent(block, element: MXElement) -> int:
     ``floor(log2(.))`` is taken exactly from the binary exponent (``frexp``),
     never from a rounded logarithm.
     """
-    refuse_if_blocked("mx_shared_exponent")
     element = _check_element(element)
     block = _finite_float64(block, "block")
     return int(_shared_exponents(np.abs(block).max(), element))
 
 
-def _mx_quantize(x, element, block_size) -> tuple[np.ndarray, np.ndarray]:
-    element = _check_element(element)
-    block_size = _check_block_size(block_size)
-    x = _finite_float64(x)
-    if x.ndim == 0 or x.shape[-1] % block_size != 0:
-        length = x.shape[-1] if x.ndim else "a scalar"
-        raise ValueError(f"the last axis has length {length}, which is not a multiple of block_size={block_size}: "
-                         "pad it or choose a block_size that divides it")
-    blocks = x.reshape(x.shape[:-1] + (x.shape[-1] // block_size, block_size))
-    s = _shared_exponents(np.abs(blocks).max(axis=-1), element)
-    scaled = np.ldexp(blocks, (-s)[..., None].astype(np.int32))  # x / 2^s, exact
-    codes = _encode_elements(scaled, element)
-    return s.astype(np.int64), codes.reshape(x.shape).astype(np.int64)
-
-
+@reference
 def mx_quantize(x, element: MXElement, block_size: int = MX_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Quantize ``x`` to an MX format over its last axis: ``(shared_exponents, element_codes)``.
 
@@ -193,21 +179,27 @@ def mx_quantize(x, element: MXElement, block_size: int = MX_BLOCK) -> tuple[np.n
     ``ValueError`` if the last axis is not a multiple of ``block_size`` or if
     ``x`` holds NaN or inf.
     """
-    refuse_if_blocked("mx_quantize")
-    return _mx_quantize(x, element, block_size)
+    element = _check_element(element)
+    block_size = _check_block_size(block_size)
+    x = _finite_float64(x)
+    if x.ndim == 0 or x.shape[-1] % block_size != 0:
+        length = x.shape[-1] if x.ndim else "a scalar"
+        raise ValueError(f"the last axis has length {length}, which is not a multiple of block_size={block_size}: "
+                         "pad it or choose a block_size that divides it")
+    blocks = x.reshape(x.shape[:-1] + (x.shape[-1] // block_size, block_size))
+    s = _shared_exponents(np.abs(blocks).max(axis=-1), element)
+    scaled = np.ldexp(blocks, (-s)[..., None].astype(np.int32))  # x / 2^s, exact
+    codes = _encode_elements(scaled, element)
+    return s.astype(np.int64), codes.reshape(x.shape).astype(np.int64)
 
 
+@reference
 def mx_dequantize(shared_exponents, element_codes, element: MXElement, block_size: int = MX_BLOCK) -> np.ndarray:
     """The float64 values ``2^s_b * decode(code)`` of an MX tensor (exact).
 
     ``element_codes`` has blocks of ``block_size`` along its last axis;
     ``shared_exponents`` has one integer in [-127, 127] per block.
     """
-    refuse_if_blocked("mx_dequantize")
-    return _mx_dequantize(shared_exponents, element_codes, element, block_size)
-
-
-def _mx_dequantize(shared_exponents, element_codes, element, block_size) -> np.ndarray:
     element = _check_element(element)
     block_size = _check_block_size(block_size)
     s = np.asarray(shared_exponents)
@@ -227,8 +219,8 @@ def _mx_dequantize(shared_exponents, element_codes, element, block_size) -> np.n
     return np.ldexp(values, s[..., None].astype(np.int32)).reshape(codes.shape)
 
 
+@reference
 def mx_fake_quantize(x, element: MXElement, block_size: int = MX_BLOCK) -> np.ndarray:
     """``mx_dequantize(*mx_quantize(x))``: the float64 values an MX tensor stores for ``x``."""
-    refuse_if_blocked("mx_fake_quantize")
-    s, codes = _mx_quantize(x, element, block_size)
-    return _mx_dequantize(s, codes, element, block_size)
+    s, codes = mx_quantize.unguarded(x, element, block_size)
+    return mx_dequantize.unguarded(s, codes, element, block_size)

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from qlib._checks import check_bits, check_count
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.binary import SCALE_BITS, _fake_binarize
 from qlib.granularity import fake_quantize_tensor
 from qlib.models import accuracy
@@ -71,7 +71,7 @@ def fake_quantize_weight(w, bits: int) -> torch.Tensor:
         return _fake_binarize(w, per_channel=True)
     if bits == 2:
         return _fake_ternarize(w, per_channel=True)
-    return fake_quantize_tensor(w, bits, "channel", axis=0, symmetric=True)
+    return fake_quantize_tensor.unguarded(w, bits, "channel", axis=0, symmetric=True)
 
 
 def _check_bit_widths(bit_widths) -> list[int]:
@@ -81,6 +81,7 @@ def _check_bit_widths(bit_widths) -> list[int]:
     return [check_bits(b) for b in bit_widths]
 
 
+@reference
 @torch.no_grad()
 def quantization_sensitivity(model: nn.Module, data, bit_widths, fake_quant=fake_quantize_weight,
                              score=accuracy) -> dict[str, list[float]]:
@@ -93,7 +94,6 @@ def quantization_sensitivity(model: nn.Module, data, bit_widths, fake_quant=fake
     eval mode, batches of 256; :func:`negative_loss` is a smoother choice).
     Layers in model order; every point quantizes a fresh copy, so ``model`` never changes.
     """
-    refuse_if_blocked("quantization_sensitivity")
     bit_widths = _check_bit_widths(bit_widths)
     if not callable(fake_quant):
         raise TypeError(f"fake_quant must be a function (w, bits) -> w_hat, got {type(fake_quant).__name__}")

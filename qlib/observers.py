@@ -45,7 +45,7 @@ class Observer(nn.Module):
 
     def __init__(self, bits: int = 8, signed: bool = False, symmetric: bool = False, narrow: bool = False):
         super().__init__()
-        self.qmin, self.qmax = integer_range(bits, signed, narrow)
+        self.qmin, self.qmax = integer_range.unguarded(bits, signed, narrow)
         self.bits, self.signed, self.symmetric, self.narrow = bits, signed, symmetric, narrow
         self.register_buffer("rmin", torch.empty(0))
         self.register_buffer("rmax", torch.empty(0))

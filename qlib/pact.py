@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from qlib._checks import as_float_tensor, check_bits
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.linear import _scale_tensor
 
 
@@ -63,17 +63,13 @@ class PACTFakeQuantize(torch.autograd.Function):
         return grad_x, grad_alpha, None
 
 
+@reference
 def pact_fake_quantize(x, alpha, bits: int) -> torch.Tensor:
     """``round(clip(x, 0, alpha) * (1/scale)) * scale`` with ``scale = alpha / (2**bits - 1)``.
 
     Round half to even, float32. Gradients: 1 to ``x`` where ``0 <= x < alpha``; 1 to
     ``alpha`` where ``x >= alpha`` (summed over the tensor).
     """
-    refuse_if_blocked("pact_fake_quantize")
-    return _pact_fake_quantize(x, alpha, bits)
-
-
-def _pact_fake_quantize(x, alpha, bits: int) -> torch.Tensor:
     bits = check_bits(bits)
     if bits > 24:
         raise ValueError(f"bits must be at most 24 (float32 holds every integer up to 2**24), got {bits}")
@@ -129,7 +125,7 @@ class PACTQuantizer(nn.Module):
                 raise ValueError("the first batch seen by PACTQuantizer has no positive value: "
                                  "give init_alpha explicitly")
             self.alpha = nn.Parameter(torch.tensor(start, dtype=torch.float32))
-        return _pact_fake_quantize(x, self.alpha, self.bits)
+        return pact_fake_quantize.unguarded(x, self.alpha, self.bits)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, alpha={float(self.alpha) if self.initialized else 'not set'}"

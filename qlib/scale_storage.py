@@ -33,7 +33,7 @@ import math
 import numbers
 
 from qlib._checks import check_bits, check_count
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 
 #: Bits of one stored scale, by format name.
 SCALE_FORMAT_BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "e8m0": 8}
@@ -110,6 +110,7 @@ def scale_storage_bits(shape, granularity: str, group_size: int | None = None,
     return _count(dims, granularity, group_size) * (scale_bits + zero_point_bits)
 
 
+@reference
 def scale_bits_per_weight(shape, granularity: str, group_size: int | None = None,
                           scale_bits: int | None = None, zero_point_bits: int = 0) -> float:
     """Scale storage spread over the weights: ``scale_storage_bits / N`` (``N`` = number of weights).
@@ -118,7 +119,6 @@ def scale_bits_per_weight(shape, granularity: str, group_size: int | None = None
     groups of ``g`` about ``(scale_bits + zero_point_bits) / g`` (exactly that when
     ``g`` divides ``K``). MX blocks of 32 cost 8 / 32 = 0.25 bits per weight.
     """
-    refuse_if_blocked("scale_bits_per_weight")
     dims = _check_shape(shape)
     return scale_storage_bits(dims, granularity, group_size, scale_bits, zero_point_bits) / math.prod(dims)
 

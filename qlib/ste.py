@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 
 from qlib._checks import as_float_tensor, check_integer_range
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.linear import _scale_tensor, _zero_point_tensor
 
 #: Integers up to 2**24 are exact in float32; the forward pass keeps ``q`` in float32.
@@ -88,6 +88,7 @@ def _as_qparams(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int):
     return scale, zero_point.to(torch.float32)
 
 
+@reference
 def fake_quantize_ste(x, scale, zero_point, qmin: int, qmax: int) -> torch.Tensor:
     """Fake-quantize ``x`` (see the module) with a straight-through gradient.
 
@@ -97,12 +98,6 @@ def fake_quantize_ste(x, scale, zero_point, qmin: int, qmax: int) -> torch.Tenso
     Backward: the incoming gradient where ``qmin <= round(x/scale) + zero_point <= qmax``,
     0 elsewhere. ``scale`` and ``zero_point`` receive no gradient.
     """
-    refuse_if_blocked("fake_quantize_ste")
-    return _fake_quantize_ste(x, scale, zero_point, qmin, qmax)
-
-
-def _fake_quantize_ste(x, scale, zero_point, qmin: int, qmax: int) -> torch.Tensor:
-    """:func:`fake_quantize_ste` for the rest of qlib (not blocked while a lab is graded)."""
     if isinstance(x, torch.Tensor) and x.dtype == torch.float64:
         x = x.to(torch.float32)  # differentiable: the gradient flows back as float64
     x = as_float_tensor(x)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from qlib._checks import as_float_tensor, check_integer_range
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.linear import _scale_tensor, _zero_point_tensor
 
 
@@ -41,6 +41,7 @@ def _round_stochastic(x: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return (floor + (u < x64 - floor).to(torch.float64)).to(x.dtype)
 
 
+@reference
 def round_stochastic(x, generator: torch.Generator) -> torch.Tensor:
     """Round every element of ``x`` to ``floor(x)`` or ``floor(x) + 1``, up with probability ``x - floor(x)``.
 
@@ -51,7 +52,6 @@ def round_stochastic(x, generator: torch.Generator) -> torch.Tensor:
 
     Raises ``TypeError`` without a generator, ``ValueError`` for NaN/inf or empty input.
     """
-    refuse_if_blocked("round_stochastic")
     x = as_float_tensor(x)
     return _round_stochastic(x, _check_generator(generator))
 

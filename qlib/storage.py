@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from qlib._checks import check_bits, check_count
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.weights import quantized_layers
 
 #: Bits of one codebook entry (a float32 centroid).
@@ -66,6 +66,7 @@ def _gaps_and_fillers(mask_flat: np.ndarray, index_bits: int) -> tuple[np.ndarra
     return gaps, (gaps - 1) // (2**index_bits - 1)
 
 
+@reference
 def relative_index_entries(mask_flat, index_bits: int) -> tuple[int, int]:
     """``(n_entries, n_fillers)`` of the relative index encoding of the kept positions of ``mask_flat``.
 
@@ -73,7 +74,6 @@ def relative_index_entries(mask_flat, index_bits: int) -> tuple[int, int]:
     one from position -1) needs (g - 1) // (2**index_bits - 1) fillers. See the module docstring.
     ``mask_flat`` is boolean, True where a weight is kept, read in flat (row-major) order.
     """
-    refuse_if_blocked("relative_index_entries")
     mask_flat = _check_mask(mask_flat)
     _, fillers = _gaps_and_fillers(mask_flat, check_bits(index_bits))
     n_fillers = int(fillers.sum())
@@ -116,6 +116,7 @@ def huffman_table_bits(lengths) -> int:
     return len(np.asarray(lengths)) * TABLE_LENGTH_BITS
 
 
+@reference
 def layer_storage_bits(n_weights: int, bits: int, n_clusters: int | None = None, mask=None,
                        index_bits: int | None = None, huffman_bits: int | dict[str, int] | None = None,
                        table_bits: int | None = None) -> dict[str, int]:
@@ -133,7 +134,6 @@ def layer_storage_bits(n_weights: int, bits: int, n_clusters: int | None = None,
     ``{"weights": n}``. Lecture example: a 4x4 layer with 2-bit indices into 4 centroids takes
     2 * 16 + 32 * 4 = 160 bits (20 bytes) instead of 512 (64 bytes), 3.2x smaller.
     """
-    refuse_if_blocked("layer_storage_bits")
     n_weights = check_count(n_weights, "n_weights", 1)
     bits = check_bits(bits)
     if n_clusters is not None:
@@ -160,10 +160,6 @@ def layer_storage_bits(n_weights: int, bits: int, n_clusters: int | None = None,
         raise ValueError("Huffman-coded streams need their tables: give huffman_bits and table_bits together")
     if table_bits is not None:
         table_bits = check_count(table_bits, "table_bits", 0)
-    return _layer_storage_bits(n_weights, bits, n_clusters, mask, index_bits, huffman_bits, table_bits)
-
-
-def _layer_storage_bits(n_weights, bits, n_clusters, mask, index_bits, huffman_bits, table_bits) -> dict[str, int]:
     huffman_bits = huffman_bits or {}
     if mask is None:
         entries, index = n_weights, 0

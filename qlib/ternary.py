@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from qlib._checks import as_float_tensor, check_axis
-from qlib._reference import refuse_if_blocked
+from qlib._reference import reference
 from qlib.binary import SCALE_BITS, _check_shape, channel_mean, channel_view, straight_through
 
 #: TWN's threshold factor: Delta = 0.7 * mean |w|.
@@ -66,13 +66,7 @@ def _codes_and_scale(w: torch.Tensor, delta: torch.Tensor, per_channel: bool) ->
     return t, alpha
 
 
-def _ternarize(w, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    w = as_float_tensor(w, "w").to(torch.float32)
-    delta = TWN_THRESHOLD_FACTOR * channel_mean(w.abs(), per_channel)
-    t, alpha = _codes_and_scale(w, delta, per_channel)
-    return t, alpha, delta
-
-
+@reference
 def ternarize(w, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """TWN ternary codes, scales and thresholds of ``w``: ``(t, alpha, delta)``, ``w_hat = alpha * t``.
 
@@ -83,12 +77,14 @@ def ternarize(w, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor, 
     ``alpha`` and ``delta`` are float32 of shape ``[w.shape[0]]`` (per channel) or 0-d.
     Raises ``ValueError`` for NaN, infinity, an empty tensor, or ``per_channel`` on a 0-d tensor.
     """
-    refuse_if_blocked("ternarize")
-    return _ternarize(w, per_channel)
+    w = as_float_tensor(w, "w").to(torch.float32)
+    delta = TWN_THRESHOLD_FACTOR * channel_mean(w.abs(), per_channel)
+    t, alpha = _codes_and_scale(w, delta, per_channel)
+    return t, alpha, delta
 
 
 def _fake_ternarize(w, per_channel: bool) -> torch.Tensor:
-    t, alpha, _ = _ternarize(w, per_channel)
+    t, alpha, _ = ternarize.unguarded(w, per_channel)
     return channel_view(alpha, t.ndim) * t.to(torch.float32)
 
 

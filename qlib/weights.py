@@ -18,15 +18,9 @@ import torch
 from torch import nn
 
 from qlib._checks import as_float_tensor, check_bits, check_count
-from qlib._reference import refuse_if_blocked
-from qlib.granularity import (
-    MX_BLOCK_SIZE,
-    _fake_quantize_tensor,
-    _mxint_dequantize,
-    _mxint_quantize,
-    fake_quantize_tensor,
-)
-from qlib.microscaling import MXElement, _mx_dequantize, _mx_quantize
+from qlib._reference import reference
+from qlib.granularity import MX_BLOCK_SIZE, fake_quantize_tensor, mxint_dequantize, mxint_quantize
+from qlib.microscaling import MXElement, mx_dequantize, mx_quantize
 from qlib.scale_storage import layers_bits_per_weight
 
 QUANTIZED_LAYERS = (nn.Linear, nn.Conv2d)
@@ -37,14 +31,14 @@ def quantized_layers(model: nn.Module):
     return [(name, m) for name, m in model.named_modules() if isinstance(m, QUANTIZED_LAYERS)]
 
 
+@reference
 @torch.no_grad()
 def fake_quantize_weights(model: nn.Module, bits: int, per_channel: bool) -> nn.Module:
     """A copy of ``model`` whose layer weights are fake-quantized (the original is untouched)."""
-    refuse_if_blocked("fake_quantize_weights")
     model = copy.deepcopy(model)
     granularity = "channel" if per_channel else "tensor"
     for _, layer in quantized_layers(model):
-        layer.weight.copy_(fake_quantize_tensor(layer.weight, bits, granularity, axis=0, symmetric=True))
+        layer.weight.copy_(fake_quantize_tensor.unguarded(layer.weight, bits, granularity, axis=0, symmetric=True))
     return model
 
 
@@ -96,22 +90,22 @@ def fake_quantize_weight(w, bits: int, granularity: str, group_size: int | None 
     if granularity in ("tensor", "channel"):
         if group_size is not None:
             raise ValueError(f"group_size is only used with granularity 'group' or 'mx', not {granularity!r}")
-        w_hat = _fake_quantize_tensor(w2, bits, granularity, 0, None, True, True, False)
+        w_hat = fake_quantize_tensor.unguarded(w2, bits, granularity, 0, None, True, True, False)
     elif granularity == "group":
         if group_size is None:
             raise ValueError("granularity='group' needs a group_size")
         group_size = check_count(group_size, "group_size", 1)
-        w_hat = _fake_quantize_tensor(_padded(w2, group_size), bits, "group", 1, group_size, True, True, False)
+        w_hat = fake_quantize_tensor.unguarded(_padded(w2, group_size), bits, "group", 1, group_size, True, True, False)
     else:
         group_size = MX_BLOCK_SIZE if group_size is None else check_count(group_size, "group_size", 1)
         padded = _padded(w2, group_size)
         if element is None:
-            w_hat = _mxint_dequantize(*_mxint_quantize(padded, bits, group_size), bits, group_size)
+            w_hat = mxint_dequantize.unguarded(*mxint_quantize.unguarded(padded, bits, group_size), bits, group_size)
         else:
             if element.bits != bits:
                 raise ValueError(f"{element.name} elements have {element.bits} bits, not {bits}")
-            shared, codes = _mx_quantize(padded.numpy(), element, group_size)
-            w_hat = torch.from_numpy(_mx_dequantize(shared, codes, element, group_size)).to(torch.float32)
+            shared, codes = mx_quantize.unguarded(padded.numpy(), element, group_size)
+            w_hat = torch.from_numpy(mx_dequantize.unguarded(shared, codes, element, group_size)).to(torch.float32)
     return w_hat[:, :k].reshape(w.shape)
 
 

@@ -67,8 +67,8 @@ def _strided_scales(x: np.ndarray, axis: int, group_size: int, qmin, qmax, symme
     moved = np.moveaxis(x, axis, -1)
     n_groups = moved.shape[-1] // group_size
     strided = moved.reshape(*moved.shape[:-1], group_size, n_groups).swapaxes(-1, -2).reshape(moved.shape)
-    scale = ref._quantize_per_group(torch.from_numpy(np.ascontiguousarray(strided)), -1, group_size, qmin, qmax,
-                                    symmetric)[1].numpy()
+    scale = ref.quantize_per_group.unguarded(torch.from_numpy(np.ascontiguousarray(strided)), -1, group_size,
+                                             qmin, qmax, symmetric)[1].numpy()
     return np.moveaxis(scale, -1, axis)
 
 
@@ -121,7 +121,7 @@ def check_quantize_per_group(quantize_per_group, seed=None):
     task = "quantize_per_group"
     cases = _per_group_cases(seed)
     for kind, x, axis, group_size, qmin, qmax, symmetric in cases:
-        q_ref, s_ref, z_ref = (t.numpy() for t in ref._quantize_per_group(
+        q_ref, s_ref, z_ref = (t.numpy() for t in ref.quantize_per_group.unguarded(
             torch.from_numpy(x), axis, group_size, qmin, qmax, symmetric))
         got = _triple(_run(task, quantize_per_group, torch.from_numpy(x.copy()), axis, group_size, qmin, qmax,
                            symmetric=symmetric), task, ("q", "scale", "zero_point"))
@@ -188,8 +188,9 @@ def check_dequantize_per_group(dequantize_per_group, seed=None):
                           (10.0 ** gen.uniform(-4, 1, size=s_shape)).astype(np.float32),
                           gen.integers(qmin, qmax + 1, size=s_shape), axis, group_size))
     for kind, q, scale, zp, axis, group_size in cases:
-        expected = ref._dequantize_per_group(torch.from_numpy(q), torch.from_numpy(np.asarray(scale, np.float32)),
-                                             torch.from_numpy(zp), axis, group_size).numpy()
+        expected = ref.dequantize_per_group.unguarded(torch.from_numpy(q),
+                                                      torch.from_numpy(np.asarray(scale, np.float32)),
+                                                      torch.from_numpy(zp), axis, group_size).numpy()
         got = as_array(_run(task, dequantize_per_group, torch.from_numpy(q.copy()),
                             torch.from_numpy(np.asarray(scale, np.float32)), torch.from_numpy(zp.copy()), axis,
                             group_size), "x_hat", task)
@@ -285,7 +286,7 @@ def check_mxint_quantize(mxint_quantize, seed=None):
                 kind = "all-zero and tiny blocks"
             cases.append((kind, x, bits, block_size))
     for kind, x, bits, block_size in cases:
-        s_ref, q_ref = (t.numpy() for t in ref._mxint_quantize(torch.from_numpy(x), bits, block_size))
+        s_ref, q_ref = (t.numpy() for t in ref.mxint_quantize.unguarded(torch.from_numpy(x), bits, block_size))
         got = _triple(_run(task, mxint_quantize, torch.from_numpy(x.copy()), bits, block_size), task,
                       ("shared_exponents", "q"))
         s = as_integers(got[0], "shared_exponents", task)
