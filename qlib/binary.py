@@ -82,14 +82,10 @@ def binarize(w, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     return binary_sign(w), alpha
 
 
-def _fake_binarize(w, per_channel: bool) -> torch.Tensor:
-    b, alpha = binarize.unguarded(w, per_channel)
-    return channel_view(alpha, b.ndim) * b.to(torch.float32)
-
-
 def fake_binarize(w, per_channel: bool = True) -> torch.Tensor:
     """The float32 values ``alpha * sign(w)`` that the binary weights stand for (see :func:`binarize`)."""
-    return _fake_binarize(w, per_channel)
+    b, alpha = binarize.unguarded(w, per_channel)
+    return channel_view(alpha, b.ndim) * b.to(torch.float32)
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -120,7 +116,7 @@ def binarize_ste(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
 
     alpha = mean |w| is treated as a constant in the backward pass.
     """
-    return straight_through(w, _fake_binarize(w.detach(), per_channel))
+    return straight_through(w, fake_binarize(w.detach(), per_channel))
 
 
 class _BinaryActivation(torch.autograd.Function):

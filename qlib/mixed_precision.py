@@ -44,11 +44,11 @@ from torch import nn
 
 from qlib._checks import check_bits, check_count
 from qlib._reference import reference
-from qlib.binary import SCALE_BITS, _fake_binarize
+from qlib.binary import SCALE_BITS, fake_binarize
 from qlib.granularity import fake_quantize_tensor
 from qlib.models import accuracy
 from qlib.storage import model_storage_bits
-from qlib.ternary import _fake_ternarize
+from qlib.ternary import fake_ternarize
 from qlib.weights import quantized_layers
 
 #: The bit widths a layer may get in the chapter's allocation.
@@ -68,9 +68,9 @@ def fake_quantize_weight(w, bits: int) -> torch.Tensor:
     if bits > MAX_BITS:
         raise ValueError(f"fake_quantize_weight handles 1 to {MAX_BITS} bits, got {bits}")
     if bits == 1:
-        return _fake_binarize(w, per_channel=True)
+        return fake_binarize(w, per_channel=True)
     if bits == 2:
-        return _fake_ternarize(w, per_channel=True)
+        return fake_ternarize(w, per_channel=True)
     return fake_quantize_tensor.unguarded(w, bits, "channel", axis=0, symmetric=True)
 
 

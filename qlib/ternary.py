@@ -83,19 +83,15 @@ def ternarize(w, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor, 
     return t, alpha, delta
 
 
-def _fake_ternarize(w, per_channel: bool) -> torch.Tensor:
+def fake_ternarize(w, per_channel: bool = True) -> torch.Tensor:
+    """The float32 values ``alpha * t`` that TWN's ternary weights stand for (see :func:`ternarize`)."""
     t, alpha, _ = ternarize.unguarded(w, per_channel)
     return channel_view(alpha, t.ndim) * t.to(torch.float32)
 
 
-def fake_ternarize(w, per_channel: bool = True) -> torch.Tensor:
-    """The float32 values ``alpha * t`` that TWN's ternary weights stand for (see :func:`ternarize`)."""
-    return _fake_ternarize(w, per_channel)
-
-
 def ternarize_ste(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
     """``alpha * t`` forward; gradient passed straight through to ``w`` (alpha and delta held constant)."""
-    return straight_through(w, _fake_ternarize(w.detach(), per_channel))
+    return straight_through(w, fake_ternarize(w.detach(), per_channel))
 
 
 def _best_threshold(magnitudes: np.ndarray) -> float:
