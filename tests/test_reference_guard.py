@@ -178,3 +178,134 @@ def test_the_static_check_sees_a_guarded_call_and_nothing_else():
                  "ref": MODULES["qlib.linear"], "dequantize": MODULES["qlib.linear"].dequantize}
     found = guarded_loads(source, namespace)
     assert [f.split(": ", 1)[1] for f in found] == ["quantize", "ref.dequantize", "quantize", "ref.symmetric_qparams"]
+
+
+# --- the rule, at work: what a lab hands out runs with every reference blocked ----------------------
+
+def lab_cells(path: Path) -> list[tuple[str, str]]:
+    """``(grade_id, source)`` of every code cell of a solution notebook but its test cells, in order.
+
+    That is the set-up (locked cells that import qlib's tools and run the experiments) and the
+    solution cells, which define the functions a student writes and the set-up then calls.
+    """
+    cells = []
+    for cell in json.loads(path.read_text())["cells"]:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if cell["cell_type"] == "code" and not meta.get("grade"):
+            cells.append((meta.get("grade_id", "?"), "".join(cell["source"])))
+    return cells
+
+
+def imported_references(cells) -> set[str]:
+    """The references a lab imports from qlib by name, as tools (lab 4 hands out lab 3's answers)."""
+    names = set()
+    for _, source in cells:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("qlib"):
+                names.update(a.name for a in node.names if a.name in REFERENCES)
+    return names
+
+
+@pytest.fixture
+def quiet_global_state(monkeypatch):
+    """Figures not shown and closed; torch's and numpy's global random state as they were."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    monkeypatch.setattr(plt, "show", lambda *args, **kwargs: None)
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
+    yield
+    plt.close("all")
+    torch.set_rng_state(torch_state)
+    np.random.set_state(numpy_state)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # matplotlib on numpy 2, in the labs' figures
+def test_every_lab_runs_from_its_set_up_with_every_reference_blocked(quiet_global_state, capsys):
+    """Each solution notebook, test cells left out, in a fresh namespace inside the full block.
+
+    Its set-up cells call qlib's tools (the integer model, PTQ, mixed precision's weight
+    quantizer, the grader's helpers) with the solution's functions: none may reach a reference.
+    """
+    assert len(LABS) == 8
+    for path in LABS:
+        cells = lab_cells(path)
+        namespace = {"__name__": "__main__"}
+        with _reference.blocked(set(REFERENCES) - imported_references(cells)):
+            for grade_id, source in cells:
+                try:
+                    exec(compile(source, f"{path.name} [{grade_id}]", "exec"), namespace)  # noqa: S102
+                except ReferenceUnavailable as err:
+                    pytest.fail(f"{path.name}, cell {grade_id!r}, reached a blocked reference: {err}")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from qlib.data import Digits, load_digits
+    from qlib.models import load_pretrained
+
+    train, test = load_digits("train"), load_digits("test")
+    return load_pretrained("cnn"), Digits(train.images[:64], train.labels[:64]), Digits(test.images[:64],
+                                                                                         test.labels[:64])
+
+
+def pipelines(model, train, test):
+    """qlib's pipelines that labs and chapters use, each run small."""
+    import copy
+
+    from qlib import adaround, calibration, integer_model, kmeans, logarithmic, low_bit_training
+    from qlib import mixed_precision, per_vector_scales, pruning, ptq, qat, sat, stochastic_rounding, weights
+    from qlib.microscaling import MXFP4_E2M1
+
+    images = train.images
+    schemes = [weights.WeightScheme("tensor", "tensor"), weights.WeightScheme("channel", "channel"),
+               weights.WeightScheme("group", "group", 16, 16), weights.WeightScheme("mxint", "mx"),
+               weights.WeightScheme("mxfp4", "mx", element=MXFP4_E2M1)]
+
+    def qat_to_integer(method):
+        q = qat.prepare_qat.unguarded(model, 4, 4, method)
+        qat.calibrate(q, train)
+        q(images)
+        return qat.to_integer_model(q.eval(), images)(images) if method != "lsq" else None
+
+    def codebooks():
+        m = copy.deepcopy(model)
+        cq = kmeans.CodebookQuantizer(m, 2, masks=pruning.prune_model(m, 0.5))
+        torch.nn.functional.cross_entropy(m(images), train.labels).backward()
+        cq.set_codebook_grads()
+
+    return {
+        "weights.granularity_sweep": lambda: weights.granularity_sweep(model, test, [4], schemes),
+        "ptq.quantize_static": lambda: [ptq.quantize_static(model, images, 4, 4, True, c)(images)
+                                        for c in ("minmax", "percentile", "mse", "kl")],
+        "ptq.quantize_dynamic": lambda: ptq.quantize_dynamic(model, 4, 4, True)(images),
+        "ptq.quantize_n2d2": lambda: ptq.quantize_n2d2(model, images, 4, 4, True)[0](images),
+        "integer_model": lambda: integer_model.fake_quantized_model(
+            integer_model.convert_digits_cnn(model, images))(images),
+        "qat (ste, pact, lsq) to the integer model": lambda: [qat_to_integer(m) for m in ("ste", "pact", "lsq")],
+        "sat.prepare_sat": lambda: sat.prepare_sat(model, 4, 4)(images),
+        "adaround": lambda: (adaround.adaround_model(model, images[:32], 4, n_steps=2),
+                             adaround.nearest_model(model, 4)),
+        "mixed_precision": lambda: mixed_precision.quantization_sensitivity.unguarded(model, test, [1, 2, 4]),
+        "low_bit_training": lambda: low_bit_training.finetune_quantized(
+            model, lambda w: mixed_precision.fake_quantize_weight(w, 2), train, epochs=1, log=lambda line: None),
+        "pruning and codebooks": codebooks,
+        "pruning.sensitivity_scan": lambda: pruning.sensitivity_scan(model, test, (0.5,)),
+        "logarithmic": lambda: logarithmic.pow2_fake_quantize_weights(model, 4)(images),
+        "per_vector_scales": lambda: per_vector_scales.per_vector_fake_quantize(model.fc1.weight.detach(), 4),
+        "calibration": lambda: [calibration.calibrate_threshold(images, 0, 15, c)
+                                for c in ("minmax", "percentile", "mse", "kl")],
+        "stochastic_rounding": lambda: stochastic_rounding.fake_quantize_stochastic(
+            images, 0.1, 0, 0, 15, torch.Generator().manual_seed(0)),
+    }
+
+
+def test_qlib_pipelines_run_with_every_reference_blocked(digits, quiet_global_state):
+    failed = {}
+    with _reference.blocked(REFERENCES):
+        for name, run in pipelines(*digits).items():
+            try:
+                run()
+            except ReferenceUnavailable as err:
+                failed[name] = str(err).split(" is the reference")[0]
+    assert not failed, f"these pipelines reach a blocked reference: {failed}"
