@@ -22,6 +22,7 @@ Modules, one idea each:
   accuracy-versus-bits sweep (chapters 3-4)
 * :mod:`qlib.observers`: min-max, moving-average and per-channel range observers, one qparams formula (chapters 5-7)
 * :mod:`qlib.calibration`: percentile, MSE-optimal and KL (TensorRT) clipping thresholds and their observers (chapter 5)
+* :mod:`qlib.kl_search`: the KL threshold search for every candidate at once, from prefix sums (chapter 5)
 * :mod:`qlib.rounding`: rounding modes, named by their tie rule
 * :mod:`qlib.stochastic_rounding`: stochastic rounding seeded through a torch.Generator (chapter 5)
 * :mod:`qlib.adaround`: AdaRound, learned up/down rounding layer by layer (chapter 5)

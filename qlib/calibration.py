@@ -45,6 +45,7 @@ import torch
 
 from qlib._checks import as_float_tensor, check_axis, check_count, check_integer_range
 from qlib._reference import reference
+from qlib.kl_search import kl_divergences_by_prefix_sums
 from qlib.linear import MIN_SCALE
 from qlib.observers import Observer
 
@@ -362,48 +363,9 @@ def _kl_divergences_readable(c: torch.Tensor, levels: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
-def _xlogx(v: torch.Tensor) -> torch.Tensor:
-    return torch.where(v > 0, v * torch.log(torch.where(v > 0, v, torch.ones_like(v))), torch.zeros_like(v))
-
-
-def _kl_divergences_fast(c: torch.Tensor, levels: int) -> torch.Tensor:
-    """The same numbers as :func:`_kl_divergences_readable`, all candidates at once from prefix sums.
-
-    Within quantized bin ``g`` (bins ``start_g <= j < start_(g+1)``, ``start_g = ceil(g i / L)``)
-    every non-empty bin has ``Q_j = total_g / (nonzero_g * S_i)``, with ``S_i`` the count of
-    the first ``i`` bins, and ``P_j = c_j / N``, so its terms add up to
-    ``(sum c_j log c_j - total_g log N - total_g log(total_g / (nonzero_g S_i))) / N``.
-    The last bin, which also holds the outliers, is then corrected on its own.
-    """
-    n_bins, total = c.numel(), float(c.sum())
-    zero = torch.zeros(1, dtype=torch.float64)
-    c_sum = torch.cat([zero, torch.cumsum(c, 0)])                              # sum of c[:k]
-    nz_sum = torch.cat([zero, torch.cumsum((c > 0).to(torch.float64), 0)])     # non-empty bins among c[:k]
-    cl_sum = torch.cat([zero, torch.cumsum(_xlogx(c), 0)])                     # sum of c log c over c[:k]
-    i = torch.arange(levels, n_bins + 1).reshape(-1, 1)                        # [candidates, 1]
-    g = torch.arange(levels + 1).reshape(1, -1)                                # [1, levels + 1]
-    edges = (g * i + levels - 1) // levels                                     # start_g, start_L = i
-    tot = c_sum[edges[:, 1:]] - c_sum[edges[:, :-1]]                           # [candidates, levels]
-    nz = nz_sum[edges[:, 1:]] - nz_sum[edges[:, :-1]]
-    cl = cl_sum[edges[:, 1:]] - cl_sum[edges[:, :-1]]
-    s_i = c_sum[i.reshape(-1)]                                                 # count of the first i bins
-    log_q = torch.log(torch.where(tot > 0, tot, torch.ones_like(tot))) - torch.log(nz.clamp(min=1.0)) \
-        - torch.log(s_i.clamp(min=1e-300)).reshape(-1, 1)                       # log(Q_j * 1) for non-empty j
-    terms = cl - tot * math.log(total) - tot * log_q
-    kl = terms.sum(dim=1) / total
-    # the last bin (index i - 1, in quantized bin L - 1) also holds the outliers beyond it
-    last = c[i.reshape(-1) - 1]
-    outliers = total - s_i
-    log_q_last = log_q[:, -1]
-    kl = kl - (_xlogx(last) - last * math.log(total) - last * log_q_last) / total
-    p_last = last + outliers
-    kl = kl + torch.where(p_last > 0, (_xlogx(p_last) - p_last * math.log(total) - p_last * log_q_last) / total,
-                          torch.zeros_like(kl))
-    infinite = (s_i == 0) | ((last == 0) & (outliers > 0))
-    return torch.where(infinite, torch.full_like(kl, math.inf), kl)
-
-
-_kl_divergences = _kl_divergences_fast
+def _kl_divergences(c: torch.Tensor, levels: int) -> torch.Tensor:
+    """The divergences of :func:`_kl_divergences_readable`, computed all at once by :mod:`qlib.kl_search`."""
+    return kl_divergences_by_prefix_sums(c, levels)
 
 
 def kl_divergences(counts, levels: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,10 +3,10 @@
     python scripts/bench_kl.py                  # 2048 bins, 128 quantized bins (int8)
     python scripts/bench_kl.py --bins 4096 --levels 16
 
-Both compute KL(P_i || Q_i) for every candidate i (qlib/calibration.py); the readable loop
-builds P and Q for one i at a time, the fast path gets every divergence from three prefix
+Both compute KL(P_i || Q_i) for every candidate i: the readable loop (qlib/calibration.py)
+builds P and Q for one i at a time, qlib/kl_search.py gets every divergence from three prefix
 sums. Prints both times, their ratio and the largest relative difference of the divergences
-(tests/test_calibration.py holds them equal). Not a test: timings depend on the machine,
+(tests/test_kl_search.py holds them equal). Not a test: timings depend on the machine,
 the ratio much less.
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from qlib.calibration import _kl_divergences_fast, _kl_divergences_readable, abs_histogram  # noqa: E402
+from qlib.calibration import _kl_divergences_readable, abs_histogram  # noqa: E402
+from qlib.kl_search import kl_divergences_by_prefix_sums  # noqa: E402
 from timing import best_of  # noqa: E402  (scripts/timing.py: running a script puts its folder on sys.path)
 
 
@@ -36,7 +37,7 @@ def main() -> None:
     c = counts.to(torch.float64)
 
     t_loop, slow = best_of(args.repeats, lambda: _kl_divergences_readable(c, args.levels))
-    t_fast, fast = best_of(args.repeats, lambda: _kl_divergences_fast(c, args.levels))
+    t_fast, fast = best_of(args.repeats, lambda: kl_divergences_by_prefix_sums(c, args.levels))
     finite = torch.isfinite(slow)
     rel = float(((fast[finite] - slow[finite]).abs() / slow[finite].abs().clamp(min=1e-300)).max())
     print(f"{args.bins} bins, {args.levels} quantized bins, {slow.numel()} candidates")
