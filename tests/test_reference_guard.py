@@ -3,8 +3,8 @@
 The rule: qlib's own code calls a reference's unguarded form (``quantize.unguarded``), so that
 what a lab hands out (its set-up helpers, qlib's pipelines) keeps working while the grader blocks
 the references. Checked three ways: statically (no qlib module loads a guarded name except as
-``name.unguarded``), by executing every solution notebook's set-up code, and by running qlib's
-pipelines, each with every reference blocked at once.
+``name.unguarded``), by executing every solution notebook (its set-up cells with the solution's
+functions, test cells left out) and by running qlib's pipelines, both with every reference blocked.
 """
 from __future__ import annotations
 
