@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -33,13 +32,6 @@ def _heavy_tailed(seed, n=20000, outliers=5):
     x = -torch.sign(u) * torch.log1p(-2 * u.abs())           # Laplace(0, 1) by inversion
     x[torch.randint(0, n, (outliers,), generator=gen)] *= 12.0
     return x.to(torch.float32)
-
-
-@pytest.fixture(scope="module")
-def ao():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pytest.importorskip("torch.ao.quantization")
 
 
 # --- percentile ------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -28,20 +27,6 @@ from qlib.granularity import (
     quantize_per_group,
 )
 from qlib.linear import integer_range
-
-SILENCE_AO = pytest.mark.filterwarnings(
-    "ignore:.*deprecat:DeprecationWarning",
-    "ignore:.*deprecat:UserWarning",
-    "ignore:.*deprecat:FutureWarning",
-)
-
-
-@pytest.fixture(scope="module")
-def ao():
-    """``torch.ao.quantization``, or skip the test if this PyTorch no longer has it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pytest.importorskip("torch.ao.quantization")
 
 
 def _tensor(shape, seed):
@@ -112,7 +97,7 @@ def test_per_channel_uses_each_channels_own_range(shape, axis):
         assert q.select(axis, c).max().item() == 255 or xc.max().item() < 0
 
 
-@SILENCE_AO
+@pytest.mark.silence_ao
 @pytest.mark.parametrize("shape, axis", CASES)
 @pytest.mark.parametrize("dtype, qmin, qmax", [("quint8", 0, 255), ("qint8", -128, 127), ("qint8", -8, 7),
                                                ("quint8", 0, 3), ("qint32", -32768, 32767)])
@@ -127,7 +112,7 @@ def test_per_channel_asymmetric_qparams_vs_observer(ao, shape, axis, dtype, qmin
     assert torch.equal(zero_point, exp_zp.to(torch.int64))
 
 
-@SILENCE_AO
+@pytest.mark.silence_ao
 @pytest.mark.parametrize("shape, axis", CASES)
 @pytest.mark.parametrize("bits", [2, 4, 8, 16])
 def test_per_channel_symmetric_qparams_vs_observer(ao, shape, axis, bits):
@@ -192,7 +177,7 @@ def _groups(shape, axis, group_size):
             yield g, tuple(index)
 
 
-@SILENCE_AO
+@pytest.mark.silence_ao
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("shape, axis, group_size", [((8, 32), 1, 8), ((32, 5), 0, 4), ((3, 12, 4), 1, 3),
                                                      ((3, 4, 12), -1, 6), ((2, 6), 1, 6), ((2, 6), 1, 1)])
@@ -289,7 +274,7 @@ def test_granularity_names():
     assert GRANULARITIES == ("tensor", "channel", "group")
 
 
-@SILENCE_AO
+@pytest.mark.silence_ao
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_fake_quantize_tensor_per_tensor_vs_torch(ao, bits):
     x = _tensor((16, 9), seed=bits)
@@ -326,7 +311,7 @@ def test_unknown_granularity_is_refused(name):
 
 # --- per-group, as PyTorch's per-channel quantization of the reshaped tensor -------------------
 
-@SILENCE_AO
+@pytest.mark.silence_ao
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("shape, group_size", [((16, 64), 32), ((8, 96), 8), ((5, 12), 12), ((3, 40), 1)])

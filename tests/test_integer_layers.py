@@ -34,12 +34,6 @@ from qlib.integer_layers import (
 from qlib.requantize import quantize_multiplier, real_multiplier
 from tests.test_requantize import tflite_mbqm
 
-SILENCE_AO = pytest.mark.filterwarnings(
-    "ignore:.*deprecat:DeprecationWarning",
-    "ignore:.*deprecat:UserWarning",
-    "ignore:.*deprecat:FutureWarning",
-)
-
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
@@ -289,7 +283,7 @@ def engine(request):
     torch.backends.quantized.engine = before
 
 
-@SILENCE_AO
+@pytest.mark.silence_ao
 def test_agrees_with_pytorch_quantized_linear_and_conv2d(nnq, engine, capsys):
     g = gen(2024)
     exact = total = worst = 0

@@ -8,7 +8,6 @@ independent oracle", for the formulas of the torch calls used here.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -25,22 +24,7 @@ from qlib.linear import (
     symmetric_qparams,
 )
 
-# torch.ao.quantization (observers) and torch.quantize_per_tensor are deprecated: silence only that.
-SILENCE_AO = pytest.mark.filterwarnings(
-    "ignore:.*deprecat:DeprecationWarning",
-    "ignore:.*deprecat:UserWarning",
-    "ignore:.*deprecat:FutureWarning",
-)
-
 BIT_WIDTHS = [2, 3, 4, 5, 6, 7, 8, 16]
-
-
-@pytest.fixture(scope="module")
-def ao():
-    """``torch.ao.quantization``, or skip the test if this PyTorch no longer has it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pytest.importorskip("torch.ao.quantization")
 
 
 def torch_fake_quant(x, scale, zero_point, qmin, qmax):
@@ -221,7 +205,7 @@ def torch_built_with_fbgemm() -> bool:
     return "-DUSE_FBGEMM" in torch.__config__.show()
 
 
-@SILENCE_AO
+@pytest.mark.silence_ao
 def test_tie_convention_differs_from_quantize_per_tensor():
     """qlib rounds x/scale and then adds the zero point, like torch's fake quantization.
 
@@ -291,7 +275,7 @@ AFFINE_CONFIGS = [
 ]
 
 
-@SILENCE_AO
+@pytest.mark.silence_ao
 @pytest.mark.parametrize("case", sorted(RANGE_CASES))
 @pytest.mark.parametrize("dtype, obs_qmin, obs_qmax, qmin, qmax", AFFINE_CONFIGS)
 def test_asymmetric_qparams_bit_exact_vs_minmax_observer(ao, case, dtype, obs_qmin, obs_qmax, qmin, qmax):
@@ -303,7 +287,7 @@ def test_asymmetric_qparams_bit_exact_vs_minmax_observer(ao, case, dtype, obs_qm
     assert torch.equal(zero_point.reshape(1), exp_zp), f"zero_point {zero_point.item()} != observer {exp_zp.item()}"
 
 
-@SILENCE_AO
+@pytest.mark.silence_ao
 @pytest.mark.parametrize("case", sorted(RANGE_CASES))
 @pytest.mark.parametrize("bits", BIT_WIDTHS)
 def test_symmetric_qparams_bit_exact_vs_minmax_observer(ao, case, bits):
@@ -319,7 +303,7 @@ def test_symmetric_qparams_bit_exact_vs_minmax_observer(ao, case, bits):
         assert int(zero_point) == 0 and zero_point.dtype == torch.int64
 
 
-@SILENCE_AO
+@pytest.mark.silence_ao
 def test_symmetric_scale_differs_from_full_int8_observer(ao):
     """Default qint8 symmetric observers divide by 127.5, qlib by qmax = 127 (documented difference)."""
     x = torch.tensor([-0.3, 2.55])

@@ -7,7 +7,6 @@ the split recorded once, and PyTorch's observers and fake-quant kernels for the 
 from __future__ import annotations
 
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -19,20 +18,7 @@ from qlib.data import load_digits
 from qlib.models import DigitsCNN, DigitsMLP, accuracy, checkpoint_path, load_pretrained
 from qlib.weights import fake_quantize_weights, quantized_layers
 
-SILENCE_AO = pytest.mark.filterwarnings(
-    "ignore:.*deprecat:DeprecationWarning",
-    "ignore:.*deprecat:UserWarning",
-    "ignore:.*deprecat:FutureWarning",
-)
 MODELS = ["cnn", "mlp"]
-
-
-@pytest.fixture(scope="module")
-def ao():
-    """``torch.ao.quantization``, or skip the test if this PyTorch no longer has it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pytest.importorskip("torch.ao.quantization")
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +185,7 @@ def test_quantized_weights_take_at_most_2_to_the_bits_values(name, bits):
         assert torch.unique(w).numel() > 2**bits, layer_name
 
 
-@SILENCE_AO
+@pytest.mark.silence_ao
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("name", MODELS)

@@ -2,8 +2,6 @@
 fake-quantization kernels and observers; dynamic ranges; N2D2's layer-by-layer thresholds."""
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from torch import nn
@@ -13,13 +11,6 @@ from qlib import calibration as cal
 from qlib import ptq
 from qlib.data import load_digits
 from qlib.models import accuracy, load_pretrained
-
-
-@pytest.fixture(scope="module")
-def ao():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pytest.importorskip("torch.ao.quantization")
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ against the unfolded pretrained model.
 """
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,13 +32,6 @@ from qlib.qat import (
     to_integer_model,
 )
 from qlib.qat_training import ptq_accuracy, train_qat
-
-
-@pytest.fixture(scope="module")
-def ao():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pytest.importorskip("torch.ao.quantization")
 
 
 @pytest.fixture(scope="module")

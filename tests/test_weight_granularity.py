@@ -8,7 +8,6 @@ conversion of ``qlib.microscaling`` on rows padded with numpy, and counts worked
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -26,19 +25,6 @@ from qlib.weights import (
     quantized_layers,
     weight_matrix,
 )
-
-SILENCE_AO = pytest.mark.filterwarnings(
-    "ignore:.*deprecat:DeprecationWarning",
-    "ignore:.*deprecat:UserWarning",
-    "ignore:.*deprecat:FutureWarning",
-)
-
-
-@pytest.fixture(scope="module")
-def ao():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pytest.importorskip("torch.ao.quantization")
 
 
 def _weight(shape, seed):
@@ -71,7 +57,7 @@ def _torch_per_tensor(x, bits, ao):
 SHAPES = [(16, 1, 3, 3), (32, 16, 3, 3), (64, 512), (10, 64), (6, 40)]
 
 
-@SILENCE_AO
+@pytest.mark.silence_ao
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_per_tensor_and_per_channel_vs_torch(ao, shape, bits):
@@ -81,7 +67,7 @@ def test_per_tensor_and_per_channel_vs_torch(ao, shape, bits):
     assert torch.equal(fake_quantize_weight(w, bits, "channel"), expected)
 
 
-@SILENCE_AO
+@pytest.mark.silence_ao
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("shape, group_size", [((64, 512), 32), ((64, 512), 128), ((32, 16, 3, 3), 16),
                                                ((10, 64), 64), ((8, 96), 8)])
@@ -91,7 +77,7 @@ def test_groups_that_divide_the_row_vs_torch_per_channel_of_the_reshaped_matrix(
     assert torch.equal(fake_quantize_weight(w, bits, "group", group_size), expected)
 
 
-@SILENCE_AO
+@pytest.mark.silence_ao
 @pytest.mark.parametrize("shape, group_size", [((16, 1, 3, 3), 32), ((32, 16, 3, 3), 32), ((6, 40), 16),
                                                ((5, 7), 3)])
 def test_a_short_last_group_is_quantized_on_its_own(ao, shape, group_size):
