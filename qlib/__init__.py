@@ -35,7 +35,8 @@ Layer 2, tensor quantizers: a tensor in, its quantized form (or an integer layer
 * :mod:`qlib.per_vector_scales`: two-level scales, integer per-vector scales under a float
   per-channel scale (VS-Quant, chapter 4)
 * :mod:`qlib.stochastic_rounding`: stochastic rounding seeded through a torch.Generator (chapter 5)
-* :mod:`qlib.integer_layers`: integer-only fully connected, convolution and pooling layers, exact int8 GEMM (chapter 6)
+* :mod:`qlib.integer_layers`: integer-only fully connected, convolution and pooling, read as their formulas (chapter 6)
+* :mod:`qlib.integer_kernels`: the same layers' integers, fast: exact int8 GEMM and fused requantization (chapter 6)
 * :mod:`qlib.ste`: fake quantization with the straight-through estimator (chapter 7)
 * :mod:`qlib.lsq`: learned step size quantization, gradient scale and initial step (chapter 7)
 * :mod:`qlib.pact`: PACT, a learned activation clipping value (chapter 7)

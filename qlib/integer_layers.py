@@ -19,14 +19,10 @@ bias is ``q_b - Z_X sum_k q_W``. A fused ReLU is the clamp's lower bound moved u
 to ``Z_Y`` (real 0). A convolution is the same computation on the im2col
 patches of its input, padded with ``Z_X`` (the integer that stands for 0).
 
-Speed, exactly: numpy and torch have no integer BLAS, so :func:`integer_matmul`
-picks the fastest *exact* route: ``torch._int_mm`` (int8 x int8 -> int32) when
-both operands fit in int8 (uint8 operands are shifted by 128 and corrected),
-float64 BLAS while every partial sum stays below 2^53, and an int64 matmul
-otherwise. For 8-bit layers with symmetric weights the bias, both roundings of
-the requantization and the output zero point then take one multiply, three
-additions and one shift (:func:`_int8_requantized_product`), the same integers
-as the readable route. All integers returned are int64 tensors.
+The functions here are the reference: each reads as its formula, on int64 tensors.
+Where one line says so they hand 8-bit work to :mod:`qlib.integer_kernels`, which
+returns the same integers (``tests/test_integer_kernels.py`` holds them equal bit for
+bit) several times faster. All integers returned are int64 tensors.
 """
 from __future__ import annotations
 
@@ -34,12 +30,13 @@ import numbers
 
 import torch
 
+from qlib import integer_kernels
 from qlib._checks import as_float_tensor, check_count, check_integer_range
 from qlib._reference import reference
+from qlib.integer_kernels import is_byte_tensor
+# the kernels' multiplier under the name tests/test_requantize.py holds to gemmlowp's
+from qlib.integer_kernels import multiply_by_quantized_multiplier_in_place as _multiply_in_place  # noqa: F401
 from qlib.requantize import INT32_MAX, INT32_MIN, MAX_SHIFT, MIN_SHIFT, _check_zero_point, _int_tensor, _mbqm
-
-#: Largest |integer| that float64 holds exactly, with every integer below it.
-FLOAT64_EXACT = 2**53
 
 
 # --- bias ---------------------------------------------------------------------------------------
@@ -77,7 +74,7 @@ def fold_zero_points(q_bias, q_weight, x_zero_point: int, weight_zero_point=0) -
     convolution). ``weight_zero_point`` is a scalar or one per output channel.
     ``q_bias`` may be ``None`` (no bias). Exact int64 arithmetic.
     """
-    q_weight = q_weight if _is_small_int(q_weight) else _int_tensor(q_weight, "q_weight")
+    q_weight = q_weight if is_byte_tensor(q_weight) else _int_tensor(q_weight, "q_weight")
     if q_weight.ndim < 2:
         raise ValueError(f"q_weight must have an output axis and at least one more, got shape {tuple(q_weight.shape)}")
     c_out = q_weight.shape[0]
@@ -90,65 +87,21 @@ def fold_zero_points(q_bias, q_weight, x_zero_point: int, weight_zero_point=0) -
 
 # --- exact integer matrix product ---------------------------------------------------------------
 
-def _fits(lo: int, hi: int, qmin: int, qmax: int) -> bool:
-    return qmin <= lo and hi <= qmax
-
-
-def _byte_sized(lo: int, hi: int) -> bool:
-    """True if the values fit in int8 or in uint8."""
-    return _fits(lo, hi, -128, 127) or _fits(lo, hi, 0, 255)
-
-
-def _as_int8(t: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, int]:
-    """``t`` as int8 minus an offset (0 for int8 values, 128 for uint8 values): ``t = t8 + offset``."""
-    if _fits(lo, hi, -128, 127):
-        return (t if t.dtype == torch.int8 else t.to(torch.int8)), 0
-    if t.dtype == torch.uint8:
-        return (t ^ 0x80).view(torch.int8), 128  # v XOR 0x80 read as int8 is v - 128
-    return (t - 128).to(torch.int8), 128
-
-
-#: ``torch._int_mm`` on CPU (PyTorch 2.13) returns wrong sums when the inner dimension K is 1
-#: (every entry, every shape; K = 2 ... 36 measured exact): such products take another route.
-INT_MM_MIN_K = 2
-
-
-def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``torch._int_mm(a, b)`` with operands it reads correctly.
-
-    On CPU it returns wrong sums for a ``b`` whose rows overlap in memory (an
-    im2col view of a stride-1 window, for instance): ``a`` is made contiguous and
-    ``b`` row- or column-major.
-    """
-    if not (b.is_contiguous() or b.t().is_contiguous()):
-        b = b.contiguous()
-    return torch._int_mm(a.contiguous(), b)
-
-
 def integer_matmul(a, b) -> torch.Tensor:
     """The exact integer product ``a @ b`` of ``a`` (M, K) and ``b`` (K, N), as int64.
 
-    Three exact routes, fastest first:
+        out[m, n] = sum_k a[m, k] b[k, n]
 
-    1. both in int8 or uint8 range (and ``2 <= K < 2^17``): ``torch._int_mm`` on int8,
-       which accumulates in int32. A uint8 operand is stored as ``a8 = a - 128``
-       and corrected: ``a @ b = a8 @ b + 128 * colsum(b)`` (and symmetrically).
-       The int32 sums cannot overflow: ``|sum| <= K * 128 * 128 < 2^31``.
-    2. ``K * max|a| * max|b| <= 2^53``: float64 BLAS. Proof of exactness: every
-       partial sum BLAS forms, in any order and with or without fused
-       multiply-add, is a sum of some of the products ``a[m,k] b[k,n]``, so it is
-       an integer of magnitude at most ``sum_k |a[m,k]| |b[k,n]| <= 2^53``. Such
-       integers are exactly representable in float64, and an IEEE operation whose
-       exact result is representable returns it unrounded: no step ever rounds.
-    3. otherwise: an int64 matmul, exact while the same bound stays below 2^63
-       (``ValueError`` beyond: the products could overflow int64).
+    computed without rounding: in int64 it is exact while ``K max|a| max|b| < 2^63``
+    (``ValueError`` beyond, where the products could overflow). PyTorch has no integer
+    BLAS, so :func:`qlib.integer_kernels.exact_matmul` takes the work where it has an exact
+    fast route: ``torch._int_mm`` for int8/uint8 operands (as in 8-bit layers), float64 BLAS
+    while every partial sum stays below 2^53 (then float64 tensors carry the integers).
 
     ``a`` and ``b`` hold integers (any integer dtype); a transposed view is fine.
-    Route 2 carries the integers in float64 tensors; routes 1 and 3 use integer
-    tensors only (8-bit layers, as in the integer digits model, take route 1).
     """
-    a = _int_tensor(a, "a") if not _is_small_int(a) else a
-    b = _int_tensor(b, "b") if not _is_small_int(b) else b
+    a = a if is_byte_tensor(a) else _int_tensor(a, "a")
+    b = b if is_byte_tensor(b) else _int_tensor(b, "b")
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"integer_matmul needs 2-D operands, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[1] != b.shape[0]:
@@ -156,37 +109,17 @@ def integer_matmul(a, b) -> torch.Tensor:
     return _integer_matmul(a, b)
 
 
-def _is_small_int(t) -> bool:
-    return isinstance(t, torch.Tensor) and t.dtype in (torch.int8, torch.uint8) and t.numel() > 0
-
-
 def _integer_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    k = a.shape[1]
-    if k == 0:
-        return torch.zeros(a.shape[0], b.shape[1], dtype=torch.int64)
-    a_lo, a_hi = (int(v) for v in torch.aminmax(a))
-    b_lo, b_hi = (int(v) for v in torch.aminmax(b))
-    if _byte_sized(a_lo, a_hi) and _byte_sized(b_lo, b_hi) and INT_MM_MIN_K <= k < 2**17:
-        a8, a_off = _as_int8(a, a_lo, a_hi)
-        b8, b_off = _as_int8(b, b_lo, b_hi)
-        acc = _int_mm(a8, b8).to(torch.int64)
-        # (a8 + a_off) @ (b8 + b_off) = a8 @ b8 + a_off * colsum(b8) + b_off * rowsum(a8) + K a_off b_off
-        if a_off:
-            acc += a_off * b8.sum(dim=0, dtype=torch.int64)
-        if b_off:
-            acc += b_off * a8.sum(dim=1, dtype=torch.int64, keepdim=True)
-        if a_off and b_off:
-            acc += k * a_off * b_off
-        return acc
-    bound = k * max(abs(a_lo), abs(a_hi)) * max(abs(b_lo), abs(b_hi))
-    if bound <= FLOAT64_EXACT:
-        return (a.to(torch.float64) @ b.to(torch.float64)).to(torch.int64)
+    fast = integer_kernels.exact_matmul(a, b)      # int8 GEMM or float64 BLAS where exact, else None
+    if fast is not None:
+        return fast
+    bound = a.shape[1] * int(a.abs().max()) * int(b.abs().max())
     if bound >= 2**63:
         raise ValueError(f"the products of these operands could overflow int64 (bound {bound})")
     return a.to(torch.int64) @ b.to(torch.int64)
 
 
-# --- fully connected and convolution ------------------------------------------------------------
+# --- argument checks ----------------------------------------------------------------------------
 
 def _bias_tensor(q_bias, c_out: int) -> torch.Tensor:
     if q_bias is None:
@@ -229,133 +162,39 @@ def _output_range(y_zero_point, qmin: int, qmax: int, relu: bool) -> tuple[int, 
     return z_y, (max(qmin, z_y) if relu else qmin), qmax
 
 
-def _requantize_accumulator(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, z_y: int, lo: int,
-                            hi: int) -> torch.Tensor:
-    """clamp(MBQM(acc) + Z_Y, lo, hi) for the int64 accumulator ``acc`` (rows, C_out), overwritten.
+def _layer_input(q, name: str, ndim: int) -> torch.Tensor:
+    q = q if is_byte_tensor(q) else _int_tensor(q, name)
+    if q.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(q.shape)}")
+    return q
 
-    ``m0``/``shift`` hold one value, or one per output channel (the last axis).
+
+def _pair(v, name: str, minimum: int) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an integer or a pair of integers, got {v!r}")
+        return check_count(v[0], name, minimum), check_count(v[1], name, minimum)
+    v = check_count(v, name, minimum)
+    return v, v
+
+
+# --- requantization -----------------------------------------------------------------------------
+
+def _requantize(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, z_y: int, lo: int,
+                hi: int) -> torch.Tensor:
+    """``clamp(multiply_by_quantized_multiplier(acc, m0, shift) + Z_Y, lo, hi)`` of the int64 ``acc`` (rows, C_out).
+
+    ``m0``/``shift`` hold one value, or one per output channel (the last axis). ``ValueError``
+    if an accumulator does not fit in int32, the register it stands for.
     """
     a_lo, a_hi = (int(v) for v in torch.aminmax(acc))
     if a_lo < INT32_MIN or a_hi > INT32_MAX:
         raise ValueError(f"the accumulator overflows int32 (range {a_lo} ... {a_hi}): the layer is too large "
                          "for 32-bit accumulation at these bit widths")
-    if bool((shift < 0).any()):
-        scaled = _mbqm(acc, m0, shift)  # a left shift (M >= 1): the readable path
-    else:
-        scaled = _multiply_in_place(acc, m0, shift)
-    return scaled.add_(z_y).clamp_(lo, hi)
+    return (_mbqm(acc, m0, shift) + z_y).clamp(lo, hi)
 
 
-def _multiply_in_place(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """multiply_by_quantized_multiplier for ``m0 >= 0`` and right shifts ``n >= 0``, in fewer passes, in place.
-
-    Two integer identities make it cheaper than the readable functions (and a
-    test holds the two equal on every shift and on ties):
-
-    * for ``m0 >= 0`` the saturation case (INT32_MIN * INT32_MIN) cannot occur,
-      and gemmlowp's ``trunc((ab + nudge) / 2^31)`` equals ``floor((ab + 2^30) / 2^31)``
-      (for ab < 0: ceil((ab + 1 - 2^30) / 2^31) = floor((ab + 2^30) / 2^31));
-    * the rounding right shift by ``n >= 1`` with ties away from zero is
-      ``floor((y + 2^(n-1) - [y < 0]) / 2^n)``, and ``-[y < 0]`` is ``y >> 63``
-      (the arithmetic shift copies the sign bit of the int64 ``y`` into every bit).
-
-    ``acc`` (int64, overwritten) may be any shape; ``m0``/``shift`` broadcast against it.
-    """
-    m0 = int(m0) if m0.numel() == 1 else m0
-    acc.mul_(m0).add_(2**30).bitwise_right_shift_(31)
-    if shift.numel() == 1:
-        n = int(shift)
-        if n == 0:
-            return acc
-        acc.add_(acc >> 63)                      # - [y < 0]
-        return acc.add_(2 ** (n - 1)).bitwise_right_shift_(n)
-    acc.add_(_minus_one_if_negative(acc, shift))
-    return acc.add_((1 << shift) >> 1).bitwise_right_shift_(shift)
-
-
-def _minus_one_if_negative(y: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``-[y < 0]`` as int64 (the sign bit ``y >> 63``), and 0 where ``shift`` is 0 (no rounding shift there)."""
-    correction = y >> 63
-    if bool((shift == 0).any()):
-        correction &= -(shift > 0).to(torch.int64)
-    return correction
-
-
-def _int8_or_none(t: torch.Tensor) -> torch.Tensor | None:
-    """``t`` as int8 if all its values fit in int8, else ``None``."""
-    if t.dtype == torch.int8:
-        return t
-    lo, hi = (int(v) for v in torch.aminmax(t))
-    return t.to(torch.int8) if _fits(lo, hi, -128, 127) else None
-
-
-def _int8_requantized_product(x8: torch.Tensor, w8: torch.Tensor, folded_bias: torch.Tensor, m0: torch.Tensor,
-                               shift: torch.Tensor, z_y: int, lo: int, hi: int,
-                               channels_first: bool = False) -> torch.Tensor | None:
-    """``clamp(MBQM(x8 @ w8^T + folded_bias) + Z_Y, lo, hi)`` as int64, in seven passes; ``None`` if it does not apply.
-
-    The result is (rows, C_out), or its transpose (C_out, rows) with ``channels_first``
-    (then every per-channel constant is one number per row, which is cheaper to apply).
-
-    The same integers as :func:`_requantize_accumulator` on the int64 accumulator, computed
-    from ``torch._int_mm``'s int32 product with both roundings and the zero point in one
-    right shift. For ``a = acc + bias`` (an int32), ``m0 >= 0`` and ``n >= 1``:
-
-        u = a m0 + 2^30                                 (the high multiply, before its shift)
-        z = floor(u / 2^31)                             (gemmlowp's rounding high multiply)
-        r = floor((z + 2^(n-1) - [z < 0]) / 2^n)        (rounding shift, ties away from zero)
-          = floor((u + 2^(30+n) - 2^31 [u < 0]) / 2^(31+n))
-        r + Z_Y = (u + 2^(30+n) + Z_Y 2^(31+n) - 2^31 [u < 0]) >> (31 + n)
-
-    since ``floor((floor(u / c) + k) / d) = floor((u + k c) / (c d))`` for integers, and
-    ``z < 0`` exactly when ``u < 0``. For ``n = 0`` the shift is the identity: no ``2^(30+n)``
-    and no correction. ``[u < 0]`` is the sign bit ``-(u >> 63)``, and ``a m0 = acc m0 + bias m0``
-    puts the bias into the same addition as ``2^30``; ``Z_Y`` joins it too unless that sum
-    could leave int64 (large ``n`` and ``Z_Y``), and is then added after the shift. Applies when
-    ``x8`` and ``w8`` are int8 (K < 2^17), every ``shift >= 0`` and the worst-case ``|a|`` is
-    below ``2^31`` (so the int32 accumulator cannot overflow and needs no check).
-    """
-    k = x8.shape[1]
-    if x8.dtype != torch.int8 or w8.dtype != torch.int8 or not INT_MM_MIN_K <= k < 2**17 or bool((shift < 0).any()):
-        return None
-    n_max = int(shift.max())
-    bias_max = int(folded_bias.abs().max()) if folded_bias.numel() else 0
-    if k * 128 * 128 + bias_max >= 2**31:
-        return None
-    # |u| < 2^62 + 2^30; with 2^(30+n) and Z_Y 2^(31+n) added the sum must stay inside int64
-    fold_zero_point = 2**62 + 2**32 + (abs(z_y) + 1) * 2 ** (31 + n_max) < 2**63
-    m0 = m0.reshape(-1).expand(w8.shape[0])      # 1-D int64, so that int32 * m0 is computed in int64
-    rounding = torch.where(shift > 0, 1 << (shift + 30), 0)
-    if fold_zero_point:
-        rounding = rounding + z_y * (1 << (shift + 31))
-    if channels_first:                            # int32, exact: |sum| <= K 2^14 < 2^31
-        acc = _int_mm(w8, x8.t())
-        m0, shift, rounding, folded_bias = (v.reshape(-1, 1) for v in (m0, shift, rounding, folded_bias))
-    else:
-        acc = _int_mm(x8, w8.t())
-    u = torch.mul(acc, m0).add_(folded_bias * m0 + 2**30)
-    u.add_(_minus_one_if_negative(u, shift), alpha=2**31).add_(rounding).bitwise_right_shift_(31 + shift)
-    if not fold_zero_point:
-        u.add_(z_y)
-    return u.clamp_(lo, hi)
-
-
-def _fast_route(x, w_rows, folded_bias, z_w, m0, shift, z_y, lo, hi, channels_first=False) -> torch.Tensor | None:
-    """:func:`_int8_requantized_product` where it applies (int8 operands, symmetric weights), else ``None``."""
-    if x.numel() == 0 or bool((z_w != 0).any()):
-        return None
-    x8, w8 = _int8_or_none(x), _int8_or_none(w_rows)
-    if x8 is None or w8 is None:
-        return None
-    return _int8_requantized_product(x8, w8, folded_bias, m0, shift, z_y, lo, hi, channels_first)
-
-
-def _layer_input(q, name: str, ndim: int) -> torch.Tensor:
-    q = q if _is_small_int(q) else _int_tensor(q, name)
-    if q.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(q.shape)}")
-    return q
-
+# --- fully connected and convolution ------------------------------------------------------------
 
 @reference
 def quantized_linear(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero_point: int,
@@ -381,41 +220,27 @@ def quantized_linear(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero
     c_out, c_in = q_weight.shape
     if q_x.shape[1] != c_in:
         raise ValueError(f"q_x has {q_x.shape[1]} features per row but q_weight expects {c_in}")
+    z_x = _check_input_zero_point(x_zero_point)
     z_y, lo, hi = _output_range(y_zero_point, qmin, qmax, relu)
     m0, shift = _rescale_args(m0, shift, c_out)
     z_w = _weight_zero_point(weight_zero_point, c_out)
-    q_x, z_x = _signed_bytes(q_x, _check_input_zero_point(x_zero_point))
-    folded_bias = fold_zero_points(q_bias, q_weight, z_x, z_w)
-    fast = _fast_route(q_x, q_weight, folded_bias, z_w, m0, shift, z_y, lo, hi)
-    if fast is not None:
+    q_bias = _bias_tensor(q_bias, c_out)
+    fast = integer_kernels.quantized_linear_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, hi)
+    if fast is not None:                                   # 8-bit operands: the same integers, faster
         return fast
-    acc = _integer_matmul(q_x, q_weight.t())
-    acc += folded_bias
+    acc = _integer_matmul(q_x, q_weight.t())              # sum_k q_X[n, k] q_W[o, k]
+    acc += fold_zero_points(q_bias, q_weight, z_x, z_w)   # + q_b - Z_X sum_k q_W + K Z_W Z_X
     if bool((z_w != 0).any()):
-        acc -= q_x.sum(dim=1, dtype=torch.int64, keepdim=True) * z_w
-    return _requantize_accumulator(acc, m0, shift, z_y, lo, hi)
-
-
-def _pair(v, name: str, minimum: int) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an integer or a pair of integers, got {v!r}")
-        return check_count(v[0], name, minimum), check_count(v[1], name, minimum)
-    v = check_count(v, name, minimum)
-    return v, v
+        acc -= q_x.sum(dim=1, dtype=torch.int64, keepdim=True) * z_w   # - Z_W sum_k q_X
+    return _requantize(acc, m0, shift, z_y, lo, hi)       # rescale, + Z_Y, clamp
 
 
 def _patches(q_x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
-    """The im2col patches of ``q_x`` (N, C, H, W) as a view (N, OH, OW, kh, kw, C).
-
-    Channels last, so that each patch row ``(u, v, c)`` is gathered from runs of
-    contiguous channels: much faster to copy than the (c, u, v) order.
-    """
+    """The im2col patches of ``q_x`` (N, C, H, W) as a view (N, OH, OW, kh, kw, C)."""
     kh, kw = kernel_size
     sh, sw = stride
-    channels_last = q_x.permute(0, 2, 3, 1).contiguous()                    # (N, H, W, C)
-    patches = channels_last.unfold(1, kh, sh).unfold(2, kw, sw)             # (N, OH, OW, C, kh, kw)
-    return patches.permute(0, 1, 2, 4, 5, 3)
+    patches = q_x.unfold(2, kh, sh).unfold(3, kw, sw)           # (N, C, OH, OW, kh, kw)
+    return patches.permute(0, 2, 3, 4, 5, 1)
 
 
 @reference
@@ -455,54 +280,29 @@ def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero
     z_y, lo, hi = _output_range(y_zero_point, qmin, qmax, relu)
     m0, shift = _rescale_args(m0, shift, c_out)
     z_w = _weight_zero_point(weight_zero_point, c_out)
-    q_x, z_x = _signed_bytes(q_x, z_x)
-    if ph or pw:
-        if q_x.dtype in (torch.int8, torch.uint8) and not _fits(z_x, z_x, *_dtype_range(q_x.dtype)):
-            q_x = q_x.to(torch.int64)
-        q_x = torch.nn.functional.pad(q_x, (pw, pw, ph, ph), value=z_x)
-    patches = _patches(q_x, (kh, kw), (sh, sw))  # (N, OH, OW, kh, kw, C_in)
+    q_bias = _bias_tensor(q_bias, c_out)
+    fast = integer_kernels.quantized_conv2d_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, hi,
+                                                 (sh, sw), (ph, pw), groups)
+    if fast is not None:                                   # 8-bit operands, one group: the same integers, faster
+        return fast
+    q_xpad = torch.nn.functional.pad(q_x.to(torch.int64), (pw, pw, ph, ph), value=z_x)
+    patches = _patches(q_xpad, (kh, kw), (sh, sw))         # (N, OH, OW, kh, kw, C_in)
     oh, ow = patches.shape[1:3]
+    w_rows = q_weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw * c_g)    # the same (u, v, c) order
     c_out_g = c_out // groups
-    # each patch row and each weight row in the same (u, v, c) order; one integer GEMM per group
-    w_rows = q_weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw * c_g)
-    folded_bias = fold_zero_points(q_bias, q_weight, z_x, z_w)
-    if groups == 1:
-        fast = _fast_route(patches.reshape(n * oh * ow, kh * kw * c_g), w_rows, folded_bias, z_w, m0, shift,
-                           z_y, lo, hi, channels_first=True)
-        if fast is not None:                      # (C_out, N*OH*OW) -> (N, C_out, OH, OW)
-            return fast.reshape(c_out, n, oh, ow).permute(1, 0, 2, 3).contiguous()
-    accs, window_sums = [], []
-    for g in range(groups):
+    accs = []
+    for g in range(groups):                                # one integer GEMM per group
         cols = patches[..., g * c_g:(g + 1) * c_g].reshape(n * oh * ow, kh * kw * c_g)
-        accs.append(_integer_matmul(cols, w_rows[g * c_out_g:(g + 1) * c_out_g].t()))
-        if bool((z_w != 0).any()):
-            window_sums.append(cols.sum(dim=1, dtype=torch.int64, keepdim=True).expand(-1, c_out_g))
-    acc = accs[0] if groups == 1 else torch.cat(accs, dim=1)   # (N*OH*OW, C_out)
-    acc += folded_bias
-    if window_sums:
-        acc -= torch.cat(window_sums, dim=1) * z_w
-    q_y = _requantize_accumulator(acc, m0, shift, z_y, lo, hi)
+        outputs = slice(g * c_out_g, (g + 1) * c_out_g)
+        acc = _integer_matmul(cols, w_rows[outputs].t())   # sum_{u, v, c} q_X q_W
+        z_w_g = z_w if z_w.numel() == 1 else z_w[outputs]
+        if bool((z_w_g != 0).any()):
+            acc -= cols.sum(dim=1, dtype=torch.int64, keepdim=True) * z_w_g   # - Z_W sum_{u, v, c} q_X
+        accs.append(acc)
+    acc = torch.cat(accs, dim=1)                           # (N OH OW, C_out)
+    acc += fold_zero_points(q_bias, q_weight, z_x, z_w)    # + q_b - Z_X sum q_W + K Z_W Z_X
+    q_y = _requantize(acc, m0, shift, z_y, lo, hi)         # rescale, + Z_Y, clamp
     return q_y.reshape(n, oh, ow, c_out).permute(0, 3, 1, 2).contiguous()
-
-
-def _signed_bytes(q_x: torch.Tensor, z_x: int) -> tuple[torch.Tensor, int]:
-    """The input as int8 where its values allow, which changes no ``q_x - Z_X``.
-
-    uint8 values above 127 and their zero point move down by 128; values that already
-    fit in int8 are only stored as int8. Other inputs are returned as they are. Done once
-    on the input rather than on every im2col patch.
-    """
-    lo, hi = (int(v) for v in torch.aminmax(q_x))
-    if _fits(lo, hi, -128, 127):
-        return _as_int8(q_x, lo, hi)[0], z_x
-    if _fits(lo, hi, 0, 255) and 0 <= z_x <= 255:
-        return _as_int8(q_x, lo, hi)[0], z_x - 128
-    return q_x, z_x
-
-
-def _dtype_range(dtype: torch.dtype) -> tuple[int, int]:
-    info = torch.iinfo(dtype)
-    return info.min, info.max
 
 
 # --- pooling ------------------------------------------------------------------------------------
