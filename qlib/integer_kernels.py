@@ -129,10 +129,46 @@ def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-# --- requantization in one pass of each kind ----------------------------------------------------------
+# --- requantization in few passes --------------------------------------------------------------------
+
+def smallest_input_reaching(k: int, m0: int, n: int) -> int | None:
+    """The smallest integer ``a`` with ``MBQM(a, m0, n) >= k`` (``m0 > 0``, right shift ``n >= 0``).
+
+    With the :class:`Requantizer`'s form ``MBQM(a) = floor((a m0 + 2^30 + 2^(30+n) - 2^31 [u < 0]) / 2^(31+n))``:
+
+    * ``k >= 1`` needs ``u = a m0 + 2^30 >= 0`` (else the numerator is below ``2^(30+n)``), and then
+      ``a m0 >= k 2^(31+n) - 2^(30+n) - 2^30``;
+    * ``k <= 0`` holds for every ``u >= 0``, and for ``u < 0`` when
+      ``a m0 >= k 2^(31+n) - 2^(30+n) + 2^30``, a bound below the first ``a`` with ``u >= 0``;
+    * ``n = 0`` (one rounding): ``a m0 >= k 2^31 - 2^30``.
+
+    so ``a = ceil(bound / m0)``. ``MBQM`` rises by 0 or 1 from one ``a`` to the next (``M < 1``), so
+    ``MBQM(a) = k`` there. ``None`` for ``m0 = 0`` (``MBQM`` is 0 everywhere).
+    """
+    if m0 == 0:
+        return None
+    if n == 0:
+        bound = k * 2**31 - 2**30
+    else:
+        bound = k * 2 ** (31 + n) - 2 ** (30 + n) + (2**30 if k <= 0 else -(2**30))
+    return -(-bound // m0)
+
+
+def _input_bounds(m0: int, n: int, lo: int, hi: int) -> tuple[int, int] | None:
+    """``(a_lo, a_hi)`` within int32 with ``lo <= MBQM(a) <= hi`` exactly on ``[a_lo, a_hi]``, or ``None``.
+
+    ``MBQM`` never decreases, so clamping ``a`` to ``[a_lo, a_hi]`` before rescaling gives
+    ``clamp(MBQM(a), lo, hi)``: the int32 clamp replaces the int64 one, and bounds ``|a|``.
+    """
+    a_lo, above = smallest_input_reaching(lo, m0, n), smallest_input_reaching(hi + 1, m0, n)
+    if a_lo is None:
+        return None
+    a_lo, a_hi = max(a_lo, -(2**31)), min(above - 1, 2**31 - 1)
+    return (a_lo, a_hi) if a_lo <= a_hi else None
+
 
 class Requantizer:
-    """``clamp(MBQM(acc + bias) + Z_Y, lo, hi)`` of an int32 accumulator, the same integers as gemmlowp.
+    """``clamp(MBQM(acc + bias) + Z_Y, lo, hi)`` of int32 accumulators, the same integers as gemmlowp.
 
     ``MBQM`` is :func:`qlib.requantize.multiply_by_quantized_multiplier` with ``m0 >= 0`` and a
     right shift ``n >= 0``: ``z = SRDHM(a, m0)`` then ``RDBPOT(z, n)``. For ``a = acc + bias``:
@@ -145,60 +181,109 @@ class Requantizer:
 
     * the nested floors merge: ``floor((floor(u / c) + j) / d) = floor((u + j c) / (c d))`` for
       integers ``u, j`` and ``c, d > 0``; ``z < 0`` exactly when ``u < 0``;
-    * ``[u < 0]`` may be read as ``[a < 0]``, the sign bit of the int32 ``a`` (``-(a >> 31)``):
-      they differ only for ``a < 0 <= u``, i.e. ``0 <= u <= 2^30``, where ``z = 0`` and both
-      numerators lie in ``[2^(30+n) - 2^31, 2^(30+n)] ⊂ [0, 2^(31+n))`` for ``n >= 1``: ``r = 0`` either way;
+    * ``[u < 0]`` may be read as ``[a < 0]`` (the sign bit of ``a``, or of the product ``a m0``,
+      which is 0 also for ``m0 = 0``): they differ only for ``a < 0 <= u``, i.e. ``0 <= u <= 2^30``,
+      where ``z = 0`` and both numerators lie in ``[2^(30+n) - 2^31, 2^(30+n)]``, inside
+      ``[0, 2^(31+n))`` for ``n >= 1``: ``r = 0`` either way;
     * for ``n = 0`` there is no second rounding: ``r = floor(u / 2^31)``, ``K = 2^30 + Z_Y 2^31``
       and no sign term;
     * the sign term only matters for negative ``r``: if ``lo >= Z_Y`` (a fused ReLU) every
-      negative ``r`` is clamped to ``lo`` anyway, and it is left out.
+      negative ``r`` is clamped to ``lo`` anyway, and it is left out;
+    * with one multiplier for the tensor, ``a`` is first clamped in int32 to the inputs whose
+      ``MBQM`` lies in ``[lo - Z_Y, hi - Z_Y]`` (:func:`smallest_input_reaching`): ``MBQM`` never
+      decreases, so this is the output clamp, done on cheaper integers and bounding ``|a|``.
 
-    Passes: the bias added to the int32 accumulator (which the caller guarantees cannot
-    overflow: ``|acc| + max|bias| < 2^31``), then in int64 one multiply by ``m0``, one addition
-    of ``K`` (and of ``2^31 (a >> 31)`` when signs matter), one arithmetic right shift (floor),
-    one clamp. ``|a m0| < 2^62``, so ``K`` holds ``Z_Y 2^(31+n)`` only while the sum stays inside
-    int64; otherwise ``Z_Y`` is added after the shift.
+    Two routes compute this (the bias is first added to the int32 accumulator, which the caller
+    guarantees cannot overflow: ``|acc| + max|bias| < 2^31``):
 
-    ``bias``, ``m0``, ``shift``: int64, one value or one per output channel; ``channel_dim``
-    is where the channels lie in the accumulators this will be applied to (-1: last, -2: rows).
+    * one rounding in int64 (``fused``): the widening copy of ``a`` into the output, one multiply
+      by ``m0``, one addition of ``K`` (and of ``-2^31 [a m0 < 0]`` where signs matter, from the
+      sign bit ``(a m0) >> 63``), one arithmetic right shift (floor), the clamp. ``|a m0| < 2^62``,
+      so ``K`` holds ``Z_Y 2^(31+n)`` only while the sum stays inside int64; otherwise ``Z_Y`` is
+      added after the shift;
+    * the two roundings one after the other (``two_roundings``), taken when signs matter, with one
+      multiplier, where ``|a| <= A`` after the clamp: ``z + O = floor(a (m0 / 2^31) + 1/2 + O)``
+      in float64, exact while ``A m0 + 2^30 + O 2^31 < 2^53`` (every number involved is a multiple
+      of ``2^-31`` below ``2^53 2^-31``, and an IEEE operation whose exact result is representable
+      returns it); ``O`` is a power of two above ``|z|``, so the argument is positive and
+      converting to int32 (truncation) floors it. Then in int32, cheaper than int64:
+      ``r + Z_Y = (z + O + (a >> 31) + 2^(n-1) + Z_Y 2^n - O) >> n``, and the widening copy.
+
+    ``requantize(acc, out)``: ``acc`` int32 (overwritten), ``out`` an int64 tensor or view of the
+    same shape, which receives the result. ``bias``, ``m0``, ``shift``: int64, one value or one
+    per output channel; ``channel_shape`` lays per-channel values along the channel axis
+    (``(-1,)``: the last axis; ``(-1, 1, 1)``: the first of three).
     """
 
     def __init__(self, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, z_y: int, lo: int, hi: int,
-                 channel_dim: int = -1):
-        shape = (-1,) if channel_dim == -1 else (-1, 1)
+                 channel_shape: tuple[int, ...] = (-1,)):
+        self.lo, self.hi, self.z_y = lo, hi, z_y
+        self.bias = bias.to(torch.int32).reshape(channel_shape) if bool(bias.any()) else None
+        if m0.numel() == 1 and shift.numel() == 1:                 # one multiplier: Python numbers
+            self._one_multiplier(int(m0), int(shift))
+            return
         n_max = int(shift.max())
-        self.lo, self.hi = lo, hi
-        self.bias = bias.to(torch.int32).reshape(shape) if bool(bias.any()) else None
-        self.sign = n_max > 0 and lo < z_y
-        self.sign_mask = None
-        if self.sign and bool((shift == 0).any()):
-            self.sign_mask = (shift > 0).to(torch.int32).reshape(shape)   # no sign term where n = 0
-        # |a m0| < 2^62, |2^31 (a >> 31)| <= 2^31, 2^30 + 2^(30+n) <= 2^62: room for Z_Y 2^(31+n)?
+        self.route, self.bounds = "fused", None
+        self.sign = n_max > 0 and lo < z_y                         # negative r survive the clamp
+        # |a m0 + K - 2^31 [a < 0]| must stay inside int64 for Z_Y 2^(31+n) to join K
         self.z_y_after = 2**62 + 2**31 + 2**30 + 2 ** (30 + n_max) + abs(z_y) * 2 ** (31 + n_max) >= 2**63
-        self.z_y = z_y
-        k = (1 << 30) + torch.where(shift > 0, 1 << (shift + 30), 0)
-        if not self.z_y_after:
-            k = k + z_y * (1 << (shift + 31))
-        if m0.numel() == 1 and shift.numel() == 1:      # one multiplier: Python numbers are cheaper
-            self.m0, self.k, self.total_shift = int(m0), int(k), 31 + int(shift)
-        else:
-            self.m0 = m0.reshape(shape)
-            self.k = k.expand_as(m0).reshape(shape) if k.numel() == 1 else k.reshape(shape)
-            self.total_shift = (shift + 31).reshape(shape)
+        rounding = torch.where(shift > 0, 1 << (shift + 30), 0)
+        k = (1 << 30) + rounding + (0 if self.z_y_after else z_y * (1 << (shift + 31)))
+        self.m0, self.k = m0.reshape(channel_shape), k.reshape(channel_shape)
+        self.sign_mask = torch.where(shift > 0, -(2**31), 0).reshape(channel_shape)   # no sign term where n = 0
+        self.total_shift = (shift + 31).reshape(channel_shape)
 
-    def __call__(self, acc: torch.Tensor) -> torch.Tensor:
-        """The output integers (int64) of the int32 accumulators ``acc``, which are overwritten."""
+    def _one_multiplier(self, m0: int, n: int) -> None:
+        lo, hi, z_y = self.lo, self.hi, self.z_y
+        self.sign = n > 0 and lo < z_y
+        self.bounds = _input_bounds(m0, n, lo - z_y, hi - z_y)
+        a_max = max(abs(v) for v in self.bounds) if self.bounds else 2**31
+        offset = 1 << (a_max * m0 // 2**31 + 2).bit_length()       # O > |z|
+        if (self.sign and self.bounds and a_max * m0 + 2**30 + offset * 2**31 < 2**53
+                and offset + 2 ** (n - 1) + abs(z_y) * 2**n + a_max < 2**31):
+            self.route = "two_roundings"
+            self.m0_real = m0 / 2**31                              # exact: m0 < 2^31
+            self.first = 0.5 + offset
+            self.second, self.n = 2 ** (n - 1) + z_y * 2**n - offset, n
+            return
+        self.route = "fused"
+        self.z_y_after = a_max * (2**31 - 1) + 2**31 + 2**30 + 2 ** (30 + n) + abs(z_y) * 2 ** (31 + n) >= 2**63
+        self.m0, self.total_shift, self.sign_mask = m0, 31 + n, -(2**31)
+        self.k = 2**30 + (2 ** (30 + n) if n else 0) + (0 if self.z_y_after else z_y * 2 ** (31 + n))
+
+    def __call__(self, acc: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if self.bias is not None:
-            acc.add_(self.bias)                          # a = acc + bias, int32
-        sign = None
-        if self.sign:
-            sign = acc >> 31                             # -[a < 0]
-            if self.sign_mask is not None:
-                sign.mul_(self.sign_mask)
-        u = _rescale_in_place(acc.to(torch.int64), sign, self.m0, self.k, self.total_shift)
+            acc.add_(self.bias)                                    # a = acc + bias, int32
+        if self.bounds is not None:
+            acc.clamp_(*self.bounds)
+        if self.route == "two_roundings":
+            negative = acc >> 31                                   # -[a < 0]
+            real = acc.to(torch.float64)
+            torch.add(torch.tensor(self.first, dtype=torch.float64), real, alpha=self.m0_real, out=real)
+            z = real.to(torch.int32)                               # z + O
+            z.add_(negative).add_(self.second).bitwise_right_shift_(self.n)
+            return out.copy_(z)
+        out.copy_(acc)
+        _rescale_in_place(out, self.m0, self.k, self.total_shift, self.sign_mask if self.sign else None)
         if self.z_y_after:
-            u.add_(self.z_y)
-        return u.clamp_(self.lo, self.hi)
+            out.add_(self.z_y)
+        if self.bounds is None:
+            out.clamp_(self.lo, self.hi)
+        return out
+
+
+def _rescale_in_place(u: torch.Tensor, m0, k, total_shift, sign_mask=None) -> torch.Tensor:
+    """``u <- (u m0 + k + (((u m0) >> 63) & sign_mask)) >> total_shift``: the :class:`Requantizer`'s formula.
+
+    ``(u m0) >> 63`` is -1 for a negative product, else 0; ANDed with ``-2^31`` it is the term
+    ``-2^31 [a < 0]`` (``sign_mask`` 0 drops it, as for ``n = 0``).
+    """
+    u.mul_(m0)
+    sign = torch.bitwise_right_shift(u, 63).bitwise_and_(sign_mask) if sign_mask is not None else None
+    u.add_(k)
+    if sign is not None:
+        u.add_(sign)
+    return u.bitwise_right_shift_(total_shift)
 
 
 def multiply_by_quantized_multiplier_in_place(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -209,26 +294,14 @@ def multiply_by_quantized_multiplier_in_place(acc: torch.Tensor, m0: torch.Tenso
         MBQM(a) = (a m0 + 2^30 + 2^(30+n) - 2^31 [a < 0]) >> (31 + n)     for n >= 1
         MBQM(a) = (a m0 + 2^30) >> 31                                     for n = 0
 
-    with ``-[a < 0]`` the sign bit ``a >> 63`` of the int64 ``a``. ``acc`` (int64 holding int32
-    values, any shape) is overwritten and returned; ``m0``/``shift`` broadcast against it.
+    ``acc`` (int64 holding int32 values, any shape) is overwritten and returned;
+    ``m0``/``shift`` broadcast against it.
     """
-    if shift.numel() == 1:
-        n = int(shift)
-        sign = acc >> 63 if n else None                      # -[a < 0], before acc is overwritten
-        m0 = int(m0) if m0.numel() == 1 else m0
-        return _rescale_in_place(acc, sign, m0, 2**30 + (2 ** (30 + n) if n else 0), 31 + n)
-    sign = acc >> 63
-    if bool((shift == 0).any()):
-        sign.mul_(shift > 0)
-    return _rescale_in_place(acc, sign, m0, (1 << 30) + torch.where(shift > 0, 1 << (shift + 30), 0), 31 + shift)
-
-
-def _rescale_in_place(u: torch.Tensor, sign, m0, k, total_shift) -> torch.Tensor:
-    """``(u m0 + k + 2^31 sign) >> total_shift`` in place: the one formula of the :class:`Requantizer`."""
-    u.mul_(m0).add_(k)
-    if sign is not None:
-        u.add_(sign, alpha=2**31)
-    return u.bitwise_right_shift_(total_shift)
+    k = (1 << 30) + torch.where(shift > 0, 1 << (shift + 30), 0)
+    sign_mask = torch.where(shift > 0, -(2**31), 0)
+    if m0.numel() == 1 and shift.numel() == 1:
+        return _rescale_in_place(acc, int(m0), int(k), 31 + int(shift), int(sign_mask) or None)
+    return _rescale_in_place(acc, m0, k, 31 + shift, sign_mask)
 
 
 def _folded_bias(q_bias: torch.Tensor, w8: torch.Tensor, z_x: int) -> torch.Tensor:
@@ -239,7 +312,7 @@ def _folded_bias(q_bias: torch.Tensor, w8: torch.Tensor, z_x: int) -> torch.Tens
     return q_bias - z_x * sums.to(torch.int64)
 
 
-def _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channel_dim) -> Requantizer | None:
+def _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channel_shape) -> Requantizer | None:
     """The :class:`Requantizer` of an 8-bit layer, or ``None`` if the fused route does not apply."""
     if bool((shift < 0).any()) or bool((m0 < 0).any()):
         return None
@@ -250,17 +323,22 @@ def _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channel_dim) -> Requan
     # |acc| <= K * 128 * 128: with the bias the int32 accumulator must not overflow
     if k * 128 * 128 + int(bias.abs().max()) >= 2**31:
         return None
-    return Requantizer(bias, m0, shift, z_y, lo, hi, channel_dim)
+    return Requantizer(bias, m0, shift, z_y, lo, hi, channel_shape)
 
 
 # --- the layers ---------------------------------------------------------------------------------------
+
+#: Outputs computed per block: the block's int64 results (2 MiB) stay in cache between the passes.
+BLOCK = 2**18
+
 
 def quantized_linear_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, hi) -> torch.Tensor | None:
     """:func:`qlib.integer_layers.quantized_linear` for 8-bit operands and symmetric weights, else ``None``.
 
     Arguments as checked there: ``q_x`` (N, C_in), ``q_weight`` (C_out, C_in) integer tensors,
     ``q_bias`` int64 (C_out,), ``z_w``, ``m0``, ``shift`` int64 with one value or one per output.
-    ``acc = int_mm(q_X8, q_W8^T)`` (N, C_out) in int32, then the :class:`Requantizer`.
+    Block by block of rows: ``acc = int_mm(q_X8, q_W8^T)`` in int32, then the :class:`Requantizer`
+    into the output.
     """
     if q_x.numel() == 0 or bool((z_w != 0).any()):
         return None
@@ -269,21 +347,30 @@ def quantized_linear_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, h
     if signed is None or w8 is None:
         return None
     x8, z_x = signed
-    requantize = _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channel_dim=-1)
+    requantize = _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channel_shape=(-1,))
     if requantize is None:
         return None
-    return requantize(int_mm(x8, w8.t()))
+    n, c_out = x8.shape[0], w8.shape[0]
+    out = torch.empty(n, c_out, dtype=torch.int64)
+    rows = max(1, BLOCK // c_out)
+    for start in range(0, n, rows):
+        requantize(int_mm(x8[start:start + rows], w8.t()), out[start:start + rows])
+    return out
 
 
 def quantized_conv2d_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, hi, stride, padding,
                           groups) -> torch.Tensor | None:
     """:func:`qlib.integer_layers.quantized_conv2d` for 8-bit operands, symmetric weights, one group; else ``None``.
 
-    The input becomes int8 once (:func:`as_signed_bytes`), is padded with ``Z_X`` channels last,
-    and its im2col patches, rows ``(u, v, c)`` like the weight rows, make one int8 matrix
-    (N OH OW, kh kw C_in). ``acc = int_mm(W8, patches^T)`` (C_out, N OH OW) has one output
-    channel per row, so every per-channel constant of the :class:`Requantizer` is one number
-    per row; the result is then laid out as (N, C_out, OH, OW).
+    The input becomes int8 once (:func:`as_signed_bytes`) and is padded with ``Z_X``. Block by
+    block of images, one int8 GEMM with the weights, rows (C_out, K), gives the accumulators
+    ``acc`` (C_out, b OH OW), one output channel per row, and the :class:`Requantizer` writes
+    them into the (N, C_out, OH, OW) output through a (C_out, b, OH OW) view. The im2col
+    patches are copied in whichever layout reads longer contiguous runs of the input:
+
+    * channels last, rows ``(u, v, c)``: each patch row is ``kh`` runs of ``kw C_in`` bytes;
+    * channels first, the transposed patches with rows ``(c, u, v)`` (the weights' own order):
+      each row is ``b OH`` runs of ``OW`` bytes (stride 1 only).
     """
     if groups != 1 or q_x.numel() == 0 or bool((z_w != 0).any()):
         return None
@@ -294,17 +381,33 @@ def quantized_conv2d_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, h
     x8, z_x = signed
     if not -128 <= z_x <= 127 and any(padding):
         return None                                  # the padding value does not fit int8
-    requantize = _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channel_dim=-2)
+    requantize = _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channel_shape=(-1, 1, 1))
     if requantize is None:
         return None
     n, c_in, h, w = x8.shape
     c_out, _, kh, kw = w8.shape
     (sh, sw), (ph, pw) = stride, padding
-    padded = torch.full((n, h + 2 * ph, w + 2 * pw, c_in), z_x, dtype=torch.int8)
-    padded[:, ph:ph + h, pw:pw + w, :] = x8.permute(0, 2, 3, 1)                 # channels last
-    patches = padded.unfold(1, kh, sh).unfold(2, kw, sw)                        # (N, OH, OW, C, kh, kw)
-    oh, ow = patches.shape[1:3]
-    patches = patches.permute(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, kh * kw * c_in)
-    w_rows = w8.permute(0, 2, 3, 1).reshape(c_out, kh * kw * c_in)             # the same (u, v, c) order
-    q_y = requantize(int_mm(w_rows, patches.t()))                              # (C_out, N OH OW)
-    return q_y.reshape(c_out, n, oh, ow).permute(1, 0, 2, 3).contiguous()
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    k = kh * kw * c_in
+    channels_first = sw == 1 and ow > kw * c_in
+    if channels_first:
+        padded = torch.nn.functional.pad(x8, (pw, pw, ph, ph), value=z_x) if ph or pw else x8
+        w_rows = w8.reshape(c_out, k)                                            # (c, u, v) order
+    else:
+        padded = torch.full((n, h + 2 * ph, w + 2 * pw, c_in), z_x, dtype=torch.int8)
+        padded[:, ph:ph + h, pw:pw + w, :] = x8.permute(0, 2, 3, 1)             # channels last
+        w_rows = w8.permute(0, 2, 3, 1).reshape(c_out, k)                        # (u, v, c) order
+    out = torch.empty(n, c_out, oh, ow, dtype=torch.int64)
+    images = max(1, BLOCK // (c_out * oh * ow))
+    for start in range(0, n, images):
+        block = padded[start:start + images]
+        b = block.shape[0]
+        if channels_first:
+            windows = block.unfold(2, kh, sh).unfold(3, kw, sw)                 # (b, C, OH, OW, kh, kw)
+            columns = windows.permute(1, 4, 5, 0, 2, 3).reshape(k, b * oh * ow)
+        else:
+            windows = block.unfold(1, kh, sh).unfold(2, kw, sw)                 # (b, OH, OW, C, kh, kw)
+            columns = windows.permute(0, 1, 2, 4, 5, 3).reshape(b * oh * ow, k).t()
+        acc = int_mm(w_rows, columns).view(c_out, b, oh * ow)
+        requantize(acc, out[start:start + b].view(b, c_out, oh * ow).permute(1, 0, 2))
+    return out

@@ -166,6 +166,10 @@ def test_the_kernels_step_aside_where_they_do_not_apply():
 
 # --- the requantizer against the transcription ------------------------------------------------------
 
+def _requantized(requantize: Requantizer, acc: torch.Tensor) -> torch.Tensor:
+    return requantize(acc.to(torch.int32), torch.empty(acc.shape, dtype=torch.int64))
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_requantizer_equals_the_transcription_on_ties_and_every_shift(seed):
     g = gen(500 + seed)
@@ -178,25 +182,44 @@ def test_requantizer_equals_the_transcription_on_ties_and_every_shift(seed):
     m0[1] = 2**31 - 1
     shift = torch.arange(c_out) % 32 if seed % 2 else torch.randint(5, 12, (c_out,), generator=g)
     m0[shift <= 1] = torch.tensor([45000, 2**16, 2**14 + 1])[: int((shift <= 1).sum())]  # in range at n = 0, 1
-    z_y, lo, hi = [(-128, -128, 127), (5, -128, 127), (0, 0, 255), (100, 0, 255), (-3, -128, 127), (255, 0, 255)][seed]
+    # exact negative ties of the shift: with m0 = 2^30, a = -(2j + 1) 2^n gives z = -(2j + 1) 2^(n-1)
+    odd = -(2 * torch.arange(8).reshape(-1, 1) + 1)
+    acc[8:16] = torch.where(m0 == 2**30, (odd << shift.clamp(max=20)) - bias, acc[8:16])
+    z_y, lo, hi = [(-128, -128, 127), (5, -128, 127), (0, 0, 255), (100, 0, 255), (-127, -128, 127), (255, 0, 255)][seed]
     expected = oracle_requantize(acc + bias, m0, shift, z_y, lo, hi, channel_axis=1)
-    assert torch.equal(Requantizer(bias, m0, shift, z_y, lo, hi)(acc.to(torch.int32)), expected)
-    rows_first = Requantizer(bias, m0, shift, z_y, lo, hi, channel_dim=-2)(acc.t().to(torch.int32).contiguous())
-    assert torch.equal(rows_first, expected.t())
-    for c in (0, 1, 7):                                       # one multiplier for the whole tensor
-        one = Requantizer(bias, m0[c:c + 1], shift[c:c + 1], z_y, lo, hi)(acc.to(torch.int32))
-        assert torch.equal(one, oracle_requantize(acc + bias, m0[c:c + 1], shift[c:c + 1], z_y, lo, hi, 1))
+    assert torch.equal(_requantized(Requantizer(bias, m0, shift, z_y, lo, hi), acc), expected)
+    channels_first = Requantizer(bias, m0, shift, z_y, lo, hi, channel_shape=(-1, 1))
+    assert torch.equal(_requantized(channels_first, acc.t().contiguous()), expected.t())
+    for c in (0, 1, 7, 31):                                   # one multiplier for the whole tensor
+        one = Requantizer(bias, m0[c:c + 1], shift[c:c + 1], z_y, lo, hi)
+        assert torch.equal(_requantized(one, acc), oracle_requantize(acc + bias, m0[c:c + 1], shift[c:c + 1], z_y,
+                                                                     lo, hi, channel_axis=1))
     assert expected.unique().numel() > 10, "the case is degenerate: almost every output is clamped"
 
 
 def test_requantizer_adds_a_large_zero_point_after_the_shift():
     # n = 31 with Z_Y = 2^20: Z_Y 2^62 cannot join the int64 sum, so it is added after the shift
-    acc = torch.tensor([[-(2**31) + 5, -7, 0, 7, 2**31 - 5]], dtype=torch.int32).t()
-    m0, shift = torch.tensor([2**31 - 1]), torch.tensor([31])
-    requantize = Requantizer(torch.zeros(1, dtype=torch.int64), m0, shift, 2**20, -(2**21), 2**21)
+    acc = torch.tensor([[-(2**31) + 5, -7, 0, 7, 2**31 - 5]]).t()
+    m0, shift = torch.tensor([2**31 - 1, 2**30]), torch.tensor([31, 30])
+    requantize = Requantizer(torch.zeros(2, dtype=torch.int64), m0, shift, 2**20, -(2**21), 2**21)
     assert requantize.z_y_after
-    assert torch.equal(requantize(acc.clone()),
-                       oracle_requantize(acc.long(), m0, shift, 2**20, -(2**21), 2**21, channel_axis=1))
+    expected = oracle_requantize(acc.expand(-1, 2), m0, shift, 2**20, -(2**21), 2**21, channel_axis=1)
+    assert torch.equal(_requantized(requantize, acc.expand(-1, 2)), expected)
+
+
+@pytest.mark.parametrize("m0", [2**30, 2**30 + 1, 1288490189, 2**31 - 1, 3, 45000])
+def test_smallest_input_reaching_each_output(m0):
+    """Against the readable multiplier on every integer around each threshold."""
+    for n in (0, 1, 2, 5, 13):
+        for k in (-130, -3, -1, 0, 1, 2, 127, 300):
+            a = integer_kernels.smallest_input_reaching(k, m0, n)
+            if not -(2**31) < a < 2**31 - 1:
+                continue                                  # no int32 input reaches k
+            around = torch.tensor([a - 1, a, a + 1])
+            r = multiply_by_quantized_multiplier(around, m0, n).tolist()
+            assert r[0] < k <= r[1], (k, m0, n, a, r)
+            assert r[1] == k or m0 * 2.0 ** (-31 - n) >= 1, "the rescaled value rises by at most one per step"
+    assert integer_kernels.smallest_input_reaching(5, 0, 3) is None
 
 
 def test_in_place_multiplier_equals_the_readable_one_for_any_m0():
