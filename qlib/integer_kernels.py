@@ -20,6 +20,7 @@ equal on random shapes and on the extremes), by four tricks, each proved where i
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 #: Largest |integer| that float64 holds exactly, with every integer below it.
@@ -167,6 +168,31 @@ def _input_bounds(m0: int, n: int, lo: int, hi: int) -> tuple[int, int] | None:
     return (a_lo, a_hi) if a_lo <= a_hi else None
 
 
+def channel_input_bounds(m0: np.ndarray, shift: np.ndarray, lo: int, hi: int):
+    """:func:`_input_bounds` for one ``(m0, n)`` per channel (int64 arrays), computed at once; or ``None``.
+
+    The same bound and ceiling as :func:`smallest_input_reaching`, in int64: ``None`` where a
+    product ``k 2^(31+n)`` could leave int64, for ``m0 = 0``, or where no int32 input reaches
+    ``[lo, hi]`` in some channel. (numpy: on a few dozen numbers its operations cost a fraction
+    of torch's.)
+    """
+    if (max(abs(lo), abs(hi) + 1) + 1) * 2 ** (31 + int(shift.max())) >= 2**62 or not m0.all():
+        return None
+
+    def smallest(k: int) -> np.ndarray:
+        rounding = np.where(shift > 0, (1 << (shift + 30)) + (2**30 if k > 0 else -(2**30)), 2**30)
+        return -((rounding - k * (1 << (shift + 31))) // m0)          # ceil((k 2^(31+n) - rounding) / m0)
+
+    a_lo = np.maximum(smallest(lo), -(2**31))
+    a_hi = np.minimum(smallest(hi + 1) - 1, 2**31 - 1)
+    return None if (a_lo > a_hi).any() else (a_lo, a_hi)
+
+
+def _tensor(values: np.ndarray, dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """A torch tensor of ``values`` in ``dtype`` (which holds them), shaped ``shape``."""
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=dtype)).reshape(shape)
+
+
 class Requantizer:
     """``clamp(MBQM(acc + bias) + Z_Y, lo, hi)`` of int32 accumulators, the same integers as gemmlowp.
 
@@ -188,19 +214,19 @@ class Requantizer:
     * for ``n = 0`` there is no second rounding: ``r = floor(u / 2^31)``, ``K = 2^30 + Z_Y 2^31``
       and no sign term;
     * the sign term only matters for negative ``r``: if ``lo >= Z_Y`` (a fused ReLU) every
-      negative ``r`` is clamped to ``lo`` anyway, and it is left out;
-    * with one multiplier for the tensor, ``a`` is first clamped in int32 to the inputs whose
-      ``MBQM`` lies in ``[lo - Z_Y, hi - Z_Y]`` (:func:`smallest_input_reaching`): ``MBQM`` never
-      decreases, so this is the output clamp, done on cheaper integers and bounding ``|a|``.
+      negative ``r`` is clamped to ``lo`` anyway, and it is left out; then the bias can join
+      ``K`` as ``bias m0`` instead of being added to ``acc``;
+    * ``MBQM`` never decreases, so the output clamp can be done first, in int32: ``a`` clamped
+      to the inputs whose ``MBQM`` lies in ``[lo - Z_Y, hi - Z_Y]`` (:func:`smallest_input_reaching`,
+      :func:`channel_input_bounds`); this also bounds ``|a|``.
 
-    Two routes compute this (the bias is first added to the int32 accumulator, which the caller
-    guarantees cannot overflow: ``|acc| + max|bias| < 2^31``):
+    Two routes compute this (the caller guarantees ``|acc| + max|bias| < 2^31``):
 
     * one rounding in int64 (``fused``): the widening copy of ``a`` into the output, one multiply
       by ``m0``, one addition of ``K`` (and of ``-2^31 [a m0 < 0]`` where signs matter, from the
-      sign bit ``(a m0) >> 63``), one arithmetic right shift (floor), the clamp. ``|a m0| < 2^62``,
-      so ``K`` holds ``Z_Y 2^(31+n)`` only while the sum stays inside int64; otherwise ``Z_Y`` is
-      added after the shift;
+      sign bit ``(a m0) >> 63``), one arithmetic right shift (floor), the clamp unless done in
+      int32. ``|a m0| < 2^62``, so ``K`` holds ``Z_Y 2^(31+n)`` only while the sum stays inside
+      int64; otherwise ``Z_Y`` is added after the shift;
     * the two roundings one after the other (``two_roundings``), taken when signs matter, with one
       multiplier, where ``|a| <= A`` after the clamp: ``z + O = floor(a (m0 / 2^31) + 1/2 + O)``
       in float64, exact while ``A m0 + 2^30 + O 2^31 < 2^53`` (every number involved is a multiple
@@ -209,33 +235,45 @@ class Requantizer:
       converting to int32 (truncation) floors it. Then in int32, cheaper than int64:
       ``r + Z_Y = (z + O + (a >> 31) + 2^(n-1) + Z_Y 2^n - O) >> n``, and the widening copy.
 
-    ``requantize(acc, out)``: ``acc`` int32 (overwritten), ``out`` an int64 tensor or view of the
-    same shape, which receives the result. ``bias``, ``m0``, ``shift``: int64, one value or one
-    per output channel; ``channel_shape`` lays per-channel values along the channel axis
-    (``(-1,)``: the last axis; ``(-1, 1, 1)``: the first of three).
+    ``requantize(acc, out)``: ``acc`` int32 (overwritten), ``out`` the int64 output block, which
+    receives the result: both (rows, C_out), or with ``channels_first`` ``acc`` (C_out, b, P) and
+    ``out`` (b, C_out, P). ``bias``, ``m0``, ``shift``: int64, one value or one per output channel.
     """
 
-    def __init__(self, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, z_y: int, lo: int, hi: int,
-                 channel_shape: tuple[int, ...] = (-1,)):
-        self.lo, self.hi, self.z_y = lo, hi, z_y
-        self.bias = bias.to(torch.int32).reshape(channel_shape) if bool(bias.any()) else None
-        if m0.numel() == 1 and shift.numel() == 1:                 # one multiplier: Python numbers
-            self._one_multiplier(int(m0), int(shift))
-            return
+    def __init__(self, bias, m0, shift, z_y: int, lo: int, hi: int, channels_first: bool = False):
+        self.lo, self.hi, self.z_y, self.channels_first = lo, hi, z_y, channels_first
+        acc_shape, out_shape = ((-1, 1, 1), (-1, 1)) if channels_first else ((-1,), (-1,))
+        # the constants are a few numbers per channel: numpy int64 (cheaper than torch on so few)
+        bias, m0, shift = (np.asarray(v, dtype=np.int64).reshape(-1) for v in (bias, m0, shift))
         n_max = int(shift.max())
-        self.route, self.bounds = "fused", None
         self.sign = n_max > 0 and lo < z_y                         # negative r survive the clamp
+        bias = bias if bias.any() else None
+        if m0.size == 1 and shift.size == 1:                       # one multiplier: Python numbers
+            self.bias = None if bias is None else _tensor(bias, np.int32, acc_shape)
+            self._one_multiplier(int(m0[0]), int(shift[0]))
+            return
+        self.route = "fused"
+        bounds = channel_input_bounds(m0, shift, lo - z_y, hi - z_y)
+        fold_bias = bias is not None and not self.sign             # bias m0 joins K, the bounds move by -bias
+        if fold_bias and bounds is not None:
+            moved = tuple(v - bias for v in bounds)
+            fold_bias = all(-(2**31) <= int(v.min()) and int(v.max()) < 2**31 for v in moved)
+            bounds = moved if fold_bias else bounds
+        self.bias = None if bias is None or fold_bias else _tensor(bias, np.int32, acc_shape)
+        self.bounds = None if bounds is None else tuple(_tensor(v, np.int32, acc_shape) for v in bounds)
         # |a m0 + K - 2^31 [a < 0]| must stay inside int64 for Z_Y 2^(31+n) to join K
         self.z_y_after = 2**62 + 2**31 + 2**30 + 2 ** (30 + n_max) + abs(z_y) * 2 ** (31 + n_max) >= 2**63
-        rounding = torch.where(shift > 0, 1 << (shift + 30), 0)
-        k = (1 << 30) + rounding + (0 if self.z_y_after else z_y * (1 << (shift + 31)))
-        self.m0, self.k = m0.reshape(channel_shape), k.reshape(channel_shape)
-        self.sign_mask = torch.where(shift > 0, -(2**31), 0).reshape(channel_shape)   # no sign term where n = 0
-        self.total_shift = (shift + 31).reshape(channel_shape)
+        k = (1 << 30) + np.where(shift > 0, 1 << (shift + 30), 0)
+        if not self.z_y_after:
+            k = k + z_y * (1 << (shift + 31))
+        if fold_bias:
+            k = k + bias * m0
+        self.m0, self.k = (_tensor(v, np.int64, out_shape) for v in np.broadcast_arrays(m0, k))
+        self.sign_mask = _tensor(np.where(shift > 0, -(2**31), 0), np.int64, out_shape)   # none where n = 0
+        self.total_shift = _tensor(shift + 31, np.int64, out_shape)
 
     def _one_multiplier(self, m0: int, n: int) -> None:
         lo, hi, z_y = self.lo, self.hi, self.z_y
-        self.sign = n > 0 and lo < z_y
         self.bounds = _input_bounds(m0, n, lo - z_y, hi - z_y)
         a_max = max(abs(v) for v in self.bounds) if self.bounds else 2**31
         offset = 1 << (a_max * m0 // 2**31 + 2).bit_length()       # O > |z|
@@ -254,16 +292,20 @@ class Requantizer:
     def __call__(self, acc: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if self.bias is not None:
             acc.add_(self.bias)                                    # a = acc + bias, int32
-        if self.bounds is not None:
-            acc.clamp_(*self.bounds)
+        if self.bounds is not None:                                # the output clamp, on int32
+            if self.route == "fused" and isinstance(self.m0, torch.Tensor):
+                torch.maximum(acc, self.bounds[0], out=acc)        # (faster than clamp_ with tensor bounds)
+                torch.minimum(acc, self.bounds[1], out=acc)
+            else:
+                acc.clamp_(*self.bounds)
         if self.route == "two_roundings":
             negative = acc >> 31                                   # -[a < 0]
             real = acc.to(torch.float64)
             torch.add(torch.tensor(self.first, dtype=torch.float64), real, alpha=self.m0_real, out=real)
-            z = real.to(torch.int32)                               # z + O
-            z.add_(negative).add_(self.second).bitwise_right_shift_(self.n)
-            return out.copy_(z)
-        out.copy_(acc)
+            acc = real.to(torch.int32)                             # z + O
+            acc.add_(negative).add_(self.second).bitwise_right_shift_(self.n)
+            return out.copy_(acc.transpose(0, 1) if self.channels_first else acc)
+        out.copy_(acc.transpose(0, 1) if self.channels_first else acc)
         _rescale_in_place(out, self.m0, self.k, self.total_shift, self.sign_mask if self.sign else None)
         if self.z_y_after:
             out.add_(self.z_y)
@@ -304,26 +346,23 @@ def multiply_by_quantized_multiplier_in_place(acc: torch.Tensor, m0: torch.Tenso
     return _rescale_in_place(acc, m0, k, 31 + shift, sign_mask)
 
 
-def _folded_bias(q_bias: torch.Tensor, w8: torch.Tensor, z_x: int) -> torch.Tensor:
-    """``q_b - Z_X sum_k q_W[o, k]`` (int64): the input zero point folded into the bias."""
-    if z_x == 0:
-        return q_bias
-    sums = w8.reshape(w8.shape[0], -1).sum(dim=1, dtype=torch.int32)   # |sum| <= K 128 < 2^24
-    return q_bias - z_x * sums.to(torch.int64)
+def _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channels_first=False) -> Requantizer | None:
+    """The :class:`Requantizer` of an 8-bit layer, or ``None`` where the kernels do not apply.
 
-
-def _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channel_shape) -> Requantizer | None:
-    """The :class:`Requantizer` of an 8-bit layer, or ``None`` if the fused route does not apply."""
-    if bool((shift < 0).any()) or bool((m0 < 0).any()):
-        return None
+    The input zero point is folded into the bias, ``q_b - Z_X sum_k q_W[o, k]``; then
+    ``|acc| <= K 128 128`` plus the bias must stay inside int32, and every shift must be a right
+    shift (``n >= 0``).
+    """
+    m0, shift = np.asarray(m0), np.asarray(shift)
     k = w8[0].numel()
-    if not INT_MM_MIN_K <= k < INT_MM_MAX_K:
+    if (shift < 0).any() or (m0 < 0).any() or not INT_MM_MIN_K <= k < INT_MM_MAX_K:
         return None
-    bias = _folded_bias(q_bias, w8, z_x)
-    # |acc| <= K * 128 * 128: with the bias the int32 accumulator must not overflow
-    if k * 128 * 128 + int(bias.abs().max()) >= 2**31:
+    bias = np.asarray(q_bias)
+    if z_x:
+        bias = bias - z_x * w8.reshape(w8.shape[0], -1).sum(dim=1, dtype=torch.int32).numpy()  # |sum| < 2^24
+    if k * 128 * 128 + int(np.abs(bias).max()) >= 2**31:
         return None
-    return Requantizer(bias, m0, shift, z_y, lo, hi, channel_shape)
+    return Requantizer(bias, m0, shift, z_y, lo, hi, channels_first)
 
 
 # --- the layers ---------------------------------------------------------------------------------------
@@ -347,7 +386,7 @@ def quantized_linear_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, h
     if signed is None or w8 is None:
         return None
     x8, z_x = signed
-    requantize = _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channel_shape=(-1,))
+    requantize = _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi)
     if requantize is None:
         return None
     n, c_out = x8.shape[0], w8.shape[0]
@@ -364,8 +403,9 @@ def quantized_conv2d_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, h
 
     The input becomes int8 once (:func:`as_signed_bytes`) and is padded with ``Z_X``. Block by
     block of images, one int8 GEMM with the weights, rows (C_out, K), gives the accumulators
-    ``acc`` (C_out, b OH OW), one output channel per row, and the :class:`Requantizer` writes
-    them into the (N, C_out, OH, OW) output through a (C_out, b, OH OW) view. The im2col
+    ``acc`` (C_out, b OH OW), one output channel per row (per-channel constants are one number
+    per row), and the :class:`Requantizer` writes them into the (b, C_out, OH OW) block of the
+    (N, C_out, OH, OW) output (its widening copy reads ``acc`` transposed). The im2col
     patches are copied in whichever layout reads longer contiguous runs of the input:
 
     * channels last, rows ``(u, v, c)``: each patch row is ``kh`` runs of ``kw C_in`` bytes;
@@ -381,7 +421,7 @@ def quantized_conv2d_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, h
     x8, z_x = signed
     if not -128 <= z_x <= 127 and any(padding):
         return None                                  # the padding value does not fit int8
-    requantize = _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channel_shape=(-1, 1, 1))
+    requantize = _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channels_first=True)
     if requantize is None:
         return None
     n, c_in, h, w = x8.shape
@@ -409,5 +449,5 @@ def quantized_conv2d_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, h
             windows = block.unfold(1, kh, sh).unfold(2, kw, sw)                 # (b, OH, OW, C, kh, kw)
             columns = windows.permute(0, 1, 2, 4, 5, 3).reshape(b * oh * ow, k).t()
         acc = int_mm(w_rows, columns).view(c_out, b, oh * ow)
-        requantize(acc, out[start:start + b].view(b, c_out, oh * ow).permute(1, 0, 2))
+        requantize(acc, out[start:start + b].view(b, c_out, oh * ow))
     return out

@@ -307,15 +307,20 @@ def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero
 
 # --- pooling ------------------------------------------------------------------------------------
 
-def _pool_windows(q_x, kernel_size, stride, name: str):
-    """The views ``q_x[..., u::s_h, v::s_w]`` of every window offset (u, v), each (N, C, OH, OW)."""
+def _pool_args(q_x, kernel_size, stride, name: str):
+    """``q_x`` checked, the window ``(kh, kw)``, the stride ``(sh, sw)`` and the output size ``(OH, OW)``."""
     q_x = _layer_input(q_x, "q_x", 4)
     kh, kw = _pair(kernel_size, "kernel_size", 1)
     sh, sw = _pair(kernel_size if stride is None else stride, "stride", 1)
     h, w = q_x.shape[2:]
     if h < kh or w < kw:
         raise ValueError(f"{name}: the window {kh}x{kw} is larger than the input {h}x{w}")
-    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    return q_x, (kh, kw), (sh, sw), ((h - kh) // sh + 1, (w - kw) // sw + 1)
+
+
+def _pool_windows(q_x, kernel_size, stride, name: str):
+    """The views ``q_x[..., u::s_h, v::s_w]`` of every window offset (u, v), each (N, C, OH, OW)."""
+    q_x, (kh, kw), (sh, sw), (oh, ow) = _pool_args(q_x, kernel_size, stride, name)
     return [q_x[:, :, u:u + sh * (oh - 1) + 1:sh, v:v + sw * (ow - 1) + 1:sw] for u in range(kh) for v in range(kw)]
 
 
@@ -324,12 +329,25 @@ def integer_max_pool2d(q_x, kernel_size, stride=None) -> torch.Tensor:
 
     Windows ``kernel_size`` (int or pair) moved by ``stride`` (default: the window),
     no padding. Input and output share scale and zero point. Returns int64.
+
+    The maximum over a window is the maximum over its rows of the maximum over its columns:
+    first over the ``kw`` column offsets (N, C, H, OW), then over the ``kh`` row offsets.
     """
-    windows = _pool_windows(q_x, kernel_size, stride, "integer_max_pool2d")
-    out = windows[0].clone()                     # in the input's dtype; never write into the input
-    for view in windows[1:]:
+    q_x, (kh, kw), (sh, sw), (oh, ow) = _pool_args(q_x, kernel_size, stride, "integer_max_pool2d")
+    columns = [q_x[:, :, :, v:v + sw * (ow - 1) + 1:sw] for v in range(kw)]      # each (N, C, H, OW)
+    rows = _maximum(columns)
+    out = _maximum([rows[:, :, u:u + sh * (oh - 1) + 1:sh] for u in range(kh)])   # (N, C, OH, OW)
+    return out.to(torch.int64, copy=kh == kw == 1)   # a new tensor: never a view of the input
+
+
+def _maximum(views: list[torch.Tensor]) -> torch.Tensor:
+    """The elementwise maximum of ``views``, in their dtype: a new tensor if there are two or more."""
+    if len(views) == 1:
+        return views[0]
+    out = torch.maximum(views[0], views[1])
+    for view in views[2:]:
         torch.maximum(out, view, out=out)
-    return out.to(torch.int64)
+    return out
 
 
 def integer_avg_pool2d(q_x, kernel_size, stride=None) -> torch.Tensor:

@@ -11,6 +11,7 @@ where the shapes are small enough for it.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -188,8 +189,11 @@ def test_requantizer_equals_the_transcription_on_ties_and_every_shift(seed):
     z_y, lo, hi = [(-128, -128, 127), (5, -128, 127), (0, 0, 255), (100, 0, 255), (-127, -128, 127), (255, 0, 255)][seed]
     expected = oracle_requantize(acc + bias, m0, shift, z_y, lo, hi, channel_axis=1)
     assert torch.equal(_requantized(Requantizer(bias, m0, shift, z_y, lo, hi), acc), expected)
-    channels_first = Requantizer(bias, m0, shift, z_y, lo, hi, channel_shape=(-1, 1))
-    assert torch.equal(_requantized(channels_first, acc.t().contiguous()), expected.t())
+    # channels first: acc (C_out, b, P) into an output (b, C_out, P), rows = (b, P)
+    channels_first = Requantizer(bias, m0, shift, z_y, lo, hi, channels_first=True)
+    acc_cf = acc.t().reshape(c_out, 4, rows // 4).to(torch.int32)
+    out_cf = channels_first(acc_cf, torch.empty(4, c_out, rows // 4, dtype=torch.int64))
+    assert torch.equal(out_cf, expected.reshape(4, rows // 4, c_out).transpose(1, 2))
     for c in (0, 1, 7, 31):                                   # one multiplier for the whole tensor
         one = Requantizer(bias, m0[c:c + 1], shift[c:c + 1], z_y, lo, hi)
         assert torch.equal(_requantized(one, acc), oracle_requantize(acc + bias, m0[c:c + 1], shift[c:c + 1], z_y,
@@ -233,6 +237,19 @@ def test_in_place_multiplier_equals_the_readable_one_for_any_m0():
     m0, n = torch.randint(0, 2**31, (8,), generator=g), torch.tensor([0, 0, 1, 5, 9, 30, 31, 0])
     ours = multiply_by_quantized_multiplier_in_place(per_channel.clone(), m0, n)
     assert torch.equal(ours, multiply_by_quantized_multiplier(per_channel, m0, n, axis=1))
+
+
+def test_channel_bounds_equal_the_bounds_of_each_channel():
+    rng = np.random.default_rng(8)
+    m0 = rng.integers(2**30, 2**31, 40)
+    m0[:3] = [2**30, 2**31 - 1, 1288490189]
+    shift = np.arange(40) % 20
+    for lo, hi in ((0, 255), (-128, 127), (-255, 0), (3, 4)):
+        a_lo, a_hi = integer_kernels.channel_input_bounds(m0, shift, lo, hi)
+        for c in range(40):
+            assert (int(a_lo[c]), int(a_hi[c])) == integer_kernels._input_bounds(int(m0[c]), int(shift[c]), lo, hi)
+    assert integer_kernels.channel_input_bounds(np.array([0, 2**30]), np.array([3, 3]), 0, 255) is None
+    assert integer_kernels.channel_input_bounds(m0[:2], np.array([31, 31]), -(2**20), 2**20) is None  # int64 limit
 
 
 # --- the GEMM ------------------------------------------------------------------------------------------

@@ -333,9 +333,14 @@ def test_agrees_with_pytorch_quantized_linear_and_conv2d(nnq, engine, capsys):
 
 def test_integer_max_pool_matches_max_pool2d():
     q = torch.randint(-128, 128, (2, 3, 8, 7), generator=gen(3))
-    for k, s in ((2, None), (3, 2), ((2, 3), (1, 2))):
-        expected = F.max_pool2d(q.double(), k, s).long()
-        assert torch.equal(integer_max_pool2d(q, k, s), expected)
+    for dtype in (torch.int64, torch.int8):
+        for k, s in ((2, None), (3, 2), ((2, 3), (1, 2)), (1, 2), ((3, 1), (2, 1)), ((1, 3), 1)):
+            expected = F.max_pool2d(q.double(), k, s).long()
+            got = integer_max_pool2d(q.to(dtype), k, s)
+            assert torch.equal(got, expected) and got.dtype == torch.int64
+    one = integer_max_pool2d(q, 1)                  # a 1x1 window copies: the result is not the input
+    one += 1
+    assert torch.equal(one - 1, q)
 
 
 def test_integer_avg_pool_rounds_half_away_from_zero():
