@@ -7,16 +7,25 @@ formula (accumulate, add the bias, rescale, add the output zero point, clamp) on
 tensors. PyTorch has no integer BLAS, and every elementwise step is one more pass over memory,
 so for 8-bit operands those functions hand the work to this module (one dispatch line each).
 It returns the same integers, bit for bit (``tests/test_integer_kernels.py`` holds the two
-equal on random shapes and on the extremes), by four tricks, each proved where it is used:
+equal on random shapes and on the extremes), by these tricks, each proved where it is used:
 
 1. :func:`exact_matmul`: an exact integer GEMM from ``torch._int_mm`` (int8 x int8 -> int32)
    or from float64 BLAS while every partial sum stays below 2^53;
 2. :func:`as_signed_bytes`: uint8 activations become int8 by moving values and zero point
    down by 128, which changes no ``q_X - Z_X``;
-3. :class:`Requantizer`: gemmlowp's two roundings, the bias and the output zero point in one
-   multiply, one addition and one shift of the int32 accumulator widened to int64;
-4. the convolution's im2col patches built once, channels last, from an int8 input padded with
-   ``Z_X``, and one GEMM for all images.
+3. :class:`Requantizer`: the output clamp moved before the rescaling, onto the int32
+   accumulator (:func:`smallest_input_reaching`); gemmlowp's two roundings, the bias and the
+   output zero point in one multiply, one addition and one shift in int64; or, with one
+   multiplier per tensor where signs matter, the high multiply in float64 (exact) and the
+   rounding shift in int32;
+4. the layers work block by block of rows (or of images), so that the int64 passes over a
+   block run in cache;
+5. a convolution pads its int8 input with ``Z_X`` once and copies its im2col patches in the
+   layout with the longer contiguous runs, for one GEMM per block of images.
+
+Where float64 tensors appear (the BLAS route of 1, the float64 route of 3), they carry
+integers exactly. The integer model's layers (8-bit, one multiplier per channel) use integer
+tensors only, as :class:`qlib.integer_model.FloatTensorGuard` checks.
 """
 from __future__ import annotations
 
@@ -67,6 +76,10 @@ def as_signed_bytes(q_x: torch.Tensor, z_x: int) -> tuple[torch.Tensor, int] | N
     down by 128, and so does the zero point: ``(q - 128) - (Z_X - 128) = q - Z_X``. For the
     zero point that needs ``0 <= Z_X <= 255`` (then ``z8`` fits int8 too, as padding needs).
     """
+    if q_x.dtype == torch.int8:
+        return q_x, z_x
+    if q_x.dtype == torch.uint8:                     # every value lies in [0, 255]: no need to look
+        return ((q_x ^ 0x80).view(torch.int8), z_x - 128) if 0 <= z_x <= 255 else None
     lo, hi = (int(v) for v in torch.aminmax(q_x))
     if _fits(lo, hi, -128, 127):
         return _as_int8(q_x, lo, hi)[0], z_x
@@ -238,9 +251,12 @@ class Requantizer:
     ``requantize(acc, out)``: ``acc`` int32 (overwritten), ``out`` the int64 output block, which
     receives the result: both (rows, C_out), or with ``channels_first`` ``acc`` (C_out, b, P) and
     ``out`` (b, C_out, P). ``bias``, ``m0``, ``shift``: int64, one value or one per output channel.
+    ``clamp_first=False`` keeps the clamp in int64 with one multiplier per channel (for small
+    layers, where computing the bounds costs more than it saves).
     """
 
-    def __init__(self, bias, m0, shift, z_y: int, lo: int, hi: int, channels_first: bool = False):
+    def __init__(self, bias, m0, shift, z_y: int, lo: int, hi: int, channels_first: bool = False,
+                 clamp_first: bool = True):
         self.lo, self.hi, self.z_y, self.channels_first = lo, hi, z_y, channels_first
         acc_shape, out_shape = ((-1, 1, 1), (-1, 1)) if channels_first else ((-1,), (-1,))
         # the constants are a few numbers per channel: numpy int64 (cheaper than torch on so few)
@@ -253,7 +269,7 @@ class Requantizer:
             self._one_multiplier(int(m0[0]), int(shift[0]))
             return
         self.route = "fused"
-        bounds = channel_input_bounds(m0, shift, lo - z_y, hi - z_y)
+        bounds = channel_input_bounds(m0, shift, lo - z_y, hi - z_y) if clamp_first else None
         fold_bias = bias is not None and not self.sign             # bias m0 joins K, the bounds move by -bias
         if fold_bias and bounds is not None:
             moved = tuple(v - bias for v in bounds)
@@ -281,7 +297,7 @@ class Requantizer:
                 and offset + 2 ** (n - 1) + abs(z_y) * 2**n + a_max < 2**31):
             self.route = "two_roundings"
             self.m0_real = m0 / 2**31                              # exact: m0 < 2^31
-            self.first = 0.5 + offset
+            self.first = torch.tensor(0.5 + offset, dtype=torch.float64)
             self.second, self.n = 2 ** (n - 1) + z_y * 2**n - offset, n
             return
         self.route = "fused"
@@ -293,7 +309,7 @@ class Requantizer:
         if self.bias is not None:
             acc.add_(self.bias)                                    # a = acc + bias, int32
         if self.bounds is not None:                                # the output clamp, on int32
-            if self.route == "fused" and isinstance(self.m0, torch.Tensor):
+            if isinstance(self.bounds[0], torch.Tensor):           # one pair per channel
                 torch.maximum(acc, self.bounds[0], out=acc)        # (faster than clamp_ with tensor bounds)
                 torch.minimum(acc, self.bounds[1], out=acc)
             else:
@@ -301,7 +317,7 @@ class Requantizer:
         if self.route == "two_roundings":
             negative = acc >> 31                                   # -[a < 0]
             real = acc.to(torch.float64)
-            torch.add(torch.tensor(self.first, dtype=torch.float64), real, alpha=self.m0_real, out=real)
+            torch.add(self.first, real, alpha=self.m0_real, out=real)
             acc = real.to(torch.int32)                             # z + O
             acc.add_(negative).add_(self.second).bitwise_right_shift_(self.n)
             return out.copy_(acc.transpose(0, 1) if self.channels_first else acc)
@@ -346,7 +362,12 @@ def multiply_by_quantized_multiplier_in_place(acc: torch.Tensor, m0: torch.Tenso
     return _rescale_in_place(acc, m0, k, 31 + shift, sign_mask)
 
 
-def _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channels_first=False) -> Requantizer | None:
+#: Layers with fewer outputs keep the output clamp in int64 (see :class:`Requantizer`).
+CLAMP_FIRST_OUTPUTS = 2**16
+
+
+def _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, outputs: int,
+                 channels_first: bool = False) -> Requantizer | None:
     """The :class:`Requantizer` of an 8-bit layer, or ``None`` where the kernels do not apply.
 
     The input zero point is folded into the bias, ``q_b - Z_X sum_k q_W[o, k]``; then
@@ -362,7 +383,7 @@ def _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channels_first=False) 
         bias = bias - z_x * w8.reshape(w8.shape[0], -1).sum(dim=1, dtype=torch.int32).numpy()  # |sum| < 2^24
     if k * 128 * 128 + int(np.abs(bias).max()) >= 2**31:
         return None
-    return Requantizer(bias, m0, shift, z_y, lo, hi, channels_first)
+    return Requantizer(bias, m0, shift, z_y, lo, hi, channels_first, clamp_first=outputs >= CLAMP_FIRST_OUTPUTS)
 
 
 # --- the layers ---------------------------------------------------------------------------------------
@@ -386,7 +407,7 @@ def quantized_linear_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, h
     if signed is None or w8 is None:
         return None
     x8, z_x = signed
-    requantize = _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi)
+    requantize = _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, outputs=x8.shape[0] * w8.shape[0])
     if requantize is None:
         return None
     n, c_out = x8.shape[0], w8.shape[0]
@@ -421,13 +442,13 @@ def quantized_conv2d_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, h
     x8, z_x = signed
     if not -128 <= z_x <= 127 and any(padding):
         return None                                  # the padding value does not fit int8
-    requantize = _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, channels_first=True)
-    if requantize is None:
-        return None
     n, c_in, h, w = x8.shape
     c_out, _, kh, kw = w8.shape
     (sh, sw), (ph, pw) = stride, padding
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    requantize = _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, n * c_out * oh * ow, channels_first=True)
+    if requantize is None:
+        return None
     k = kh * kw * c_in
     channels_first = sw == 1 and ow > kw * c_in
     if channels_first:

@@ -2,18 +2,20 @@
 
     python scripts/bench_integer_linear.py                  # 1024 x 1024 x 1024 and the digits CNN
     python scripts/bench_integer_linear.py --threads 2 --size 512
+    python scripts/bench_integer_linear.py --runs 5         # five runs and the spread of the ratios
 
 1. A fully connected layer, batch x in_features x out_features = size^3: uint8 activations
    with a zero point, symmetric int8 weights, int32 bias, uint8 output.
-   qlib.integer_layers.quantized_linear (torch._int_mm accumulation, gemmlowp requantization)
+   qlib.integer_layers.quantized_linear (qlib.integer_kernels: torch._int_mm accumulation, gemmlowp requantization)
    against torch.ao.nn.quantized.Linear (fbgemm/x86: int32 accumulation, float requantization)
    and torch.nn.functional.linear in FP32, on the same numbers.
 2. The digits CNN on the 360 test images: qlib's integer-only model (qlib.integer_model)
    against the same integers run by PyTorch's quantized modules, and the FP32 model.
 
 Every candidate runs with the same torch.set_num_threads; times are the best of --repeats
-after one warm-up run (scripts/timing.py).
-Prints the times, the ratios, and how often qlib and PyTorch give the same integers.
+after one warm-up run (scripts/timing.py). Prints the times, the ratios, and how often qlib and
+PyTorch give the same integers; with --runs, the whole comparison is repeated and the smallest,
+median and largest ratio of qlib to PyTorch's quantized kernels are printed at the end.
 Not a test: timings depend on the machine, the ratios much less.
 """
 from __future__ import annotations
@@ -31,7 +33,8 @@ from timing import best_of  # scripts/timing.py: running a script puts its folde
 warnings.filterwarnings("ignore", message=".*deprecat")  # torch.ao.quantization warns that it is deprecated
 
 
-def report(title: str, t_qlib: float, t_torch: float, t_fp32: float, agree: str) -> None:
+def report(title: str, t_qlib: float, t_torch: float, t_fp32: float, agree: str) -> float:
+    """Print one comparison; returns qlib's time over PyTorch's quantized kernels' time."""
     print(title)
     print(f"  qlib integer-only        {t_qlib * 1e3:9.2f} ms")
     print(f"  PyTorch quantized ({torch.backends.quantized.engine:6s}) {t_torch * 1e3:7.2f} ms")
@@ -39,9 +42,10 @@ def report(title: str, t_qlib: float, t_torch: float, t_fp32: float, agree: str)
     print(f"  qlib / PyTorch quantized {t_qlib / t_torch:9.2f}")
     print(f"  qlib / FP32              {t_qlib / t_fp32:9.2f}")
     print(f"  {agree}")
+    return t_qlib / t_torch
 
 
-def bench_linear(size: int, repeats: int) -> None:
+def bench_linear(size: int, repeats: int) -> float:
     from torch.ao.nn.quantized import Linear as QuantizedLinear
 
     g = torch.Generator().manual_seed(0)
@@ -70,8 +74,8 @@ def bench_linear(size: int, repeats: int) -> None:
     diff = (ours - theirs.int_repr().long()).abs()
     agree = (f"same integers as PyTorch: {float((diff == 0).float().mean()):.2%} of {diff.numel():,}, "
              f"largest difference {int(diff.max())}")
-    report(f"fully connected, {size} x {size} x {size} (uint8 x int8 -> uint8), best of {repeats}",
-           t_qlib, t_torch, t_fp32, agree)
+    return report(f"fully connected, {size} x {size} x {size} (uint8 x int8 -> uint8), best of {repeats}",
+                  t_qlib, t_torch, t_fp32, agree)
 
 
 def pytorch_quantized_digits(integer_model):
@@ -108,12 +112,12 @@ def pytorch_quantized_digits(integer_model):
     return forward
 
 
-def bench_digits(repeats: int) -> None:
+def bench_digits(repeats: int) -> float | None:
     try:
         from qlib.integer_model import convert_digits_cnn
     except ImportError:
         print("digits CNN: qlib.integer_model is not available, so the whole-model comparison is skipped")
-        return
+        return None
     from qlib.data import load_digits
     from qlib.models import load_pretrained
 
@@ -122,7 +126,7 @@ def bench_digits(repeats: int) -> None:
     integer_model = convert_digits_cnn(fp32, train.images)
     if integer_model.input_qparams.qmin != 0:
         print("digits CNN: the comparison expects uint8 activations; skipped")
-        return
+        return None
     pytorch_model = pytorch_quantized_digits(integer_model)
     x = test.images
 
@@ -138,8 +142,8 @@ def bench_digits(repeats: int) -> None:
            (("qlib", q_ours.argmax(1)), ("PyTorch", q_theirs.argmax(1)), ("FP32", logits.argmax(1)))}
     agree = (f"same output integers as PyTorch: {same:.2%}, same predictions: {preds:.2%}; test accuracy "
              + ", ".join(f"{k} {v:.2%}" for k, v in acc.items()))
-    report(f"digits CNN, {len(x)} test images (uint8 activations, per-channel int8 weights), best of {repeats}",
-           t_qlib, t_torch, t_fp32, agree)
+    return report(f"digits CNN, {len(x)} test images (uint8 activations, per-channel int8 weights), "
+                  f"best of {repeats}", t_qlib, t_torch, t_fp32, agree)
 
 
 def main() -> None:
@@ -147,13 +151,24 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="batch = in_features = out_features")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every candidate")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=1, help="repeat the whole comparison, then print the spread")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     engines = torch.backends.quantized.supported_engines
     torch.backends.quantized.engine = "fbgemm" if "fbgemm" in engines else engines[-1]
     print(f"torch {torch.__version__}, {args.threads} thread(s), quantized engine {torch.backends.quantized.engine}")
-    bench_linear(args.size, args.repeats)
-    bench_digits(args.repeats)
+    ratios = {"fully connected": [], "digits CNN": []}
+    for _ in range(args.runs):
+        ratios["fully connected"].append(bench_linear(args.size, args.repeats))
+        ratio = bench_digits(args.repeats)
+        if ratio is not None:
+            ratios["digits CNN"].append(ratio)
+    if args.runs > 1:
+        for name, values in ratios.items():
+            if values:
+                values = sorted(values)
+                print(f"{name}: qlib / PyTorch quantized over {len(values)} runs: smallest {values[0]:.2f}, "
+                      f"median {values[len(values) // 2]:.2f}, largest {values[-1]:.2f}")
 
 
 if __name__ == "__main__":

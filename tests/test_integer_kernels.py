@@ -122,6 +122,26 @@ def test_conv_kernel_equals_the_readable_route(case, every_shift, readable):
     assert torch.equal(fast, expected)
 
 
+@pytest.mark.parametrize("relu, z_y, out_range", [(True, 0, (0, 255)), (False, 100, (0, 255)),
+                                                  (False, -128, (-128, 127)), (True, -20, (-128, 127))])
+def test_large_layers_clamp_in_int32_and_agree(relu, z_y, out_range, readable):
+    """Layers with many outputs clamp the int32 accumulator to each channel's input bounds first."""
+    g = gen(900 + z_y)
+    m0, shift = _multipliers(g, 48, per_channel=True, every_shift=False)
+    q_x = torch.randint(0, 256, (1400, 64), generator=g, dtype=torch.uint8)
+    q_w = torch.randint(-127, 128, (48, 64), generator=g, dtype=torch.int8)
+    q_b = torch.randint(-(2**17), 2**17, (48,), generator=g)
+    args = (q_x, q_w, q_b, 3, m0, shift, z_y, *out_range, relu)
+    assert 40 * 48 * 81 >= 1400 * 48 >= integer_kernels.CLAMP_FIRST_OUTPUTS
+    assert torch.equal(quantized_linear(*args), readable(quantized_linear, *args))
+    q_img = torch.randint(0, 256, (40, 8, 9, 9), generator=g, dtype=torch.uint8)
+    q_k = torch.randint(-127, 128, (48, 8, 3, 3), generator=g, dtype=torch.int8)
+    args = (q_img, q_k, q_b, 7, m0, shift, z_y, *out_range)
+    fast = quantized_conv2d(*args, padding=1, relu=relu)
+    assert torch.equal(fast, readable(quantized_conv2d, *args, padding=1, relu=relu))
+    assert fast.unique().numel() > 50
+
+
 def test_accumulators_at_the_int32_limits(readable):
     """K = 2^17 - 1 products of -128 * -128 plus a bias: |acc| within 2^14 of 2^31, the kernel's edge."""
     k = 2**17 - 1
@@ -186,7 +206,8 @@ def test_requantizer_equals_the_transcription_on_ties_and_every_shift(seed):
     # exact negative ties of the shift: with m0 = 2^30, a = -(2j + 1) 2^n gives z = -(2j + 1) 2^(n-1)
     odd = -(2 * torch.arange(8).reshape(-1, 1) + 1)
     acc[8:16] = torch.where(m0 == 2**30, (odd << shift.clamp(max=20)) - bias, acc[8:16])
-    z_y, lo, hi = [(-128, -128, 127), (5, -128, 127), (0, 0, 255), (100, 0, 255), (-127, -128, 127), (255, 0, 255)][seed]
+    z_y, lo, hi = [(-128, -128, 127), (5, -128, 127), (0, 0, 255), (100, 0, 255), (-127, -128, 127),
+                   (255, 0, 255)][seed]
     expected = oracle_requantize(acc + bias, m0, shift, z_y, lo, hi, channel_axis=1)
     assert torch.equal(_requantized(Requantizer(bias, m0, shift, z_y, lo, hi), acc), expected)
     # channels first: acc (C_out, b, P) into an output (b, C_out, P), rows = (b, P)
