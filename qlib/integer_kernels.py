@@ -29,6 +29,8 @@ tensors only, as :class:`qlib.integer_model.FloatTensorGuard` checks.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -383,7 +385,21 @@ def _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, outputs: int,
         bias = bias - z_x * w8.reshape(w8.shape[0], -1).sum(dim=1, dtype=torch.int32).numpy()  # |sum| < 2^24
     if k * 128 * 128 + int(np.abs(bias).max()) >= 2**31:
         return None
-    return Requantizer(bias, m0, shift, z_y, lo, hi, channels_first, clamp_first=outputs >= CLAMP_FIRST_OUTPUTS)
+    as_int64 = (np.ascontiguousarray(v, dtype=np.int64).tobytes() for v in (bias, m0, shift))
+    return _requantizer_of(*as_int64, z_y, lo, hi, channels_first, outputs >= CLAMP_FIRST_OUTPUTS)
+
+
+@functools.lru_cache(maxsize=64)
+def _requantizer_of(bias: bytes, m0: bytes, shift: bytes, z_y: int, lo: int, hi: int, channels_first: bool,
+                    clamp_first: bool) -> Requantizer:
+    """The :class:`Requantizer` of these constants (int64 bytes), remembered by value.
+
+    A model calls its layers with the same constants again and again; computing them is most of
+    a small layer's cost. A :class:`Requantizer` is never changed after it is made, so one object
+    can serve every call with equal constants.
+    """
+    bias, m0, shift = (np.frombuffer(v, dtype=np.int64).copy() for v in (bias, m0, shift))
+    return Requantizer(bias, m0, shift, z_y, lo, hi, channels_first, clamp_first)
 
 
 # --- the layers ---------------------------------------------------------------------------------------
