@@ -466,8 +466,8 @@ def quantized_conv2d_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, h
     if requantize is None:
         return None
     k = kh * kw * c_in
-    channels_first = sw == 1 and ow > kw * c_in
-    if channels_first:
+    by_channel = sw == 1 and ow > kw * c_in          # the patches channels first: longer runs
+    if by_channel:
         padded = torch.nn.functional.pad(x8, (pw, pw, ph, ph), value=z_x) if ph or pw else x8
         w_rows = w8.reshape(c_out, k)                                            # (c, u, v) order
     else:
@@ -479,7 +479,7 @@ def quantized_conv2d_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, h
     for start in range(0, n, images):
         block = padded[start:start + images]
         b = block.shape[0]
-        if channels_first:
+        if by_channel:
             windows = block.unfold(2, kh, sh).unfold(3, kw, sw)                 # (b, C, OH, OW, kh, kw)
             columns = windows.permute(1, 4, 5, 0, 2, 3).reshape(k, b * oh * ow)
         else:
