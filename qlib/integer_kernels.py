@@ -372,33 +372,34 @@ def _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, outputs: int,
                  channels_first: bool = False) -> Requantizer | None:
     """The :class:`Requantizer` of an 8-bit layer, or ``None`` where the kernels do not apply.
 
+    ``q_bias``, ``m0``, ``shift``: int64 tensors (checked by the caller). Made by
+    :func:`_requantizer_of`, which remembers it by the value of its constants: a model calls its
+    layers with the same constants again and again, and computing them is most of a small
+    layer's cost. (A :class:`Requantizer` is never changed after it is made, so one object can
+    serve every call with equal constants.)
+    """
+    sums = w8.reshape(w8.shape[0], -1).sum(dim=1, dtype=torch.int32) if z_x else None   # |sum| < 2^24
+    constants = (v.to(torch.int64).numpy().tobytes() for v in (q_bias, m0, shift))
+    return _requantizer_of(*constants, None if sums is None else sums.numpy().tobytes(), z_x, w8[0].numel(),
+                           z_y, lo, hi, channels_first, outputs >= CLAMP_FIRST_OUTPUTS)
+
+
+@functools.lru_cache(maxsize=64)
+def _requantizer_of(q_bias: bytes, m0: bytes, shift: bytes, weight_sums: bytes | None, z_x: int, k: int, z_y: int,
+                    lo: int, hi: int, channels_first: bool, clamp_first: bool) -> Requantizer | None:
+    """The :class:`Requantizer` of these constants (int64 bytes; the weights' row sums int32), or ``None``.
+
     The input zero point is folded into the bias, ``q_b - Z_X sum_k q_W[o, k]``; then
     ``|acc| <= K 128 128`` plus the bias must stay inside int32, and every shift must be a right
     shift (``n >= 0``).
     """
-    m0, shift = np.asarray(m0), np.asarray(shift)
-    k = w8[0].numel()
+    bias, m0, shift = (np.frombuffer(v, dtype=np.int64).copy() for v in (q_bias, m0, shift))
     if (shift < 0).any() or (m0 < 0).any() or not INT_MM_MIN_K <= k < INT_MM_MAX_K:
         return None
-    bias = np.asarray(q_bias)
-    if z_x:
-        bias = bias - z_x * w8.reshape(w8.shape[0], -1).sum(dim=1, dtype=torch.int32).numpy()  # |sum| < 2^24
+    if weight_sums is not None:
+        bias = bias - z_x * np.frombuffer(weight_sums, dtype=np.int32).astype(np.int64)
     if k * 128 * 128 + int(np.abs(bias).max()) >= 2**31:
         return None
-    as_int64 = (np.ascontiguousarray(v, dtype=np.int64).tobytes() for v in (bias, m0, shift))
-    return _requantizer_of(*as_int64, z_y, lo, hi, channels_first, outputs >= CLAMP_FIRST_OUTPUTS)
-
-
-@functools.lru_cache(maxsize=64)
-def _requantizer_of(bias: bytes, m0: bytes, shift: bytes, z_y: int, lo: int, hi: int, channels_first: bool,
-                    clamp_first: bool) -> Requantizer:
-    """The :class:`Requantizer` of these constants (int64 bytes), remembered by value.
-
-    A model calls its layers with the same constants again and again; computing them is most of
-    a small layer's cost. A :class:`Requantizer` is never changed after it is made, so one object
-    can serve every call with equal constants.
-    """
-    bias, m0, shift = (np.frombuffer(v, dtype=np.int64).copy() for v in (bias, m0, shift))
     return Requantizer(bias, m0, shift, z_y, lo, hi, channels_first, clamp_first)
 
 

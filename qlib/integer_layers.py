@@ -74,7 +74,7 @@ def fold_zero_points(q_bias, q_weight, x_zero_point: int, weight_zero_point=0) -
     convolution). ``weight_zero_point`` is a scalar or one per output channel.
     ``q_bias`` may be ``None`` (no bias). Exact int64 arithmetic.
     """
-    q_weight = q_weight if is_byte_tensor(q_weight) else _int_tensor(q_weight, "q_weight")
+    q_weight = q_weight if is_byte_tensor(q_weight) else _ints(q_weight, "q_weight")
     if q_weight.ndim < 2:
         raise ValueError(f"q_weight must have an output axis and at least one more, got shape {tuple(q_weight.shape)}")
     c_out = q_weight.shape[0]
@@ -100,8 +100,8 @@ def integer_matmul(a, b) -> torch.Tensor:
 
     ``a`` and ``b`` hold integers (any integer dtype); a transposed view is fine.
     """
-    a = a if is_byte_tensor(a) else _int_tensor(a, "a")
-    b = b if is_byte_tensor(b) else _int_tensor(b, "b")
+    a = a if is_byte_tensor(a) else _ints(a, "a")
+    b = b if is_byte_tensor(b) else _ints(b, "b")
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"integer_matmul needs 2-D operands, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[1] != b.shape[0]:
@@ -121,10 +121,27 @@ def _integer_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 # --- argument checks ----------------------------------------------------------------------------
 
+#: Integer dtypes whose tensors are checked with one ``aminmax``.
+_INTEGER_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+def _ints(x, name: str, lo: int = INT32_MIN, hi: int = INT32_MAX) -> torch.Tensor:
+    """``x`` as an int64 tensor of integers in [lo, hi], as :func:`qlib.requantize._int_tensor` checks it.
+
+    An integer tensor whose smallest and largest values lie in range passes with one ``aminmax``;
+    anything else goes through ``_int_tensor``, which accepts or explains the refusal.
+    """
+    if isinstance(x, torch.Tensor) and x.dtype in _INTEGER_DTYPES and x.numel() > 0:
+        x_lo, x_hi = torch.aminmax(x)
+        if lo <= int(x_lo) and int(x_hi) <= hi:
+            return x.to(torch.int64)
+    return _int_tensor(x, name, lo, hi)
+
+
 def _bias_tensor(q_bias, c_out: int) -> torch.Tensor:
     if q_bias is None:
         return torch.zeros(c_out, dtype=torch.int64)
-    q_bias = _int_tensor(q_bias, "q_bias").reshape(-1)
+    q_bias = _ints(q_bias, "q_bias").reshape(-1)
     if q_bias.numel() != c_out:
         raise ValueError(f"q_bias has {q_bias.numel()} values but the layer has {c_out} outputs")
     return q_bias
@@ -141,15 +158,15 @@ def _check_input_zero_point(zero_point) -> int:
 
 
 def _weight_zero_point(weight_zero_point, c_out: int) -> torch.Tensor:
-    z = _int_tensor(weight_zero_point, "weight_zero_point", -(2**16), 2**16 - 1).reshape(-1)
+    z = _ints(weight_zero_point, "weight_zero_point", -(2**16), 2**16 - 1).reshape(-1)
     if z.numel() not in (1, c_out):
         raise ValueError(f"weight_zero_point has {z.numel()} values but the layer has {c_out} outputs")
     return z
 
 
 def _rescale_args(m0, shift, c_out: int):
-    m0 = _int_tensor(m0, "m0", 0, INT32_MAX).reshape(-1)
-    shift = _int_tensor(shift, "shift", MIN_SHIFT, MAX_SHIFT).reshape(-1)
+    m0 = _ints(m0, "m0", 0, INT32_MAX).reshape(-1)
+    shift = _ints(shift, "shift", MIN_SHIFT, MAX_SHIFT).reshape(-1)
     for name, v in (("m0", m0), ("shift", shift)):
         if v.numel() not in (1, c_out):
             raise ValueError(f"{name} has {v.numel()} values but the layer has {c_out} outputs")
@@ -163,7 +180,7 @@ def _output_range(y_zero_point, qmin: int, qmax: int, relu: bool) -> tuple[int, 
 
 
 def _layer_input(q, name: str, ndim: int) -> torch.Tensor:
-    q = q if is_byte_tensor(q) else _int_tensor(q, name)
+    q = q if is_byte_tensor(q) else _ints(q, name)
     if q.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(q.shape)}")
     return q
