@@ -120,11 +120,18 @@ class PACTQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.initialized:
-            start = self.init_alpha if self.init_alpha is not None else float(x.detach().max())
-            if not start > 0:
-                raise ValueError("the first batch seen by PACTQuantizer has no positive value: "
-                                 "give init_alpha explicitly")
-            self.alpha = nn.Parameter(torch.tensor(start, dtype=torch.float32))
+            self._start_alpha(x)
+        return self.fake_quantize(x)
+
+    def _start_alpha(self, x: torch.Tensor) -> None:
+        start = self.init_alpha if self.init_alpha is not None else float(x.detach().max())
+        if not start > 0:
+            raise ValueError(f"the first batch seen by {type(self).__name__} has no positive value: "
+                             "give init_alpha explicitly")
+        self.alpha = nn.Parameter(torch.tensor(start, dtype=torch.float32))
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """PACT's forward with its gradients (:func:`pact_fake_quantize`) at the current ``alpha``."""
         return pact_fake_quantize.unguarded(x, self.alpha, self.bits)
 
     def extra_repr(self) -> str:

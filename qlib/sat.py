@@ -142,13 +142,8 @@ class CGPACTQuantizer(PACTQuantizer):
     same L2 penalty in :func:`qlib.pact.pact_penalty`; only the gradient of ``alpha`` differs.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.initialized:
-            start = self.init_alpha if self.init_alpha is not None else float(x.detach().max())
-            if not start > 0:
-                raise ValueError("the first batch seen by CGPACTQuantizer has no positive value: "
-                                 "give init_alpha explicitly")
-            self.alpha = nn.Parameter(torch.tensor(start, dtype=torch.float32))
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """PACT's forward with CG-PACT's gradients (:func:`cg_pact_fake_quantize`) at the current ``alpha``."""
         return cg_pact_fake_quantize(x, self.alpha, self.bits)
 
 
