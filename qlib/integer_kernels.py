@@ -409,6 +409,19 @@ def _requantizer_of(q_bias: bytes, m0: bytes, shift: bytes, weight_sums: bytes |
 BLOCK = 2**18
 
 
+def _int8_operands(q_x, q_weight, z_x, z_w):
+    """``(x8, z_x, w8)``: the input as int8 with its shifted zero point and the weights as int8,
+    when the input is not empty, both fit 8 bits and the weights are symmetric (``z_w == 0``); else ``None``."""
+    if q_x.numel() == 0 or bool((z_w != 0).any()):
+        return None
+    signed = as_signed_bytes(q_x, z_x)
+    w8 = int8_or_none(q_weight)
+    if signed is None or w8 is None:
+        return None
+    x8, z_x = signed
+    return x8, z_x, w8
+
+
 def quantized_linear_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, hi) -> torch.Tensor | None:
     """:func:`qlib.integer_layers.quantized_linear` for 8-bit operands and symmetric weights, else ``None``.
 
@@ -417,13 +430,10 @@ def quantized_linear_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, h
     Block by block of rows: ``acc = int_mm(q_X8, q_W8^T)`` in int32, then the :class:`Requantizer`
     into the output.
     """
-    if q_x.numel() == 0 or bool((z_w != 0).any()):
+    operands = _int8_operands(q_x, q_weight, z_x, z_w)
+    if operands is None:
         return None
-    signed = as_signed_bytes(q_x, z_x)
-    w8 = int8_or_none(q_weight)
-    if signed is None or w8 is None:
-        return None
-    x8, z_x = signed
+    x8, z_x, w8 = operands
     requantize = _requantizer(q_bias, w8, z_x, m0, shift, z_y, lo, hi, outputs=x8.shape[0] * w8.shape[0])
     if requantize is None:
         return None
@@ -450,13 +460,10 @@ def quantized_conv2d_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, h
     * channels first, the transposed patches with rows ``(c, u, v)`` (the weights' own order):
       each row is ``b OH`` runs of ``OW`` bytes (stride 1 only).
     """
-    if groups != 1 or q_x.numel() == 0 or bool((z_w != 0).any()):
+    operands = None if groups != 1 else _int8_operands(q_x, q_weight, z_x, z_w)
+    if operands is None:
         return None
-    signed = as_signed_bytes(q_x, z_x)
-    w8 = int8_or_none(q_weight)
-    if signed is None or w8 is None:
-        return None
-    x8, z_x = signed
+    x8, z_x, w8 = operands
     if not -128 <= z_x <= 127 and any(padding):
         return None                                  # the padding value does not fit int8
     n, c_in, h, w = x8.shape
