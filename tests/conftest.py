@@ -10,7 +10,7 @@ import pytest
 # which is not on PATH when the tests run as `.venv/bin/python -m pytest`.
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
-from tests.lab_grading import grade_submissions  # noqa: E402 (after PATH is set)
+from tests.lab_grading import STANDARD_CHEATS, GradingRuns, LabGradingTests  # noqa: E402 (after PATH is set)
 
 #: torch.ao.quantization (observers) and torch.quantize_per_tensor are deprecated: silence only that.
 AO_DEPRECATIONS = ("ignore:.*deprecat:DeprecationWarning", "ignore:.*deprecat:UserWarning",
@@ -38,18 +38,39 @@ def ao():
         return torch.ao.quantization
 
 
+#: Tests that look at every sandbox process of the machine: no lab may be graded beside them.
+SEE_EVERY_SANDBOX = ("tests/test_sealed_grading.py::",)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def grading_runs(request, tmp_path_factory):
+    """The grading runs of the session's lab grading classes, started in the background with its first test.
+
+    They take minutes of two cores; the tests that come first (the site build, say) mostly keep one
+    core busy, so the runs go on beside them, one lab after the other, and each lab grading class
+    waits for its own. When a test that looks at every sandbox process would run before the last lab
+    class (an order given on the command line), each class grades its lab when it needs it instead.
+    """
+    items = request.session.items
+    labs = [i for i, item in enumerate(items) if item.cls is not None and issubclass(item.cls, LabGradingTests)]
+    classes = list(dict.fromkeys(items[i].cls for i in labs))
+    background = not any(item.nodeid.startswith(SEE_EVERY_SANDBOX) for item in items[:labs[-1]]) if labs else False
+    runs = GradingRuns(classes, tmp_path_factory, background)
+    yield runs
+    runs.close()
+
+
 @pytest.fixture(scope="class")
-def graded(request, tmp_path_factory):
-    """Every submission of the requesting LabGradingTests class, autograded once."""
-    return grade_submissions(request.cls, tmp_path_factory)
+def graded(request, grading_runs):
+    """Every submission of the requesting LabGradingTests class, graded once (a tests.lab_grading.Graded)."""
+    return grading_runs.result(request.cls)
 
 
 def pytest_generate_tests(metafunc):
     cls = metafunc.cls
     if cls is None:
         return
-    for arg, attr in (("wrong", "WRONG"), ("cheat", "CHEATS"), ("explained", "EXPLAINED")):
-        if arg in metafunc.fixturenames:
-            values = getattr(cls, attr)
-            metafunc.parametrize(arg, sorted(values) if isinstance(values, dict) else values,
-                                 ids=None if isinstance(values, dict) else [v[0] for v in values])
+    if "wrong" in metafunc.fixturenames:
+        metafunc.parametrize("wrong", sorted(cls.WRONG))
+    if "cheat" in metafunc.fixturenames:
+        metafunc.parametrize("cheat", sorted([*STANDARD_CHEATS, *cls.CHEATS]))

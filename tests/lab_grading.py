@@ -1,42 +1,222 @@
 """The grading tests every lab gets, written once.
 
-A lab's test module subclasses :class:`LabGradingTests` and fills in its data:
+A lab's test module subclasses :class:`LabGradingTests` and declares its data only:
 
-* ``LAB``, ``POINTS`` (grade cell id -> points), ``N_STUBS`` (solution regions in the release);
+* ``LAB``, ``POINTS`` (grade id -> points), ``N_STUBS`` (solution regions in the release);
 * ``DIFFERENT``: correct answers written differently (solution cell id -> source): full marks;
-* ``WRONG``: name -> (solution cell id, the question it must cost, source): that question only;
-* ``CHEATS``: name -> ({cell id: source}, (grade id, "edit" | "delete") or None, question):
-  nothing for that question, everything else graded;
-* ``EXPLAINED``: (submission, grade id, words its failure message must contain).
+* ``WRONG``: name -> :class:`Wrong`, a plausible mistake: it costs its question and only that one,
+  and the failure message says what went wrong;
+* ``HIDDEN_ONLY``: the name of a ``WRONG`` answer that passes the visible cases and fails a hidden one
+  (its feedback is searched for the hidden test);
+* ``CHEAT_TARGET``: the :class:`Target` task that the standard cheats (:func:`standard_cheats`) attack;
+* ``CHEATS``: name -> :class:`Cheat`, the lab's own attacks beside the standard ones;
+* ``ANSWER_LINES``: lines of the reference answers that the release must not show;
+* ``CELL_SECONDS``: how long a cell may run when the lab's submissions are graded (the class command's
+  ``--timeout``; the course allows 120 s). A few times the slowest cell of a correct submission, so that
+  the submissions that hang on purpose (``infinite_loop``) cost seconds, not minutes.
 
-One class-scoped run (the ``graded`` fixture of ``tests/conftest.py``) grades every submission
-with the class command (``python -m qlib.grading.course grade``, which writes nbgrader's gradebook)
-in a temporary course directory; ``tests/conftest.py`` also turns
-WRONG, CHEATS and EXPLAINED into parameters.
+Every submission of a lab (the reference answers, the untouched release, the answers written
+differently, each mistake and each cheat) is graded in one run of the class command
+(``python -m qlib.grading.course grade``, nbgrader's gradebook) in a temporary course. The runs of
+all the labs of a session are started in the background with the session's first test
+(:class:`GradingRuns`); the class-scoped ``graded`` fixture of ``tests/conftest.py`` waits for its
+lab's (conftest also turns ``WRONG`` and the cheats into parameters). The tests read the results by
+name (:class:`Graded`).
 """
 from __future__ import annotations
 
+import ast
+import html as htmllib
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import nbformat
+
 from tests import nbgrader_course as course
 
+STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 
-def grade_submissions(cls, tmp_path_factory):
-    """Autograde the reference, the untouched release and every variant of ``cls``.
 
-    Returns (scores by student, course directory by student, released notebook).
+class Wrong(NamedTuple):
+    """A plausible mistake: ``source`` in solution cell ``cell`` costs ``question`` only; its message says ``says``."""
+
+    cell: str
+    question: str
+    says: str
+    source: str
+
+
+class Cheat(NamedTuple):
+    """An attempt to game the grader: nothing for ``question``, everything else graded.
+
+    ``cells``: solution cell id -> source (the other cells hold the reference answers); ``tamper``:
+    "edit" or "delete" the test cell of ``question``; ``says``: words its failure message must contain.
+    """
+
+    cells: dict[str, str]
+    question: str
+    says: str = "GradingFailure"  # by default: failed with the grader's message, not with a crash
+    tamper: str | None = None
+
+
+class Target(NamedTuple):
+    """The task the standard cheats attack: its solution cell, its test cell, and qlib's function for it."""
+
+    cell: str
+    question: str
+    reference: str  # dotted path, e.g. "qlib.linear.quantize"
+
+
+def _signature(answer: str) -> tuple[str, str, str]:
+    """(name, parameters, first parameter) of the first function the answer defines."""
+    fn = next(n for n in ast.parse(answer).body if isinstance(n, ast.FunctionDef))
+    return fn.name, ast.unparse(fn.args), fn.args.args[0].arg
+
+
+#: The attacks every lab is tested against (see :func:`standard_cheats`).
+STANDARD_CHEATS = ("calls_qlib_reference", "patches_the_checks", "edits_test_cell", "deletes_test_cell",
+                   "infinite_loop")
+
+#: The comparisons a check might use, made to say "equal" to everything.
+PATCHED_COMPARISONS = """import numpy, torch
+numpy.array_equal = numpy.allclose = lambda *a, **k: True
+numpy.isclose = lambda a, b, **k: numpy.ones(numpy.shape(a), bool)
+torch.equal = torch.allclose = lambda *a, **k: True
+
+"""
+
+
+def standard_cheats(target: Target, answer: str, check: str) -> dict[str, Cheat]:
+    """The attacks every lab must withstand, on ``target`` (whose reference answer is ``answer``).
+
+    ``check`` is the name of the check the test cell calls (``grader.check_...``).
+    """
+    name, params, first = _signature(answer)
+    module, function = target.reference.rsplit(".", 1)
+    alias = "" if function == name else f" as {name}"
+    returns_input = f"def {name}({params}):\n    return {first}\n"  # wrong: the checks must catch it
+    return {
+        "calls_qlib_reference": Cheat({target.cell: f"from {module} import {function}{alias}\n"}, target.question,
+                                      "reference answer"),
+        "patches_the_checks": Cheat({target.cell: f"grader.{check} = lambda *a, **k: None\n" + PATCHED_COMPARISONS
+                                    + returns_input}, target.question),
+        "edits_test_cell": Cheat({target.cell: STUB}, target.question, "defines no", "edit"),
+        "deletes_test_cell": Cheat({target.cell: STUB}, target.question, "defines no", "delete"),
+        "infinite_loop": Cheat({target.cell: f"def {name}({params}):\n    while True:\n        pass\n"},
+                               target.question, "did not return within"),
+    }
+
+
+@dataclass
+class Graded:
+    """One lab's submissions, each graded by the class command; results by submission name."""
+
+    lab: str
+    course: Path
+    released: nbformat.NotebookNode
+    scores: dict[str, dict[str, float]]  # submission -> grade id -> points
+    cheats: dict[str, Cheat]  # the standard cheats and the lab's own
+
+    @property
+    def correct(self) -> dict[str, float]:
+        return self.scores["reference"]
+
+    @property
+    def untouched(self) -> dict[str, float]:
+        return self.scores["untouched"]
+
+    @property
+    def written_differently(self) -> dict[str, float]:
+        return self.scores["written_differently"]
+
+    def output(self, name: str, grade_id: str) -> str:
+        """What cell ``grade_id`` printed when submission ``name`` was graded."""
+        return course.cell_output(self.course, self.lab, name, grade_id)
+
+    def feedback(self, name: str) -> str:
+        """The feedback page of submission ``name`` (``nbgrader generate_feedback``), as HTML."""
+        course.nbgrader("generate_feedback", self.lab, "--student", name, "--force", cwd=self.course)
+        return next((self.course / "feedback" / name / self.lab).glob("*.html")).read_text()
+
+
+def page_text(html: str) -> str:
+    """What an HTML page shows: its text without tags, entities decoded (code is highlighted span by span)."""
+    return htmllib.unescape(re.sub(r"<[^>]+>", "", html))
+
+
+def _cell(nb: nbformat.NotebookNode, grade_id: str):
+    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+def hidden_test_lines(lab: str, grade_id: str) -> list[str]:
+    """The lines of the hidden tests of test cell ``grade_id`` in the instructor's notebook."""
+    source = _cell(course.read_notebook(course.ROOT / "solutions" / lab / f"{lab}.ipynb"), grade_id).source
+    regions = re.findall(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", source, re.S)
+    lines = [line.strip() for region in regions for line in region.splitlines() if line.strip()]
+    assert lines, f"{lab}: {grade_id} has no hidden tests"
+    return lines
+
+
+def cheats_of(cls, released: nbformat.NotebookNode, answers: dict[str, str]) -> dict[str, Cheat]:
+    """The standard cheats on the lab's ``CHEAT_TARGET``, and the lab's own."""
+    target = cls.CHEAT_TARGET
+    check = re.search(r"grader\.(check_\w+)\(", _cell(released, target.question).source).group(1)
+    own = set(cls.CHEATS) & set(STANDARD_CHEATS)
+    assert not own, f"{cls.__name__}: {sorted(own)} are standard cheats; give the lab's own another name"
+    return {**standard_cheats(target, answers[target.cell], check), **cls.CHEATS}
+
+
+def grade_submissions(cls, folder: Path, workers: int = 2) -> Graded:
+    """Grade the reference, the untouched release, the answers written differently, each mistake and cheat.
+
+    One run of the class command with ``workers`` workers, in a new course in ``folder``.
     """
     lab = cls.LAB
-    tmp = course.make_course(tmp_path_factory.mktemp("course") / "c", lab)
+    tmp = course.make_course(folder / "c", lab)
     released = course.read_notebook(course.notebook_path(tmp, "labs", lab))
     answers = course.solution_code(course.read_notebook(course.ROOT / "solutions" / lab / f"{lab}.ipynb"))
+    cheats = cheats_of(cls, released, answers)
     subs = {"reference": course.fill(released, answers), "untouched": released,
             "written_differently": course.fill(released, {**answers, **cls.DIFFERENT})}
-    for name, (cell, _, code) in cls.WRONG.items():
-        subs[name] = course.fill(released, {**answers, cell: code})
-    for name, (override, tamper, _) in cls.CHEATS.items():
-        nb = course.fill(released, {**answers, **override})
-        subs[name] = course.tamper(nb, *tamper) if tamper else nb
-    scores = course.grade_class(tmp, lab, subs, 2)  # the class command: nbgrader's grades, two workers
-    return scores, {student: tmp for student in subs}, released
+    for name, wrong in cls.WRONG.items():
+        subs[name] = course.fill(released, {**answers, wrong.cell: wrong.source})
+    for name, cheat in cheats.items():
+        nb = course.fill(released, {**answers, **cheat.cells})
+        subs[name] = course.tamper(nb, cheat.question, cheat.tamper) if cheat.tamper else nb
+    assert len(subs) == 3 + len(cls.WRONG) + len(cheats), "a mistake and a cheat share a name"
+    limit = ("--timeout", str(cls.CELL_SECONDS)) if cls.CELL_SECONDS else ()
+    scores = course.grade_class(tmp, lab, subs, workers, *limit)  # the class command: nbgrader's grades
+    return Graded(lab, tmp, released, scores, cheats)
+
+
+class GradingRuns:
+    """The grading runs of the lab classes of a session: one class command run per lab, two workers each.
+
+    In the background (the default) the runs start at once and go on one after the other beside the
+    session's other tests (most of which keep one core busy); each lab class waits for its own.
+    Otherwise a lab is graded when its class first asks for the result.
+    """
+
+    def __init__(self, classes: list, tmp_path_factory, background: bool = True):
+        self._folders = {cls: tmp_path_factory.mktemp("course") for cls in classes}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lab-grading")
+        self._runs: dict = {}
+        for cls in classes if background else ():
+            self._start(cls)
+
+    def _start(self, cls) -> None:
+        self._runs[cls] = self._pool.submit(grade_submissions, cls, self._folders[cls])
+
+    def result(self, cls) -> Graded:
+        if cls not in self._runs:
+            self._start(cls)
+        return self._runs[cls].result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class LabGradingTests:
@@ -44,37 +224,66 @@ class LabGradingTests:
     POINTS: dict[str, int]
     N_STUBS: int
     DIFFERENT: dict[str, str] = {}
-    WRONG: dict[str, tuple[str, str, str]] = {}
-    CHEATS: dict[str, tuple[dict[str, str], tuple[str, str] | None, str]] = {}
-    EXPLAINED: list[tuple[str, str, str]] = []
+    WRONG: dict[str, Wrong] = {}
+    HIDDEN_ONLY: str
+    CHEAT_TARGET: Target
+    CHEATS: dict[str, Cheat] = {}
+    ANSWER_LINES: tuple[str, ...] = ()
+    CELL_SECONDS: float | None = None  # None: the course's own limit
 
     def test_reference_solution_gets_full_marks(self, graded):
-        assert graded[0]["reference"] == self.POINTS, graded[0]["reference"]
+        assert graded.correct == self.POINTS, graded.correct
 
     def test_untouched_notebook_gets_zero(self, graded):
-        assert sum(graded[0]["untouched"].values()) == 0, graded[0]["untouched"]
+        assert sum(graded.untouched.values()) == 0, graded.untouched
 
     def test_correct_answers_written_differently_get_full_marks(self, graded):
-        assert graded[0]["written_differently"] == self.POINTS, graded[0]["written_differently"]
+        assert graded.written_differently == self.POINTS, graded.written_differently
 
     def test_wrong_answer_loses_its_question_only(self, graded, wrong):
-        _, question, _ = self.WRONG[wrong]
-        assert graded[0][wrong] == {**self.POINTS, question: 0}, graded[0][wrong]
+        question = self.WRONG[wrong].question
+        assert graded.scores[wrong] == {**self.POINTS, question: 0}, graded.scores[wrong]
 
-    def test_gaming_earns_nothing_for_that_question(self, graded, cheat):
+    def test_wrong_answer_is_explained(self, graded, wrong):
+        text = graded.output(wrong, self.WRONG[wrong].question)
+        assert self.WRONG[wrong].says and self.WRONG[wrong].says in text, text
+
+    def test_cheat_earns_nothing_for_its_question(self, graded, cheat):
         # nothing for the question, and the rest of the notebook is still graded
-        question = self.CHEATS[cheat][2]
-        assert graded[0][cheat] == {**self.POINTS, question: 0}, graded[0][cheat]
+        question = graded.cheats[cheat].question
+        assert graded.scores[cheat] == {**self.POINTS, question: 0}, graded.scores[cheat]
 
-    def test_failures_explain_themselves(self, graded, explained):
-        name, grade_id, words = explained
-        text = course.cell_output(graded[1][name], self.LAB, name, grade_id)
-        assert words in text, text
+    def test_cheat_is_explained(self, graded, cheat):
+        text = graded.output(cheat, graded.cheats[cheat].question)
+        assert graded.cheats[cheat].says and graded.cheats[cheat].says in text, text
+
+    def test_feedback_leaks_no_hidden_test(self, graded):
+        name, question = self.HIDDEN_ONLY, self.WRONG[self.HIDDEN_ONLY].question
+        assert self.WRONG[name].says.startswith("A hidden check failed"), "HIDDEN_ONLY should fail a hidden check"
+        page = page_text(graded.feedback(name))
+        assert "A hidden check failed" in page
+        visible = next(line for line in _cell(graded.released, question).source.splitlines() if "grader." in line)
+        assert visible in page, "the feedback should show the visible test (else the search below sees no code)"
+        assert "seed=" not in page and "HIDDEN_SEED" not in page
+        for line in hidden_test_lines(self.LAB, question):
+            assert line not in page, line
+        # the hidden check failed with a message, not a traceback that would show its code
+        hidden_output = graded.output(name, question)
+        assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
 
     def test_released_notebook_has_no_solution_and_no_hidden_test(self, graded):
-        text = "\n".join(c.source for c in graded[2].cells)
+        text = "\n".join(c.source for c in graded.released.cells)
         assert "BEGIN SOLUTION" not in text and "HIDDEN" not in text and "seed=" not in text
         assert text.count("raise NotImplementedError()") == self.N_STUBS
+
+    def test_released_notebook_shows_no_line_of_the_answer(self, graded):
+        assert self.ANSWER_LINES, "name a few lines of the reference answers"
+        source = course.read_notebook(course.ROOT / "solutions" / self.LAB / f"{self.LAB}.ipynb")
+        solution = "\n".join(c.source for c in source.cells)
+        text = "\n".join(c.source for c in graded.released.cells)
+        for line in self.ANSWER_LINES:
+            assert line in solution, f"{line!r} is not a line of the reference answers"
+            assert line not in text, line
 
     def test_committed_student_lab_is_generated_from_the_solution(self, graded):
         committed = course.read_notebook(course.ROOT / "labs" / self.LAB / f"{self.LAB}.ipynb")
@@ -82,5 +291,5 @@ class LabGradingTests:
         def cells(nb):
             return [(c.cell_type, c.source, c.metadata.get("nbgrader")) for c in nb.cells]
 
-        assert cells(committed) == cells(graded[2]), (
+        assert cells(committed) == cells(graded.released), (
             f"labs/ is out of date: run `nbgrader generate_assignment {self.LAB} --force`")

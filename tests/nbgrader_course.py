@@ -6,6 +6,8 @@ the scores back from the gradebook.
 """
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
 import os
 import re
@@ -40,12 +42,32 @@ def nbgrader(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+_GENERATED: dict[tuple[str, str], Path] = {}  # (lab, digest of its sources) -> a generated course, for copying
+
+
+def _sources_digest(lab: str) -> str:
+    digest = hashlib.sha256((ROOT / "nbgrader_config.py").read_bytes())
+    for path in sorted((ROOT / "solutions" / lab).rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def make_course(tmp: Path, lab: str) -> Path:
-    """A fresh course directory holding the lab's source, with the student version generated."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "nbgrader_config.py", tmp / "nbgrader_config.py")
-    shutil.copytree(ROOT / "solutions" / lab, tmp / "solutions" / lab)
-    nbgrader("generate_assignment", lab, "--force", cwd=tmp)
+    """A fresh course directory holding the lab's source, with the student version generated.
+
+    ``nbgrader generate_assignment`` runs once per lab and test session (it takes seconds); each course
+    is a copy of that one, made again whenever the lab's sources change.
+    """
+    key = (lab, _sources_digest(lab))
+    if key not in _GENERATED:
+        generated = Path(tempfile.mkdtemp(prefix=f"qlib-test-{lab}-"))
+        atexit.register(shutil.rmtree, generated, ignore_errors=True)
+        shutil.copy(ROOT / "nbgrader_config.py", generated / "nbgrader_config.py")
+        shutil.copytree(ROOT / "solutions" / lab, generated / "solutions" / lab)
+        nbgrader("generate_assignment", lab, "--force", cwd=generated)
+        _GENERATED[key] = generated
+    shutil.copytree(_GENERATED[key], tmp, dirs_exist_ok=True)
     return tmp
 
 
@@ -110,18 +132,16 @@ def autograde(course: Path, lab: str, submissions: dict[str, nbformat.NotebookNo
     """
     names = sorted(submissions)
     shards = [names[i::workers] for i in range(workers)]
-    courses = []
-    for i, shard in enumerate(shards):
-        c = course if i == 0 else course.parent / f"{course.name}_{i}"
-        if i:
-            shutil.copytree(course, c, dirs_exist_ok=True)
+    courses = [course] + [course.parent / f"{course.name}_{i}" for i in range(1, workers)]
+    for c in courses[1:]:  # copied before any submission, so that each copy grades its own shard only
+        shutil.copytree(course, c, dirs_exist_ok=True)
+    for c, shard in zip(courses, shards):
         for student in shard:
             submit(c, lab, student, submissions[student])
             for rel, text in (files or {}).get(student, {}).items():
                 path = notebook_path(c, "submitted", lab, student).parent / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
-        courses.append(c)
 
     def run(c: Path):
         nbgrader("autograde", lab, *(["--force"] if force else []), cwd=c)
@@ -143,7 +163,7 @@ def grade_class(course: Path, lab: str, submissions: dict[str, nbformat.Notebook
     proc = subprocess.run([sys.executable, "-m", "qlib.grading.course", "grade", lab, "--workers", str(workers),
                            "--quiet", *extra], cwd=course, env=env(), capture_output=True, text=True)
     if proc.returncode not in (0, 1):
-        raise RuntimeError(f"grade failed:\n{proc.stdout}\n{proc.stderr}")
+        raise RuntimeError(f"grade failed (exit status {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return scores(course, lab)
 
 

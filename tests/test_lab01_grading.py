@@ -1,14 +1,18 @@
-"""Lab 1 graded end to end by nbgrader: fair to correct answers, hard to game."""
+"""Lab 1 graded end to end by nbgrader: fair to correct answers, hard to game.
+
+This module holds the lab's data; the tests every lab gets (tests/lab_grading.py) grade it.
+"""
 from __future__ import annotations
 
-from tests.lab_grading import LabGradingTests
+from tests.lab_grading import LabGradingTests, Target, Wrong
 
 LAB = "lab01_number_formats"
 POINTS = {"test_encode_integer": 2, "test_decode_integer": 2, "test_fixed_point": 3, "test_decode_float": 3,
           "test_encode_float": 6, "test_mx_quantize": 4}
 
 WRONG = {
-    "sign_magnitude_as_twos_complement": ("encode_integer", "test_encode_integer", '''
+    "sign_magnitude_as_twos_complement": Wrong("encode_integer", "test_encode_integer",
+                                               "first bit 1 for a negative value", '''
 def encode_integer(value, bits, encoding="twos_complement"):
     lo = 0 if encoding == "unsigned" else -(2 ** (bits - 1)) + (encoding == "sign_magnitude")
     hi = 2**bits - 1 if encoding == "unsigned" else 2 ** (bits - 1) - 1
@@ -16,14 +20,15 @@ def encode_integer(value, bits, encoding="twos_complement"):
         raise ValueError("out of range")
     return format(value % 2**bits, f"0{bits}b")
 '''),
-    "twos_complement_read_as_unsigned": ("decode_integer", "test_decode_integer", '''
+    "twos_complement_read_as_unsigned": Wrong("decode_integer", "test_decode_integer",
+                                              "subtract 2^bits from the unsigned value", '''
 def decode_integer(bit_string, encoding="twos_complement"):
     u = int(bit_string, 2)
     if encoding == "sign_magnitude" and bit_string[0] == "1":
         return -(u - 2 ** (len(bit_string) - 1))
     return u
 '''),
-    "fixed_point_truncates": ("fixed_point", "test_fixed_point", '''
+    "fixed_point_truncates": Wrong("fixed_point", "test_fixed_point", "ties to even", '''
 def encode_fixed(x, total_bits, frac_bits, rounding="half_to_even"):
     raw = int(x * 2**frac_bits)
     return min(max(raw, -(2 ** (total_bits - 1))), 2 ** (total_bits - 1) - 1)
@@ -32,7 +37,7 @@ def encode_fixed(x, total_bits, frac_bits, rounding="half_to_even"):
 def decode_fixed(raw, frac_bits):
     return raw / 2**frac_bits
 '''),
-    "subnormals_with_hidden_one": ("decode_float", "test_decode_float", '''
+    "subnormals_with_hidden_one": Wrong("decode_float", "test_decode_float", "no hidden 1", '''
 def decode_float(bits, fmt):
     E, M = fmt.exponent_bits, fmt.mantissa_bits
     sign, e, m = (bits >> (E + M)) & 1, (bits >> M) & (2**E - 1), bits & (2**M - 1)
@@ -43,7 +48,7 @@ def decode_float(bits, fmt):
     magnitude = math.ldexp(2**M + m, e - fmt.bias - M)
     return -magnitude if sign else magnitude
 '''),
-    "encode_truncates": ("encode_float", "test_encode_float", '''
+    "encode_truncates": Wrong("encode_float", "test_encode_float", "rounded toward zero", '''
 def encode_float(x, fmt):
     E, M, bias = fmt.exponent_bits, fmt.mantissa_bits, fmt.bias
     sign_bit = (1 << (E + M)) if math.copysign(1.0, x) < 0 else 0
@@ -60,12 +65,20 @@ def encode_float(x, fmt):
         return sign_bit | n
     return sign_bit | ((exponent + bias) << M) | (n - 2**M)
 '''),
-    "mx_without_clamp": ("mx_quantize", "test_mx_quantize", '''
+    "mx_without_clamp": Wrong("mx_quantize", "test_mx_quantize", "shared exponent", '''
 def mx_quantize(x, element, block_size=32):
     fmt = element.float_format
     amax = max(abs(float(v)) for v in x)
     s = -127 if amax == 0 else round(math.log2(amax)) - element.emax
     return s, [encode_float(math.ldexp(float(v), -s), fmt) for v in x]
+'''),
+    "saturates_at_8_bits": Wrong("fixed_point", "test_fixed_point", "A hidden check failed for encode_fixed", '''
+def encode_fixed(x, total_bits, frac_bits, rounding="half_to_even"):
+    return min(max(round(x * 2**frac_bits), -128), 127)
+
+
+def decode_fixed(raw, frac_bits):
+    return raw * 2.0**-frac_bits
 '''),
 }
 
@@ -150,26 +163,11 @@ def encode_float(x, fmt):
 ''',
 }
 
-STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
-CHEATS = {
-    "calls_qlib_reference": ({"encode_float": "from qlib.floating_point import encode_float\n"}, None,
-                             "test_encode_float"),
-    "patches_grader": ({"encode_float": "grader.check_encode_float = lambda *a, **k: None\n\n"
-                                        "def encode_float(x, fmt):\n    return 0\n"}, None, "test_encode_float"),
-    "deletes_test_cell": ({"encode_float": STUB}, ("test_encode_float", "delete"), "test_encode_float"),
-    "infinite_loop": ({"encode_float": "def encode_float(x, fmt):\n    while True:\n        pass\n"}, None,
-                      "test_encode_float"),
-}
-
-
-EXPLAINED = [
-    ("encode_truncates", "test_encode_float", "rounded toward zero"),
-    ("subnormals_with_hidden_one", "test_decode_float", "no hidden 1"),
-    ("fixed_point_truncates", "test_fixed_point", "ties to even"),
-    ("mx_without_clamp", "test_mx_quantize", "shared exponent"),
-]
-
 
 class TestLab01Grading(LabGradingTests):
     LAB, POINTS, N_STUBS = LAB, POINTS, 7
-    WRONG, DIFFERENT, CHEATS, EXPLAINED = WRONG, DIFFERENT, CHEATS, EXPLAINED
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, DIFFERENT, "saturates_at_8_bits"
+    CHEAT_TARGET = Target("encode_integer", "test_encode_integer", "qlib.integers.encode_integer")
+    ANSWER_LINES = ("raw = round(x * 2**frac_bits)", "n = round(math.ldexp(a, M - exponent))",
+                    "s = min(max(math.frexp(amax)[1] - 1 - element.emax, -127), 127)")
+    CELL_SECONDS = 10  # the slowest cell of a correct submission takes under 3 s

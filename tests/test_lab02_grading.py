@@ -1,14 +1,17 @@
-"""Lab 2 graded end to end by nbgrader: fair to correct answers, hard to game."""
+"""Lab 2 graded end to end by nbgrader: fair to correct answers, hard to game.
+
+This module holds the lab's data; the tests every lab gets (tests/lab_grading.py) grade it.
+"""
 from __future__ import annotations
 
-from tests.lab_grading import LabGradingTests
+from tests.lab_grading import LabGradingTests, Target, Wrong
 
 LAB = "lab02_kmeans_huffman"
 POINTS = {"test_kmeans_quantize": 5, "test_codebook_gradient": 2, "test_huffman_code_lengths": 4,
           "test_canonical_code": 2, "test_huffman_coding": 4, "test_layer_storage_bits": 3}
 
 WRONG = {
-    "empty_cluster_becomes_nan": ("kmeans_quantize", "test_kmeans_quantize", '''
+    "empty_cluster_becomes_nan": Wrong("kmeans_quantize", "test_kmeans_quantize", "keep its previous centroid", '''
 def kmeans_quantize(x, centroids, max_iter=100):
     values = x.reshape(-1).double()
     codebook = centroids.clone().double()
@@ -21,18 +24,19 @@ def kmeans_quantize(x, centroids, max_iter=100):
         indices = new
     return codebook.float(), indices.reshape(x.shape)
 '''),
-    "gradient_averaged": ("codebook_gradient", "test_codebook_gradient", '''
+    "gradient_averaged": Wrong("codebook_gradient", "test_codebook_gradient", "do not average", '''
 def codebook_gradient(grad, indices, n_clusters):
     sums = torch.zeros(n_clusters).index_add_(0, indices.reshape(-1), grad.reshape(-1).float())
     counts = torch.bincount(indices.reshape(-1), minlength=n_clusters).clamp(min=1)
     return sums / counts
 '''),
-    "fixed_length_code": ("huffman_code_lengths", "test_huffman_code_lengths", '''
+    "fixed_length_code": Wrong("huffman_code_lengths", "test_huffman_code_lengths", "not optimal", '''
 def huffman_code_lengths(counts):
     used = np.asarray(counts) > 0
     return np.where(used, max(1, math.ceil(math.log2(used.sum()))), 0)
 '''),
-    "canonical_without_shift": ("canonical_code", "test_canonical_code", '''
+    "canonical_without_shift": Wrong("canonical_code", "test_canonical_code",
+                                     "shifted left by the increase in length", '''
 def canonical_code(lengths):
     codes = [0] * len(lengths)
     code = 0
@@ -42,7 +46,7 @@ def canonical_code(lengths):
             code += 1
     return np.array(codes)
 '''),
-    "bits_packed_lsb_first": ("huffman_coding", "test_huffman_coding", '''
+    "bits_packed_lsb_first": Wrong("huffman_coding", "test_huffman_coding", "first bit in the byte's top bit", '''
 def huffman_encode(symbols, lengths):
     codes = canonical_code(lengths)
     bits = []
@@ -62,13 +66,29 @@ def huffman_decode(packed, n_bits, lengths, n_symbols):
             code, length = 0, 0
     return np.array(out[:n_symbols])
 '''),
-    "no_fillers": ("layer_storage_bits", "test_layer_storage_bits", '''
+    "no_fillers": Wrong("layer_storage_bits", "test_layer_storage_bits", "filler", '''
 def layer_storage_bits(n_weights, bits, n_clusters=None, mask=None, index_bits=None):
     entries = n_weights if mask is None else int(np.asarray(mask).sum())
     index = 0 if mask is None else index_bits * entries
     sizes = {"weights": bits * entries, "codebook": 32 * (n_clusters or 0), "sparse_index": index}
     sizes["total"] = sum(sizes.values())
     return sizes
+'''),
+    "ignores_max_iter": Wrong("kmeans_quantize", "test_kmeans_quantize",
+                              "A hidden check failed for kmeans_quantize", '''
+def kmeans_quantize(x, centroids, max_iter=100):
+    values = x.reshape(-1).double()
+    codebook = centroids.clone().double()
+    indices = torch.argmin((values[:, None] - codebook[None, :]).abs(), dim=1)
+    while True:                                   # until nothing moves, whatever max_iter says
+        for k in range(len(codebook)):
+            if (indices == k).any():
+                codebook[k] = values[indices == k].mean()
+        new = torch.argmin((values[:, None] - codebook[None, :]).abs(), dim=1)
+        if torch.equal(new, indices):
+            break
+        indices = new
+    return codebook.float(), indices.reshape(x.shape)
 '''),
 }
 
@@ -124,27 +144,11 @@ def huffman_decode(packed, n_bits, lengths, n_symbols):
 ''',
 }
 
-CHEATS = {
-    "calls_qlib_reference": ({"huffman_code_lengths": "from qlib.huffman import huffman_code_lengths\n"}, None,
-                             "test_huffman_code_lengths"),
-    "patches_grader": ({"huffman_code_lengths": "grader.check_huffman_code_lengths = print\n"
-                                                "def huffman_code_lengths(counts):\n    return counts\n"}, None,
-                       "test_huffman_code_lengths"),
-    "edits_test_cell": ({"huffman_code_lengths": "# YOUR CODE HERE\nraise NotImplementedError()"},
-                        ("test_huffman_code_lengths", "edit"), "test_huffman_code_lengths"),
-    "infinite_loop": ({"huffman_code_lengths": "def huffman_code_lengths(counts):\n    while True:\n"
-                                               "        pass\n"}, None, "test_huffman_code_lengths"),
-}
-
-
-EXPLAINED = [
-    ("empty_cluster_becomes_nan", "test_kmeans_quantize", "keep its previous centroid"),
-    ("gradient_averaged", "test_codebook_gradient", "do not average"),
-    ("fixed_length_code", "test_huffman_code_lengths", "not optimal"),
-    ("no_fillers", "test_layer_storage_bits", "filler"),
-]
-
 
 class TestLab02Grading(LabGradingTests):
     LAB, POINTS, N_STUBS = LAB, POINTS, 7
-    WRONG, DIFFERENT, CHEATS, EXPLAINED = WRONG, DIFFERENT, CHEATS, EXPLAINED
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, DIFFERENT, "ignores_max_iter"
+    CHEAT_TARGET = Target("codebook_gradient", "test_codebook_gradient", "qlib.kmeans.codebook_gradient")
+    ANSWER_LINES = ("codebook[k] = members.mean()", "fillers = int(((gaps - 1) // (2**index_bits - 1)).sum())",
+                    "heapq.heappush(heap, (c1 + c2, tie_break, group1 + group2))")
+    CELL_SECONDS = 10  # the slowest cell of a correct submission takes under 3 s

@@ -1,14 +1,10 @@
 """Lab 3 graded end to end by nbgrader: fair to correct answers, hard to game.
 
-The submissions below are graded by the tests every lab gets (tests/lab_grading.py), plus
-two of this lab's own: no line of the answer and no hidden test reaches the student.
+This module holds the lab's data; the tests every lab gets (tests/lab_grading.py) grade it.
 """
 from __future__ import annotations
 
-import pytest
-
-from tests import nbgrader_course as course
-from tests.lab_grading import LabGradingTests
+from tests.lab_grading import Cheat, LabGradingTests, Target, Wrong
 
 LAB = "lab03_linear_quantization"
 POINTS = {"test_integer_range": 2, "test_asymmetric_qparams": 3, "test_symmetric_qparams": 2,
@@ -18,21 +14,22 @@ POINTS = {"test_integer_range": 2, "test_asymmetric_qparams": 3, "test_symmetric
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
 
 WRONG = {
-    "floor_instead_of_round": ("quantize", "test_quantize", '''
+    "floor_instead_of_round": Wrong("quantize", "test_quantize", "floor instead of round", '''
 def quantize(x, scale, zero_point, qmin, qmax):
     return torch.clamp(torch.floor(x / scale) + zero_point, qmin, qmax).to(torch.int64)
 '''),
-    "zero_point_sign_flipped": ("asymmetric_qparams", "test_asymmetric_qparams", '''
+    "zero_point_sign_flipped": Wrong("asymmetric_qparams", "test_asymmetric_qparams", "wrong sign", '''
 def asymmetric_qparams(rmin, rmax, qmin, qmax):
     rmin, rmax = min(rmin, 0.0), max(rmax, 0.0)
     scale = max((rmax - rmin) / (qmax - qmin), torch.finfo(torch.float32).eps)
     return scale, round(qmin + rmin / scale)
 '''),
-    "no_clamp": ("quantize", "test_quantize", '''
+    "no_clamp": Wrong("quantize", "test_quantize", "not clamped", '''
 def quantize(x, scale, zero_point, qmin, qmax):
     return (torch.round(x / scale) + zero_point).to(torch.int64)
 '''),
-    "symmetric_where_asymmetric_asked": ("quantize_per_channel", "test_quantize_per_channel", '''
+    "symmetric_where_asymmetric_asked": Wrong("quantize_per_channel", "test_quantize_per_channel",
+                                              "expected scales", '''
 def quantize_per_channel(x, axis, qmin, qmax, symmetric=False):
     n = x.shape[axis]
     scale = torch.empty(n)
@@ -44,12 +41,12 @@ def quantize_per_channel(x, axis, qmin, qmax, symmetric=False):
     shape[axis] = n
     return quantize(x, scale.reshape(shape), 0, qmin, qmax), scale, zero_point
 '''),
-    "qmax_off_by_one": ("integer_range", "test_integer_range", '''
+    "qmax_off_by_one": Wrong("integer_range", "test_integer_range", "qmax is one too large", '''
 def integer_range(bits, signed=True, narrow=False):
     qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if signed else (0, 2 ** bits)
     return qmin + int(narrow), qmax
 '''),
-    "hard_coded_visible_cases": ("dequantize", "test_dequantize", '''
+    "hard_coded_visible_cases": Wrong("dequantize", "test_dequantize", "A hidden check failed", '''
 def dequantize(q, scale, zero_point):
     if scale == 1.0667:
         return torch.tensor([-1.0667, 0.0, 1.0667, 2.1334])
@@ -127,64 +124,27 @@ def fake_quantize_weights(model, bits, per_channel):
 ''',
 }
 
-# --- attempts to game the grader: nothing for the question ------------------------------------------
+# --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
-STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
-CALLS_QLIB = '''
+CHEATS = {
+    "calls_qlib_package_attribute": Cheat({"quantize": """
 import qlib
 
 def quantize(x, scale, zero_point, qmin, qmax):
     return qlib.quantize(x, scale, zero_point, qmin, qmax)
-'''
-CALLS_QLIB_OBFUSCATED = '''
+"""}, "test_quantize", "reference answer"),
+    "calls_qlib_obfuscated": Cheat({"quantize": """
 ref = __import__("ql" + "ib").linear
 
 def quantize(x, scale, zero_point, qmin, qmax):
     return ref.quantize(x, scale, zero_point, qmin, qmax)
-'''
-PATCHES_TORCH_EQUAL = "torch.equal = lambda a, b: True\n\ndef quantize(x, scale, zero_point, qmin, qmax):\n    return x\n"
-PATCHES_NUMPY = ("np.allclose = lambda *a, **k: True\n"
-                 "np.isclose = lambda a, b, **k: np.ones(np.shape(a), bool)\n\n"
-                 "def dequantize(q, scale, zero_point):\n    return q\n")
-PATCHES_GRADER = ("grader.check_quantize = lambda *a, **k: None\n\n"
-                  "def quantize(x, scale, zero_point, qmin, qmax):\n    return x\n")
-LOOPS = "def quantize(x, scale, zero_point, qmin, qmax):\n    while True:\n        pass\n"
-CHEATS = {
-    "calls_qlib_reference": ({"quantize": CALLS_QLIB}, None, "test_quantize"),
-    "calls_qlib_obfuscated": ({"quantize": CALLS_QLIB_OBFUSCATED}, None, "test_quantize"),
-    "patches_torch_equal": ({"quantize": PATCHES_TORCH_EQUAL}, None, "test_quantize"),
-    "patches_numpy_allclose": ({"dequantize": PATCHES_NUMPY}, None, "test_dequantize"),
-    "patches_grader": ({"quantize": PATCHES_GRADER}, None, "test_quantize"),
-    "edits_test_cell": ({"quantize": STUB}, ("test_quantize", "edit"), "test_quantize"),
-    "deletes_test_cell": ({"quantize": STUB}, ("test_quantize", "delete"), "test_quantize"),
-    "infinite_loop": ({"quantize": LOOPS}, None, "test_quantize"),
+"""}, "test_quantize", "reference answer"),
 }
-
-EXPLAINED = [
-    ("floor_instead_of_round", "test_quantize", "floor instead of round"),
-    ("zero_point_sign_flipped", "test_asymmetric_qparams", "wrong sign"),
-    ("qmax_off_by_one", "test_integer_range", "qmax is one too large"),
-    ("no_clamp", "test_quantize", "not clamped"),
-    ("hard_coded_visible_cases", "test_dequantize", "A hidden check failed"),
-    ("calls_qlib_reference", "test_quantize", "reference answer"),
-    ("infinite_loop", "test_quantize", "did not return within"),
-]
 
 
 class TestLab03Grading(LabGradingTests):
     LAB, POINTS, N_STUBS = LAB, POINTS, 7
-    WRONG, DIFFERENT, CHEATS, EXPLAINED = WRONG, NUMPY_ANSWERS, CHEATS, EXPLAINED
-
-    def test_released_notebook_shows_no_line_of_the_answer(self, graded):
-        text = "\n".join(c.source for c in graded[2].cells)
-        assert "2 ** (bits - 1) - 1" not in text  # a line of the reference answer
-
-    def test_feedback_leaks_no_hidden_test(self, graded):
-        c = graded[1]["hard_coded_visible_cases"]
-        course.nbgrader("generate_feedback", LAB, "--student", "hard_coded_visible_cases", "--force", cwd=c)
-        html = next((c / "feedback" / "hard_coded_visible_cases" / LAB).glob("*.html")).read_text()
-        assert "A hidden check failed" in html
-        assert "seed=" not in html and "check_dequantize(dequantize," not in html
-        # the hidden check failed with a message, not a traceback that would show its code
-        hidden_output = course.cell_output(c, LAB, "hard_coded_visible_cases", "test_dequantize")
-        assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, NUMPY_ANSWERS, "hard_coded_visible_cases"
+    CHEAT_TARGET = Target("asymmetric_qparams", "test_asymmetric_qparams", "qlib.linear.asymmetric_qparams")
+    CHEATS = CHEATS
+    ANSWER_LINES = ("2 ** (bits - 1) - 1",)

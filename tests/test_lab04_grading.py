@@ -1,14 +1,10 @@
 """Lab 4 graded end to end by nbgrader: fair to correct answers, hard to game.
 
-The submissions below are graded by the tests every lab gets (tests/lab_grading.py), plus
-two of this lab's own: no line of the answer and no hidden test reaches the student.
-Fifteen submissions in all (the reference, the untouched release, the answers written
-differently, six mistakes and six attempts at gaming the grader).
+This module holds the lab's data; the tests every lab gets (tests/lab_grading.py) grade it.
 """
 from __future__ import annotations
 
-from tests import nbgrader_course as course
-from tests.lab_grading import LabGradingTests
+from tests.lab_grading import Cheat, LabGradingTests, Target, Wrong
 
 LAB = "lab04_ptq_granularity"
 POINTS = {"test_quantize_per_group": 4, "test_dequantize_per_group": 2, "test_mxint_quantize": 4,
@@ -17,7 +13,7 @@ POINTS = {"test_quantize_per_group": 4, "test_dequantize_per_group": 2, "test_mx
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
 
 WRONG = {
-    "one_scale_per_row": ("quantize_per_group", "test_quantize_per_group", '''
+    "one_scale_per_row": Wrong("quantize_per_group", "test_quantize_per_group", "the range of its own group_size", '''
 def quantize_per_group(x, axis, group_size, qmin, qmax, symmetric=False):
     x = torch.as_tensor(x, dtype=torch.float32)
     if x.shape[axis] % group_size:
@@ -31,7 +27,7 @@ def quantize_per_group(x, axis, group_size, qmin, qmax, symmetric=False):
     zero_point = zero_point.unsqueeze(-1).expand(*zero_point.shape, n).movedim(-1, axis)
     return q, scale, zero_point
 '''),
-    "strided_groups": ("quantize_per_group", "test_quantize_per_group", '''
+    "strided_groups": Wrong("quantize_per_group", "test_quantize_per_group", "CONSECUTIVE values", '''
 def quantize_per_group(x, axis, group_size, qmin, qmax, symmetric=False):
     x = torch.as_tensor(x, dtype=torch.float32)
     n = x.shape[axis]
@@ -45,13 +41,13 @@ def quantize_per_group(x, axis, group_size, qmin, qmax, symmetric=False):
     q = q.transpose(-1, -2).reshape(moved.shape).movedim(-1, axis)
     return q, scale.movedim(-1, axis), zero_point.movedim(-1, axis)
 '''),
-    "tiled_instead_of_repeated": ("dequantize_per_group", "test_dequantize_per_group", '''
+    "tiled_instead_of_repeated": Wrong("dequantize_per_group", "test_dequantize_per_group", "instead of repeated", '''
 def dequantize_per_group(q, scale, zero_point, axis, group_size):
     reps = [1] * q.dim()
     reps[axis] = group_size
     return dequantize(q, torch.as_tensor(scale).repeat(*reps), torch.as_tensor(zero_point).repeat(*reps))
 '''),
-    "exponent_from_float32_log2": ("mxint_quantize", "test_mxint_quantize", '''
+    "exponent_from_float32_log2": Wrong("mxint_quantize", "test_mxint_quantize", "torch.frexp", '''
 def mxint_quantize(x, bits, block_size=32):
     x = torch.as_tensor(x, dtype=torch.float32)
     blocks = x.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
@@ -61,7 +57,7 @@ def mxint_quantize(x, bits, block_size=32):
     q = torch.clamp(torch.round(blocks * torch.pow(2.0, (bits - 2 - s).float()).unsqueeze(-1)), -top, top)
     return s, q.reshape(x.shape).to(torch.int64)
 '''),
-    "groups_floor_not_ceil": ("scale_bits_per_weight", "test_scale_bits_per_weight", '''
+    "groups_floor_not_ceil": Wrong("scale_bits_per_weight", "test_scale_bits_per_weight", "ceil(K / group_size)", '''
 def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, zero_point_bits=0):
     out_channels, k = shape[0], math.prod(shape[1:])
     if granularity == "mx":
@@ -75,7 +71,8 @@ def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, 
         count = out_channels * (k // group_size)
     return count * (scale_bits + zero_point_bits) / (out_channels * k)
 '''),
-    "hard_coded_visible_cases": ("scale_bits_per_weight", "test_scale_bits_per_weight", '''
+    "hard_coded_visible_cases": Wrong("scale_bits_per_weight", "test_scale_bits_per_weight",
+                                      "A hidden check failed", '''
 def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, zero_point_bits=0):
     known = {"tensor": 32 / 32768, "channel": 0.0625, "group": 0.15625, "mx": 0.25}
     if tuple(shape) == (32, 16, 3, 3):
@@ -143,24 +140,17 @@ def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, 
 ''',
 }
 
-# --- attempts to game the grader: nothing for the question ------------------------------------------
+# --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
-STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
-CALLS_QLIB = """
-from qlib.granularity import quantize_per_group as reference
-
-
-def quantize_per_group(x, axis, group_size, qmin, qmax, symmetric=False):
-    return reference(x, axis, group_size, qmin, qmax, symmetric)
-"""
-CALLS_QLIB_OBFUSCATED = """
+CHEATS = {
+    "calls_qlib_obfuscated": Cheat({"mxint_quantize": """
 reference = __import__("ql" + "ib.granularity", fromlist=["mxint_quantize"])
 
 
 def mxint_quantize(x, bits, block_size=32):
     return reference.mxint_quantize(x, bits, block_size)
-"""
-CALLS_QLIB_IMPORTLIB = """
+"""}, "test_mxint_quantize", "reference answer"),
+    "calls_qlib_via_importlib": Cheat({"scale_bits_per_weight": """
 import importlib
 
 storage = importlib.import_module("qlib.scale_storage")
@@ -168,51 +158,14 @@ storage = importlib.import_module("qlib.scale_storage")
 
 def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, zero_point_bits=0):
     return storage.scale_bits_per_weight(shape, granularity, group_size, scale_bits, zero_point_bits)
-"""
-PATCHES_ARRAY_EQUAL = """
-np.array_equal = lambda *args, **kwargs: True
-
-
-def mxint_quantize(x, bits, block_size=32):
-    return torch.zeros(x.shape[:-1] + (x.shape[-1] // block_size,), dtype=torch.int64), torch.zeros_like(x)
-"""
-CHEATS = {
-    "calls_qlib_reference": ({"quantize_per_group": CALLS_QLIB}, None, "test_quantize_per_group"),
-    "calls_qlib_obfuscated": ({"mxint_quantize": CALLS_QLIB_OBFUSCATED}, None, "test_mxint_quantize"),
-    "calls_qlib_via_importlib": ({"scale_bits_per_weight": CALLS_QLIB_IMPORTLIB}, None, "test_scale_bits_per_weight"),
-    "patches_numpy_array_equal": ({"mxint_quantize": PATCHES_ARRAY_EQUAL}, None, "test_mxint_quantize"),
-    "edits_test_cell": ({"dequantize_per_group": STUB}, ("test_dequantize_per_group", "edit"),
-                        "test_dequantize_per_group"),
-    "deletes_test_cell": ({"quantize_per_group": STUB}, ("test_quantize_per_group", "delete"),
-                          "test_quantize_per_group"),
+"""}, "test_scale_bits_per_weight", "reference answer"),
 }
-
-EXPLAINED = [
-    ("strided_groups", "test_quantize_per_group", "CONSECUTIVE values"),
-    ("one_scale_per_row", "test_quantize_per_group", "the range of its own group_size"),
-    ("tiled_instead_of_repeated", "test_dequantize_per_group", "instead of repeated"),
-    ("exponent_from_float32_log2", "test_mxint_quantize", "torch.frexp"),
-    ("groups_floor_not_ceil", "test_scale_bits_per_weight", "ceil(K / group_size)"),
-    ("hard_coded_visible_cases", "test_scale_bits_per_weight", "A hidden check failed"),
-    ("calls_qlib_reference", "test_quantize_per_group", "reference answer"),
-    ("calls_qlib_via_importlib", "test_scale_bits_per_weight", "reference answer"),
-]
 
 
 class TestLab04Grading(LabGradingTests):
     LAB, POINTS, N_STUBS = LAB, POINTS, 4
-    WRONG, DIFFERENT, CHEATS, EXPLAINED = WRONG, NUMPY_ANSWERS, CHEATS, EXPLAINED
-
-    def test_released_notebook_shows_no_line_of_the_answer(self, graded):
-        text = "\n".join(c.source for c in graded[2].cells)
-        assert "count = out_channels * math.ceil(k / group_size)" not in text
-        assert "torch.frexp(amax).exponent" not in text
-
-    def test_feedback_leaks_no_hidden_test(self, graded):
-        c = graded[1]["hard_coded_visible_cases"]
-        course.nbgrader("generate_feedback", LAB, "--student", "hard_coded_visible_cases", "--force", cwd=c)
-        html = next((c / "feedback" / "hard_coded_visible_cases" / LAB).glob("*.html")).read_text()
-        assert "A hidden check failed" in html
-        assert "seed=" not in html and "check_scale_bits_per_weight(scale_bits_per_weight," not in html
-        hidden_output = course.cell_output(c, LAB, "hard_coded_visible_cases", "test_scale_bits_per_weight")
-        assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, NUMPY_ANSWERS, "hard_coded_visible_cases"
+    CHEAT_TARGET = Target("dequantize_per_group", "test_dequantize_per_group", "qlib.granularity.dequantize_per_group")
+    CHEATS = CHEATS
+    ANSWER_LINES = ("count = out_channels * math.ceil(k / group_size)", "torch.frexp(amax).exponent")
+    CELL_SECONDS = 10  # the slowest cell of a correct submission takes under 3 s

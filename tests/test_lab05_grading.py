@@ -1,12 +1,10 @@
 """Lab 5 graded end to end by nbgrader: fair to correct answers, hard to game.
 
-The submissions below are graded by the tests every lab gets (tests/lab_grading.py), plus
-two of this lab's own: no line of the answer and no hidden test reaches the student.
+This module holds the lab's data; the tests every lab gets (tests/lab_grading.py) grade it.
 """
 from __future__ import annotations
 
-from tests import nbgrader_course as course
-from tests.lab_grading import LabGradingTests
+from tests.lab_grading import Cheat, LabGradingTests, Target, Wrong
 
 LAB = "lab05_calibration"
 POINTS = {"test_percentile_threshold": 3, "test_mse_threshold": 4, "test_candidate_distribution": 4,
@@ -15,11 +13,11 @@ POINTS = {"test_percentile_threshold": 3, "test_mse_threshold": 4, "test_candida
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
 
 WRONG = {
-    "percentile_of_x_not_abs": ("percentile_threshold", "test_percentile_threshold", '''
+    "percentile_of_x_not_abs": Wrong("percentile_threshold", "test_percentile_threshold", "not of x itself", '''
 def percentile_threshold(x, percentile):
     return float(np.percentile(np.asarray(x, dtype=np.float64), percentile))
 '''),
-    "mse_without_clamp": ("mse_threshold", "test_mse_threshold", '''
+    "mse_without_clamp": Wrong("mse_threshold", "test_mse_threshold", "clamp before measuring the error", '''
 def mse_threshold(x, qmin, qmax, n_candidates=100):
     x = torch.as_tensor(x, dtype=torch.float32).flatten()
     amax = float(x.abs().max())
@@ -31,14 +29,14 @@ def mse_threshold(x, qmin, qmax, n_candidates=100):
         errors.append(float(((torch.round(x / scale) * scale - x) ** 2).mean()))
     return amax * (1 + int(np.argmin(errors))) / n_candidates
 '''),
-    "spreads_over_empty_bins": ("candidate_distribution", "test_candidate_distribution", '''
+    "spreads_over_empty_bins": Wrong("candidate_distribution", "test_candidate_distribution", "non-empty bins only", '''
 def candidate_distribution(counts, levels):
     counts = np.asarray(counts, dtype=np.float64)
     group = np.arange(counts.size) * levels // counts.size
     totals = np.bincount(group, weights=counts, minlength=levels)
     return totals[group] / np.bincount(group, minlength=levels)[group]
 '''),
-    "kl_forgets_the_outliers": ("kl_threshold", "test_kl_threshold", '''
+    "kl_forgets_the_outliers": Wrong("kl_threshold", "test_kl_threshold", "add every count beyond the first i bins", '''
 def kl_threshold(counts, bin_width, levels):
     counts = torch.as_tensor(counts, dtype=torch.float64)
     best_i, best = counts.numel(), math.inf
@@ -56,16 +54,16 @@ def kl_threshold(counts, bin_width, levels):
             best_i, best = i, d
     return best_i * bin_width
 '''),
-    "stochastic_from_the_global_rng": ("round_stochastic", "test_round_stochastic", '''
+    "stochastic_from_the_global_rng": Wrong("round_stochastic", "test_round_stochastic", "generator you are given", '''
 def round_stochastic(x, generator):
     floor = torch.floor(x)
     return floor + (torch.rand(x.shape, dtype=torch.float64) < (x - floor)).to(x.dtype)
 '''),
-    "round_to_nearest": ("round_stochastic", "test_round_stochastic", '''
+    "round_to_nearest": Wrong("round_stochastic", "test_round_stochastic", "rounds like round-to-nearest", '''
 def round_stochastic(x, generator):
     return torch.round(x)
 '''),
-    "hard_coded_visible_cases": ("percentile_threshold", "test_percentile_threshold", '''
+    "hard_coded_visible_cases": Wrong("percentile_threshold", "test_percentile_threshold", "A hidden check failed", '''
 def percentile_threshold(x, percentile):
     return {90.0: 3.6, 50.0: 1.5, 99.9: 1.0}.get(percentile, float(x.abs().max()))
 '''),
@@ -122,59 +120,21 @@ def round_stochastic(x, generator):
 ''',
 }
 
-# --- attempts to game the grader: nothing for the question ------------------------------------------
+# --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
-STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
-CALLS_QLIB = '''
-from qlib.calibration import kl_threshold as reference
-
-def kl_threshold(counts, bin_width, levels):
-    return reference(counts, bin_width, levels)
-'''
-CALLS_QLIB_OBFUSCATED = '''
+CHEATS = {
+    "calls_qlib_obfuscated": Cheat({"mse_threshold": """
 ref = __import__("ql" + "ib.calibration", fromlist=["x"])
 
 def mse_threshold(x, qmin, qmax, n_candidates=100):
     return ref.mse_threshold(x, qmin, qmax, n_candidates)
-'''
-PATCHES_ARRAY_EQUAL = ("np.array_equal = lambda *a, **k: True\n\n"
-                       "def round_stochastic(x, generator):\n    return torch.round(x)\n")
-CHEATS = {
-    "calls_qlib_reference": ({"kl_threshold": CALLS_QLIB}, None, "test_kl_threshold"),
-    "calls_qlib_obfuscated": ({"mse_threshold": CALLS_QLIB_OBFUSCATED}, None, "test_mse_threshold"),
-    "patches_array_equal": ({"round_stochastic": PATCHES_ARRAY_EQUAL}, None, "test_round_stochastic"),
-    "edits_test_cell": ({"candidate_distribution": STUB}, ("test_candidate_distribution", "edit"),
-                        "test_candidate_distribution"),
-    "deletes_test_cell": ({"percentile_threshold": STUB}, ("test_percentile_threshold", "delete"),
-                          "test_percentile_threshold"),
+"""}, "test_mse_threshold", "reference answer"),
 }
-
-EXPLAINED = [
-    ("percentile_of_x_not_abs", "test_percentile_threshold", "not of x itself"),
-    ("mse_without_clamp", "test_mse_threshold", "clamp before measuring the error"),
-    ("spreads_over_empty_bins", "test_candidate_distribution", "non-empty bins only"),
-    ("kl_forgets_the_outliers", "test_kl_threshold", "add every count beyond the first i bins"),
-    ("stochastic_from_the_global_rng", "test_round_stochastic", "generator you are given"),
-    ("round_to_nearest", "test_round_stochastic", "rounds like round-to-nearest"),
-    ("hard_coded_visible_cases", "test_percentile_threshold", "A hidden check failed"),
-    ("calls_qlib_reference", "test_kl_threshold", "reference answer"),
-]
 
 
 class TestLab05Grading(LabGradingTests):
     LAB, POINTS, N_STUBS = LAB, POINTS, 5
-    WRONG, DIFFERENT, CHEATS, EXPLAINED = WRONG, DIFFERENT, CHEATS, EXPLAINED
-
-    def test_released_notebook_shows_no_line_of_the_answer(self, graded):
-        text = "\n".join(c.source for c in graded[2].cells)
-        for line in ("p[-1] += counts[i:].sum()", "totals[group] / n_nonzero[group]", "u < (x - floor)"):
-            assert line not in text  # lines of the reference answers
-
-    def test_feedback_leaks_no_hidden_test(self, graded):
-        c = graded[1]["hard_coded_visible_cases"]
-        course.nbgrader("generate_feedback", LAB, "--student", "hard_coded_visible_cases", "--force", cwd=c)
-        html = next((c / "feedback" / "hard_coded_visible_cases" / LAB).glob("*.html")).read_text()
-        assert "A hidden check failed" in html
-        assert "seed=" not in html and "check_percentile_threshold(percentile_threshold," not in html
-        hidden_output = course.cell_output(c, LAB, "hard_coded_visible_cases", "test_percentile_threshold")
-        assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, DIFFERENT, "hard_coded_visible_cases"
+    CHEAT_TARGET = Target("round_stochastic", "test_round_stochastic", "qlib.stochastic_rounding.round_stochastic")
+    CHEATS = CHEATS
+    ANSWER_LINES = ("p[-1] += counts[i:].sum()", "totals[group] / n_nonzero[group]", "u < (x - floor)")

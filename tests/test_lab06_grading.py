@@ -1,12 +1,10 @@
 """Lab 6 graded end to end by nbgrader: fair to correct answers, hard to game.
 
-The submissions below are graded by the tests every lab gets (tests/lab_grading.py), plus
-two of this lab's own: no line of the answer and no hidden test reaches the student.
+This module holds the lab's data; the tests every lab gets (tests/lab_grading.py) grade it.
 """
 from __future__ import annotations
 
-from tests import nbgrader_course as course
-from tests.lab_grading import LabGradingTests
+from tests.lab_grading import Cheat, LabGradingTests, Target, Wrong
 
 LAB = "lab06_integer_inference"
 POINTS = {"test_quantize_multiplier": 3, "test_saturating_rounding_doubling_high_mul": 2,
@@ -16,7 +14,8 @@ POINTS = {"test_quantize_multiplier": 3, "test_saturating_rounding_doubling_high
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
 
 WRONG = {
-    "round_ties_to_even": ("quantize_multiplier", "test_quantize_multiplier", '''
+    "round_ties_to_even": Wrong("quantize_multiplier", "test_quantize_multiplier",
+                                "sends a tie to the even neighbour", '''
 def quantize_multiplier(multiplier):
     f, e = math.frexp(multiplier)
     m0 = round(f * 2**31)
@@ -24,25 +23,26 @@ def quantize_multiplier(multiplier):
         m0, e = 2**30, e + 1
     return m0, -e
 '''),
-    "floor_division_in_high_mul": ("saturating_rounding_doubling_high_mul",
-                                   "test_saturating_rounding_doubling_high_mul", '''
+    "floor_division_in_high_mul": Wrong("saturating_rounding_doubling_high_mul",
+                                        "test_saturating_rounding_doubling_high_mul",
+                                        "truncates toward zero", '''
 def saturating_rounding_doubling_high_mul(a, b):
     ab = torch.as_tensor(a).long() * torch.as_tensor(b).long()
     nudge = torch.where(ab >= 0, 2**30, 1 - 2**30)
     high = (ab + nudge) // 2**31
     return torch.where(ab == 2**62, INT32_MAX, high)
 '''),
-    "plain_right_shift": ("rounding_divide_by_pot", "test_rounding_divide_by_pot", '''
+    "plain_right_shift": Wrong("rounding_divide_by_pot", "test_rounding_divide_by_pot", "rounds down", '''
 def rounding_divide_by_pot(x, exponent):
     return torch.as_tensor(x).long() >> torch.as_tensor(exponent).long()
 '''),
-    "single_rounding": ("requantize", "test_requantize", '''
+    "single_rounding": Wrong("requantize", "test_requantize", "round twice", '''
 def requantize(acc, m0, shift, zero_point, qmin, qmax):
     total = 31 + torch.as_tensor(shift).long()
     scaled = (torch.as_tensor(acc).long() * torch.as_tensor(m0).long() + (1 << (total - 1))) >> total
     return torch.clamp(scaled + zero_point, qmin, qmax)
 '''),
-    "relu_at_zero": ("quantized_linear", "test_quantized_linear", '''
+    "relu_at_zero": Wrong("quantized_linear", "test_quantized_linear", "output zero point", '''
 def quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
                      relu=False, weight_zero_point=0):
     w = q_weight.long() - torch.as_tensor(weight_zero_point).long().reshape(-1, 1)
@@ -51,7 +51,7 @@ def quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poin
         acc = acc + q_bias.long()
     return requantize(acc, m0, shift, y_zero_point, max(qmin, 0) if relu else qmin, qmax)
 '''),
-    "pads_with_zero": ("quantized_conv2d", "test_quantized_conv2d", '''
+    "pads_with_zero": Wrong("quantized_conv2d", "test_quantized_conv2d", "pad with the input zero point", '''
 def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
                      stride=1, padding=0, groups=1, relu=False, weight_zero_point=0):
     x = torch.nn.functional.pad(q_x.long(), (padding,) * 4)
@@ -64,7 +64,7 @@ def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poin
                            qmin, qmax, relu, weight_zero_point)
     return q_y.reshape(n, oh, ow, c_out).permute(0, 3, 1, 2)
 '''),
-    "hard_coded_visible_cases": ("quantize_multiplier", "test_quantize_multiplier", '''
+    "hard_coded_visible_cases": Wrong("quantize_multiplier", "test_quantize_multiplier", "A hidden check failed", '''
 def quantize_multiplier(multiplier):
     table = {0.3: (1288490189, 1), 0.5: (2**30, 0), 0.0119: (1635523546, 6), 1.5: (3 * 2**29, -1),
              0.5 + 2**-32: (2**30 + 1, 0), 1 - 2**-40: (2**30, -1)}
@@ -148,62 +148,25 @@ def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poin
 ''',
 }
 
-# --- attempts to game the grader: nothing for the question ------------------------------------------
+# --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
-STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
-CALLS_QLIB = '''
-from qlib.requantize import requantize as reference
-
-def requantize(acc, m0, shift, zero_point, qmin, qmax):
-    return reference(acc, m0, shift, zero_point, qmin, qmax)
-'''
-CALLS_QLIB_HIDDEN_IMPORT = '''
+CHEATS = {
+    "calls_qlib_hidden_import": Cheat({"quantized_linear": """
 layers = __import__("ql" + "ib.integer_layers", fromlist=["quantized_linear"])
 
 def quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
                      relu=False, weight_zero_point=0):
     return layers.quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
                                    relu, weight_zero_point)
-'''
-PATCHES_NUMPY = ("np.array_equal = lambda *a, **k: True\n\n"
-                 "def saturating_rounding_doubling_high_mul(a, b):\n    return a\n")
-CHEATS = {
-    "calls_qlib_reference": ({"requantize": CALLS_QLIB}, None, "test_requantize"),
-    "calls_qlib_hidden_import": ({"quantized_linear": CALLS_QLIB_HIDDEN_IMPORT}, None, "test_quantized_linear"),
-    "patches_numpy_array_equal": ({"saturating_rounding_doubling_high_mul": PATCHES_NUMPY}, None,
-                                  "test_saturating_rounding_doubling_high_mul"),
-    "edits_test_cell": ({"rounding_divide_by_pot": STUB}, ("test_rounding_divide_by_pot", "edit"),
-                        "test_rounding_divide_by_pot"),
-    "deletes_test_cell": ({"quantized_conv2d": STUB}, ("test_quantized_conv2d", "delete"), "test_quantized_conv2d"),
+"""}, "test_quantized_linear", "reference answer"),
 }
-
-EXPLAINED = [
-    ("round_ties_to_even", "test_quantize_multiplier", "sends a tie to the even neighbour"),
-    ("floor_division_in_high_mul", "test_saturating_rounding_doubling_high_mul", "truncates toward zero"),
-    ("plain_right_shift", "test_rounding_divide_by_pot", "rounds down"),
-    ("single_rounding", "test_requantize", "round twice"),
-    ("relu_at_zero", "test_quantized_linear", "output zero point"),
-    ("pads_with_zero", "test_quantized_conv2d", "pad with the input zero point"),
-    ("hard_coded_visible_cases", "test_quantize_multiplier", "A hidden check failed"),
-    ("calls_qlib_reference", "test_requantize", "reference answer"),
-]
 
 
 class TestLab06Grading(LabGradingTests):
     LAB, POINTS, N_STUBS = LAB, POINTS, 6
-    WRONG, DIFFERENT, CHEATS, EXPLAINED = WRONG, DIFFERENT, CHEATS, EXPLAINED
-
-    def test_released_notebook_shows_no_line_of_the_answer(self, graded):
-        text = "\n".join(c.source for c in graded[2].cells)
-        for line in ("m0 = math.floor(f * 2**31 + 0.5)", "threshold = (mask >> 1) + (x < 0)",
-                     "patches.permute(0, 2, 3, 1, 4, 5)"):  # lines of the reference answers
-            assert line not in text
-
-    def test_feedback_leaks_no_hidden_test(self, graded):
-        c = graded[1]["hard_coded_visible_cases"]
-        course.nbgrader("generate_feedback", LAB, "--student", "hard_coded_visible_cases", "--force", cwd=c)
-        html = next((c / "feedback" / "hard_coded_visible_cases" / LAB).glob("*.html")).read_text()
-        assert "A hidden check failed" in html
-        assert "seed=" not in html and "check_quantize_multiplier(quantize_multiplier," not in html
-        hidden_output = course.cell_output(c, LAB, "hard_coded_visible_cases", "test_quantize_multiplier")
-        assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, DIFFERENT, "hard_coded_visible_cases"
+    CHEAT_TARGET = Target("quantize_multiplier", "test_quantize_multiplier", "qlib.requantize.quantize_multiplier")
+    CHEATS = CHEATS
+    ANSWER_LINES = ("m0 = math.floor(f * 2**31 + 0.5)", "threshold = (mask >> 1) + (x < 0)",
+                    "patches.permute(0, 2, 3, 1, 4, 5)")
+    CELL_SECONDS = 10  # the slowest cell of a correct submission takes under 3 s

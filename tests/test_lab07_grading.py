@@ -1,12 +1,10 @@
 """Lab 7 graded end to end by nbgrader: fair to correct answers, hard to game.
 
-The submissions below are graded by the tests every lab gets (tests/lab_grading.py), plus
-two of this lab's own: no line of the answer and no hidden test reaches the student.
+This module holds the lab's data; the tests every lab gets (tests/lab_grading.py) grade it.
 """
 from __future__ import annotations
 
-from tests import nbgrader_course as course
-from tests.lab_grading import LabGradingTests
+from tests.lab_grading import Cheat, LabGradingTests, Target, Wrong
 
 LAB = "lab07_qat"
 POINTS = {"test_ste_forward": 2, "test_ste_backward": 3, "test_lsq_forward": 2, "test_lsq_backward": 4,
@@ -21,7 +19,7 @@ def fake_quant_ste(x, scale, zero_point, qmin, qmax):
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
 
 WRONG = {
-    "ste_mask_before_rounding": ("FakeQuantSTE", "test_ste_backward", '''
+    "ste_mask_before_rounding": Wrong("FakeQuantSTE", "test_ste_backward", "decide it on the rounded value", '''
 class FakeQuantSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, zero_point, qmin, qmax):
@@ -35,7 +33,7 @@ class FakeQuantSTE(torch.autograd.Function):
         (inside,) = ctx.saved_tensors
         return grad_output * inside, None, None, None, None
 ''' + WRAPPER),
-    "hard_coded_visible_cases": ("FakeQuantSTE", "test_ste_forward", '''
+    "hard_coded_visible_cases": Wrong("FakeQuantSTE", "test_ste_forward", "A hidden check failed", '''
 VISIBLE = {8: [-1.0, -0.5, 0.0, 0.0, 0.0, 1.0, 1.5, 1.5], 5: [0.0, 2.0, 2.0, 2.0, -3.0],
            9: [-2.0, -2.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0], 6: [[0.0, 0.25, -0.5], [0.0, 0.5, -1.0]]}
 
@@ -54,7 +52,7 @@ class FakeQuantSTE(torch.autograd.Function):
         (inside,) = ctx.saved_tensors
         return grad_output * inside, None, None, None, None
 ''' + WRAPPER),
-    "lsq_without_grad_scale": ("LSQFakeQuant", "test_lsq_backward", '''
+    "lsq_without_grad_scale": Wrong("LSQFakeQuant", "test_lsq_backward", "the gradient scale is missing", '''
 class LSQFakeQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v, step, qmin, qmax, grad_scale):
@@ -71,7 +69,8 @@ class LSQFakeQuant(torch.autograd.Function):
         d = torch.where(inside, q - v / step, torch.where(below, float(ctx.qmin), float(ctx.qmax)))
         return grad_output * inside, (grad_output * d).sum().reshape(step.shape), None, None, None
 '''),
-    "quantized_forward_per_tensor_weights": ("quantized_forward", "test_quantized_forward", '''
+    "quantized_forward_per_tensor_weights": Wrong("quantized_forward", "test_quantized_forward",
+                                                  "one scale per output channel", '''
 def quantized_forward(model, images, bits, input_max):
     qmax_w, qmax_x = 2 ** (bits - 1) - 1, 2 ** bits - 1
 
@@ -88,7 +87,7 @@ def quantized_forward(model, images, bits, input_max):
     x = F.relu(F.linear(inputs(x, "fc1"), weight(model.fc1), model.fc1.bias))
     return F.linear(inputs(x, "fc2"), weight(model.fc2), model.fc2.bias)
 '''),
-    "finetune_without_quantizer": ("qat_finetune", "test_qat_finetune", '''
+    "finetune_without_quantizer": Wrong("qat_finetune", "test_qat_finetune", "it should reach 0.90", '''
 def qat_finetune(model, train_set, bits, input_max, epochs, lr, seed):
     model = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(seed)
@@ -187,58 +186,24 @@ def qat_finetune(model, train_set, bits, input_max, epochs, lr, seed):
 ''',
 }
 
-# --- attempts to game the grader: nothing for the question ------------------------------------------
+# --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
-STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
-CALLS_QLIB = "from qlib.grading.lab07 import reference_quantized_forward as quantized_forward\n"
-CALLS_QLIB_OBFUSCATED = '''
+CHEATS = {
+    "calls_qlib_obfuscated": Cheat({"qat_finetune": """
 training = __import__("ql" + "ib.qat_training", fromlist=["train_qat"])
 
 
 def qat_finetune(model, train_set, bits, input_max, epochs, lr, seed):
     return copy.deepcopy(model)
-'''
-PATCHES_TORCH_EQUAL = ("torch.equal = lambda a, b: True\n\n"
-                       "def qat_finetune(model, train_set, bits, input_max, epochs, lr, seed):\n"
-                       "    return copy.deepcopy(model)\n")
-PATCHES_GRADER = ("grader.check_quantized_forward = lambda *a, **k: None\n\n"
-                  "def quantized_forward(model, images, bits, input_max):\n    return model(images)\n")
-LOOPS = "def quantized_forward(model, images, bits, input_max):\n    while True:\n        pass\n"
-CHEATS = {
-    "calls_qlib_reference": ({"quantized_forward": CALLS_QLIB}, None, "test_quantized_forward"),
-    "calls_qlib_obfuscated": ({"qat_finetune": CALLS_QLIB_OBFUSCATED}, None, "test_qat_finetune"),
-    "patches_torch_equal": ({"qat_finetune": PATCHES_TORCH_EQUAL}, None, "test_qat_finetune"),
-    "patches_grader": ({"quantized_forward": PATCHES_GRADER}, None, "test_quantized_forward"),
-    "edits_test_cell": ({"quantized_forward": STUB}, ("test_quantized_forward", "edit"), "test_quantized_forward"),
-    "deletes_test_cell": ({"qat_finetune": STUB}, ("test_qat_finetune", "delete"), "test_qat_finetune"),
-    "infinite_loop": ({"quantized_forward": LOOPS}, None, "test_quantized_forward"),
+"""}, "test_qat_finetune"),
 }
-
-EXPLAINED = [
-    ("ste_mask_before_rounding", "test_ste_backward", "decide it on the rounded value"),
-    ("hard_coded_visible_cases", "test_ste_forward", "A hidden check failed"),
-    ("lsq_without_grad_scale", "test_lsq_backward", "the gradient scale is missing"),
-    ("quantized_forward_per_tensor_weights", "test_quantized_forward", "one scale per output channel"),
-    ("finetune_without_quantizer", "test_qat_finetune", "it should reach 0.90"),
-    ("calls_qlib_reference", "test_quantized_forward", "reference answer"),
-    ("infinite_loop", "test_quantized_forward", "did not return within"),
-]
 
 
 class TestLab07Grading(LabGradingTests):
     LAB, POINTS, N_STUBS = LAB, POINTS, 6
-    WRONG, DIFFERENT, CHEATS, EXPLAINED = WRONG, DIFFERENT, CHEATS, EXPLAINED
-
-    def test_released_notebook_shows_no_line_of_the_answer(self, graded):
-        text = "\n".join(c.source for c in graded[2].cells)
-        assert "ctx.save_for_backward((q >= qmin)" not in text  # a line of the reference answer
-        assert "optimizer.step()" not in text
-
-    def test_feedback_leaks_no_hidden_test(self, graded):
-        c = graded[1]["hard_coded_visible_cases"]
-        course.nbgrader("generate_feedback", LAB, "--student", "hard_coded_visible_cases", "--force", cwd=c)
-        html = next((c / "feedback" / "hard_coded_visible_cases" / LAB).glob("*.html")).read_text()
-        assert "A hidden check failed" in html
-        assert "seed=" not in html and "check_fake_quant_ste_forward(FakeQuantSTE," not in html
-        hidden_output = course.cell_output(c, LAB, "hard_coded_visible_cases", "test_ste_forward")
-        assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, DIFFERENT, "hard_coded_visible_cases"
+    CHEAT_TARGET = Target("quantized_forward", "test_quantized_forward",
+                          "qlib.grading.lab07.reference_quantized_forward")
+    CHEATS = CHEATS
+    ANSWER_LINES = ("ctx.save_for_backward((q >= qmin)", "optimizer.step()")
+    CELL_SECONDS = 10  # the slowest cell of a correct submission takes under 3 s

@@ -1,12 +1,10 @@
 """Lab 8 graded end to end by nbgrader: fair to correct answers, hard to game.
 
-The submissions below are graded by the tests every lab gets (tests/lab_grading.py), plus two of
-this lab's own: no line of the answer and no hidden test reaches the student.
+This module holds the lab's data; the tests every lab gets (tests/lab_grading.py) grade it.
 """
 from __future__ import annotations
 
-from tests import nbgrader_course as course
-from tests.lab_grading import LabGradingTests
+from tests.lab_grading import Cheat, LabGradingTests, Target, Wrong
 
 LAB = "lab08_binary_mixed"
 POINTS = {"test_binarize": 4, "test_ternarize": 6, "test_quantization_sensitivity": 5}
@@ -14,12 +12,12 @@ POINTS = {"test_binarize": 4, "test_ternarize": 6, "test_quantization_sensitivit
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
 
 WRONG = {
-    "sign_of_zero_is_zero": ("binarize", "test_binarize", '''
+    "sign_of_zero_is_zero": Wrong("binarize", "test_binarize", "sign(0) is +1", '''
 def binarize(w, per_channel=True):
     alpha = w.abs().reshape(w.shape[0], -1).mean(dim=1) if per_channel else w.abs().mean()
     return torch.sign(w), alpha
 '''),
-    "threshold_not_strict": ("ternarize", "test_ternarize", '''
+    "threshold_not_strict": Wrong("ternarize", "test_ternarize", "strict", '''
 def ternarize(w, per_channel=True):
     rows = (w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)).abs()
     delta = 0.7 * rows.mean(dim=1)
@@ -28,7 +26,7 @@ def ternarize(w, per_channel=True):
     t = (torch.sign(w).reshape(rows.shape) * kept).reshape(w.shape)
     return (t, alpha, delta) if per_channel else (t, alpha[0], delta[0])
 '''),
-    "alpha_over_all_weights": ("ternarize", "test_ternarize", '''
+    "alpha_over_all_weights": Wrong("ternarize", "test_ternarize", "ABOVE delta only", '''
 def ternarize(w, per_channel=True):
     rows = (w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)).abs()
     delta = 0.7 * rows.mean(dim=1)
@@ -37,7 +35,7 @@ def ternarize(w, per_channel=True):
     t = (torch.sign(w).reshape(rows.shape) * kept).reshape(w.shape)
     return (t, alpha, delta) if per_channel else (t, alpha[0], delta[0])
 '''),
-    "returns_accuracies": ("quantization_sensitivity", "test_quantization_sensitivity", '''
+    "returns_accuracies": Wrong("quantization_sensitivity", "test_quantization_sensitivity", "return the DROP", '''
 def quantization_sensitivity(model, data, bit_widths, fake_quant):
     result = {}
     for name, module in model.named_modules():
@@ -51,7 +49,7 @@ def quantization_sensitivity(model, data, bit_widths, fake_quant):
                 result[name].append(accuracy(quantized, data))
     return result
 '''),
-    "hard_coded_visible_cases": ("ternarize", "test_ternarize", '''
+    "hard_coded_visible_cases": Wrong("ternarize", "test_ternarize", "A hidden check failed", '''
 def ternarize(w, per_channel=True):
     if tuple(w.shape) == (6,):
         return torch.tensor([1, 0, 1, -1, 0, 0]), 3.5 / 3, 0.4725
@@ -115,62 +113,28 @@ def quantization_sensitivity(model, data, bit_widths, fake_quant):
 ''',
 }
 
-# --- attempts to game the grader: nothing for the question ------------------------------------------
+# --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
-STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
-CALLS_QLIB = '''
-from qlib.ternary import ternarize as reference_ternarize
-
-def ternarize(w, per_channel=True):
-    return reference_ternarize(w, per_channel)
-'''
-CALLS_QLIB_VIA_IMPORTLIB = '''
+CHEATS = {
+    "calls_qlib_via_importlib": Cheat({"binarize": """
 import importlib
 
 binary = importlib.import_module("ql" + "ib.binary")
 
 def binarize(w, per_channel=True):
     return binary.binarize(w, per_channel)
-'''
-PATCHES_NUMPY = ('np.array_equal = lambda *a, **k: True\nnp.allclose = lambda *a, **k: True\n\n'
-                 'def binarize(w, per_channel=True):\n    return w, w.abs().mean()\n')
-LOOPS = "def binarize(w, per_channel=True):\n    while True:\n        pass\n"
-CHEATS = {
-    "calls_qlib_reference": ({"ternarize": CALLS_QLIB}, None, "test_ternarize"),
-    "calls_qlib_via_importlib": ({"binarize": CALLS_QLIB_VIA_IMPORTLIB}, None, "test_binarize"),
-    "patches_numpy_comparisons": ({"binarize": PATCHES_NUMPY}, None, "test_binarize"),
-    "edits_test_cell": ({"ternarize": STUB}, ("test_ternarize", "edit"), "test_ternarize"),
-    "deletes_test_cell": ({"quantization_sensitivity": STUB}, ("test_quantization_sensitivity", "delete"),
-                          "test_quantization_sensitivity"),
-    "infinite_loop": ({"binarize": LOOPS}, None, "test_binarize"),
+"""}, "test_binarize", "reference answer"),
 }
-
-EXPLAINED = [
-    ("sign_of_zero_is_zero", "test_binarize", "sign(0) is +1"),
-    ("threshold_not_strict", "test_ternarize", "strict"),
-    ("alpha_over_all_weights", "test_ternarize", "ABOVE delta only"),
-    ("returns_accuracies", "test_quantization_sensitivity", "return the DROP"),
-    ("hard_coded_visible_cases", "test_ternarize", "A hidden check failed"),
-    ("calls_qlib_reference", "test_ternarize", "reference answer"),
-    ("infinite_loop", "test_binarize", "did not return within"),
-]
 
 
 class TestLab08Grading(LabGradingTests):
     LAB, POINTS, N_STUBS = LAB, POINTS, 3
-    WRONG, DIFFERENT, CHEATS, EXPLAINED = WRONG, DIFFERENT, CHEATS, EXPLAINED
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, DIFFERENT, "hard_coded_visible_cases"
+    CHEAT_TARGET = Target("binarize", "test_binarize", "qlib.binary.binarize")
+    CHEATS = CHEATS
+    ANSWER_LINES = ("torch.where(w >= 0, 1, -1).to(torch.int8)", "kept.sum(dim=1)",
+                    "reference - accuracy(quantized, data)")
+    CELL_SECONDS = 10  # the slowest cell of a correct submission takes under 3 s
 
-    def test_released_notebook_shows_no_line_of_the_answer(self, graded):
-        text = "\n".join(c.source for c in graded[2].cells)
-        assert "torch.where(w >= 0, 1, -1).to(torch.int8)" not in text  # lines of the reference answers
-        assert "kept.sum(dim=1)" not in text and "reference - accuracy(quantized, data)" not in text
-
-    def test_feedback_leaks_no_hidden_test(self, graded):
-        c = graded[1]["hard_coded_visible_cases"]
-        course.nbgrader("generate_feedback", LAB, "--student", "hard_coded_visible_cases", "--force", cwd=c)
-        html = next((c / "feedback" / "hard_coded_visible_cases" / LAB).glob("*.html")).read_text()
-        assert "A hidden check failed" in html
-        assert "seed=" not in html and "check_ternarize(ternarize," not in html
-        hidden_output = course.cell_output(c, LAB, "hard_coded_visible_cases", "test_ternarize")
-        assert "GradingFailure" in hidden_output and "most recent call last" not in hidden_output
-        assert "(16, 1, 3, 3)" not in hidden_output  # not even the shape of the hidden input
+    def test_a_hidden_failure_does_not_even_show_the_shape_of_the_input(self, graded):
+        assert "(16, 1, 3, 3)" not in graded.output("hard_coded_visible_cases", "test_ternarize")
