@@ -41,6 +41,7 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Float
 
 from qlib.grading import records, sandbox
+from qlib.grading.answers import credit_output
 from qlib.grading.harness import GradingFailure
 from qlib.grading.records import CellRecord, GradingRecord
 from qlib.grading.remote import NotebookSession, StudentObject
@@ -125,11 +126,21 @@ def _error_output(ename: str, message: str):
                                   traceback=[f"\x1b[0;31m{ename}\x1b[0m: {lines[0]}"] + lines[1:])
 
 
-def run_test_cell(source: str, checks, session: NotebookSession, seed: int | None, timeout: float = 120.0) -> list:
+def _exec_returning_last(source: str, namespace: dict):
+    """Run ``source`` like a notebook cell: the value of its last line if that line is an expression."""
+    tree = ast.parse(source)
+    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    exec(compile(tree, "<test cell>", "exec"), namespace)  # the instructor's test cell
+    return eval(compile(ast.Expression(last.value), "<test cell>", "eval"), namespace) if last else None
+
+
+def run_test_cell(source: str, checks, session: NotebookSession, seed: int | None, timeout: float = 120.0,
+                  points: float = 0.0) -> list:
     """The outputs of one test cell, computed here from what the student's objects return.
 
     The calls into the kernel share ``timeout`` seconds: a function that is merely slow on each of
-    a check's many cases cannot hold grading up for longer.
+    a check's many cases cannot hold grading up for longer. A check that ends the cell with a
+    :class:`~qlib.grading.answers.Credit` earns that fraction of the cell's ``points``.
     """
     namespace = {"__builtins__": builtins, "grader": checks, "HIDDEN_SEED": seed}
     for name in _free_names(source) - set(namespace) - set(dir(builtins)):
@@ -138,7 +149,9 @@ def run_test_cell(source: str, checks, session: NotebookSession, seed: int | Non
     outputs = []
     try:
         with contextlib.redirect_stdout(printed), session.time_budget(timeout):
-            exec(compile(source, "<test cell>", "exec"), namespace)  # the instructor's test cell
+            credit = credit_output(_exec_returning_last(source, namespace), points)
+        if credit is not None:
+            outputs.append(credit)
     except GradingFailure as failure:
         outputs.append(_error_output("GradingFailure", str(failure)))
     except Exception as err:  # noqa: BLE001 (a check that broke on an unexpected answer still fails the task)
@@ -190,7 +203,8 @@ def run_notebook(nb: nbformat.NotebookNode, checks, seed_of, timeout: float = 12
                     continue
                 grade_id, start = nbgrader_metadata(cell).get("grade_id"), time.monotonic()
                 if is_test_cell(cell):
-                    cell.outputs = run_test_cell(cell.source, checks, session, seed_of(grade_id), timeout)
+                    cell.outputs = run_test_cell(cell.source, checks, session, seed_of(grade_id), timeout,
+                                                 nbgrader_metadata(cell).get("points", 0))
                     message = _error_text(cell.outputs)
                     status = "failed" if message else "passed"
                 else:
