@@ -10,7 +10,7 @@ import pytest
 # which is not on PATH when the tests run as `.venv/bin/python -m pytest`.
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
-from tests.lab_grading import STANDARD_CHEATS, GradingRuns, LabGradingTests  # noqa: E402 (after PATH is set)
+from tests.lab_grading import CHOICE_CHEATS, STANDARD_CHEATS, GradingRuns, LabGradingTests  # noqa: E402 (after PATH is set)
 
 #: torch.ao.quantization (observers) and torch.quantize_per_tensor are deprecated: silence only that.
 AO_DEPRECATIONS = ("ignore:.*deprecat:DeprecationWarning", "ignore:.*deprecat:UserWarning",
@@ -73,4 +73,7 @@ def pytest_generate_tests(metafunc):
     if "wrong" in metafunc.fixturenames:
         metafunc.parametrize("wrong", sorted(cls.WRONG))
     if "cheat" in metafunc.fixturenames:
-        metafunc.parametrize("cheat", sorted([*STANDARD_CHEATS, *cls.CHEATS]))
+        choice = CHOICE_CHEATS if cls.CHOICE else ()
+        metafunc.parametrize("cheat", sorted([*STANDARD_CHEATS, *choice, *cls.CHEATS]))
+    if "partial" in metafunc.fixturenames:
+        metafunc.parametrize("partial", sorted(cls.PARTIAL))

@@ -11,6 +11,12 @@ A lab's test module subclasses :class:`LabGradingTests` and declares its data on
 * ``CHEAT_TARGET``: the :class:`Target` task that the standard cheats (:func:`standard_cheats`) attack;
 * ``CHEATS``: name -> :class:`Cheat`, the lab's own attacks beside the standard ones;
 * ``ANSWER_LINES``: lines of the reference answers that the release must not show;
+* ``WRITTEN``: grade id -> points of each written answer graded by a person (nbgrader's manual
+  grading): it must wait for a person, never be graded automatically;
+* ``CHOICE``: a multiple-choice question (:class:`Choice`), attacked by the choice cheats (every letter
+  at once, a string that equals everything);
+* ``PARTIAL``: name -> :class:`Partial`, a design that reaches a lower tier of its target and earns
+  that tier's points;
 * ``CELL_SECONDS``: how long a cell may run when the lab's submissions are graded (the class command's
   ``--timeout``; the course allows 120 s). A few times the slowest cell of a correct submission, so that
   the submissions that hang on purpose (``infinite_loop``) cost seconds, not minutes.
@@ -62,6 +68,23 @@ class Cheat(NamedTuple):
     tamper: str | None = None
 
 
+class Choice(NamedTuple):
+    """A multiple-choice question: its answer cell, its test cell, the name it sets and its letters."""
+
+    cell: str
+    question: str
+    name: str
+    choices: str = "abcd"
+
+
+class Partial(NamedTuple):
+    """A design (answer cells -> source) that reaches a lower tier: ``points`` of ``question``."""
+
+    cells: dict[str, str]
+    question: str
+    points: float
+
+
 class Target(NamedTuple):
     """The task the standard cheats attack: its solution cell, its test cell, and qlib's function for it."""
 
@@ -87,6 +110,19 @@ numpy.isclose = lambda a, b, **k: numpy.ones(numpy.shape(a), bool)
 torch.equal = torch.allclose = lambda *a, **k: True
 
 """
+
+
+#: The attacks on a multiple-choice question (see :func:`choice_cheats`).
+CHOICE_CHEATS = ("names_every_choice", "choice_equal_to_everything")
+
+
+def choice_cheats(choice: Choice) -> dict[str, Cheat]:
+    """Answers that try every choice at once: all the letters, and a string equal to every letter."""
+    everything = (f"class Everything(str):\n    def __eq__(self, other):\n        return True\n\n"
+                  f"    __hash__ = str.__hash__\n\n\n{choice.name} = Everything('?')\n")
+    return {"names_every_choice": Cheat({choice.cell: f"{choice.name} = {choice.choices!r}\n"}, choice.question,
+                                        "not one of the choices"),
+            "choice_equal_to_everything": Cheat({choice.cell: everything}, choice.question, "not one of the choices")}
 
 
 def standard_cheats(target: Target, answer: str, check: str) -> dict[str, Cheat]:
@@ -119,6 +155,7 @@ class Graded:
     released: nbformat.NotebookNode
     scores: dict[str, dict[str, float]]  # submission -> grade id -> points
     cheats: dict[str, Cheat]  # the standard cheats and the lab's own
+    manual: dict[str, set[str]]  # submission -> grade ids waiting for a person (nbgrader's needs_manual_grade)
 
     @property
     def correct(self) -> dict[str, float]:
@@ -164,9 +201,10 @@ def cheats_of(cls, released: nbformat.NotebookNode, answers: dict[str, str]) -> 
     """The standard cheats on the lab's ``CHEAT_TARGET``, and the lab's own."""
     target = cls.CHEAT_TARGET
     check = re.search(r"grader\.(check_\w+)\(", _cell(released, target.question).source).group(1)
-    own = set(cls.CHEATS) & set(STANDARD_CHEATS)
+    own = set(cls.CHEATS) & set(STANDARD_CHEATS + CHOICE_CHEATS)
     assert not own, f"{cls.__name__}: {sorted(own)} are standard cheats; give the lab's own another name"
-    return {**standard_cheats(target, answers[target.cell], check), **cls.CHEATS}
+    choice = choice_cheats(cls.CHOICE) if cls.CHOICE else {}
+    return {**standard_cheats(target, answers[target.cell], check), **choice, **cls.CHEATS}
 
 
 def grade_submissions(cls, folder: Path, workers: int = 2) -> Graded:
@@ -177,19 +215,22 @@ def grade_submissions(cls, folder: Path, workers: int = 2) -> Graded:
     lab = cls.LAB
     tmp = course.make_course(folder / "c", lab)
     released = course.read_notebook(course.notebook_path(tmp, "labs", lab))
-    answers = course.solution_code(course.read_notebook(course.ROOT / "solutions" / lab / f"{lab}.ipynb"))
+    source = course.read_notebook(course.ROOT / "solutions" / lab / f"{lab}.ipynb")
+    answers = course.solution_code(source)
     cheats = cheats_of(cls, released, answers)
-    subs = {"reference": course.fill(released, answers), "untouched": released,
+    subs = {"reference": course.fill(released, {**answers, **course.written_answers(source)}), "untouched": released,
             "written_differently": course.fill(released, {**answers, **cls.DIFFERENT})}
     for name, wrong in cls.WRONG.items():
         subs[name] = course.fill(released, {**answers, wrong.cell: wrong.source})
     for name, cheat in cheats.items():
         nb = course.fill(released, {**answers, **cheat.cells})
         subs[name] = course.tamper(nb, cheat.question, cheat.tamper) if cheat.tamper else nb
-    assert len(subs) == 3 + len(cls.WRONG) + len(cheats), "a mistake and a cheat share a name"
+    for name, partial in cls.PARTIAL.items():
+        subs[name] = course.fill(released, {**answers, **partial.cells})
+    assert len(subs) == 3 + len(cls.WRONG) + len(cheats) + len(cls.PARTIAL), "two submissions share a name"
     limit = ("--timeout", str(cls.CELL_SECONDS)) if cls.CELL_SECONDS else ()
     scores = course.grade_class(tmp, lab, subs, workers, *limit)  # the class command: nbgrader's grades
-    return Graded(lab, tmp, released, scores, cheats)
+    return Graded(lab, tmp, released, scores, cheats, course.waiting_for_a_person(tmp, lab))
 
 
 class GradingRuns:
@@ -230,19 +271,35 @@ class LabGradingTests:
     CHEATS: dict[str, Cheat] = {}
     ANSWER_LINES: tuple[str, ...] = ()
     CELL_SECONDS: float | None = None  # None: the course's own limit
+    WRITTEN: dict[str, int] = {}
+    CHOICE: Choice | None = None
+    PARTIAL: dict[str, Partial] = {}
+
+    @property
+    def full_marks(self) -> dict[str, float]:
+        """Every autograded point, and 0 (so far) for the answers a person grades."""
+        return {**self.POINTS, **{grade_id: 0 for grade_id in self.WRITTEN}}
 
     def test_reference_solution_gets_full_marks(self, graded):
-        assert graded.correct == self.POINTS, graded.correct
+        assert graded.correct == self.full_marks, graded.correct
 
     def test_untouched_notebook_gets_zero(self, graded):
         assert sum(graded.untouched.values()) == 0, graded.untouched
+        assert not graded.manual["untouched"], "an unanswered written question needs no person"
 
     def test_correct_answers_written_differently_get_full_marks(self, graded):
-        assert graded.written_differently == self.POINTS, graded.written_differently
+        assert graded.written_differently == self.full_marks, graded.written_differently
+
+    def test_written_answers_wait_for_a_person(self, graded):
+        # a written answer is never graded automatically: it waits, at 0 points, for manual grading
+        assert graded.manual["reference"] == set(self.WRITTEN), graded.manual["reference"]
+        for grade_id in self.WRITTEN:
+            assert graded.correct[grade_id] == 0
 
     def test_wrong_answer_loses_its_question_only(self, graded, wrong):
         question = self.WRONG[wrong].question
-        assert graded.scores[wrong] == {**self.POINTS, question: 0}, graded.scores[wrong]
+        assert graded.scores[wrong] == {**self.full_marks, question: 0}, graded.scores[wrong]
+
 
     def test_wrong_answer_is_explained(self, graded, wrong):
         text = graded.output(wrong, self.WRONG[wrong].question)
@@ -251,7 +308,7 @@ class LabGradingTests:
     def test_cheat_earns_nothing_for_its_question(self, graded, cheat):
         # nothing for the question, and the rest of the notebook is still graded
         question = graded.cheats[cheat].question
-        assert graded.scores[cheat] == {**self.POINTS, question: 0}, graded.scores[cheat]
+        assert graded.scores[cheat] == {**self.full_marks, question: 0}, graded.scores[cheat]
 
     def test_cheat_is_explained(self, graded, cheat):
         text = graded.output(cheat, graded.cheats[cheat].question)
@@ -293,3 +350,12 @@ class LabGradingTests:
 
         assert cells(committed) == cells(graded.released), (
             f"labs/ is out of date: run `nbgrader generate_assignment {self.LAB} --force`")
+
+
+class DesignTargetTests:
+    """The tests of a lab with a design task graded in tiers (mixed into its LabGradingTests class)."""
+
+    def test_design_short_of_its_target_earns_its_tier(self, graded, partial):
+        question, points = self.PARTIAL[partial].question, self.PARTIAL[partial].points
+        assert graded.scores[partial] == {**self.full_marks, question: points}, graded.scores[partial]
+        assert "of the points. For more:" in graded.output(partial, question)

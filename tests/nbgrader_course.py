@@ -90,6 +90,12 @@ def solution_code(source_nb: nbformat.NotebookNode) -> dict[str, str]:
     return answers
 
 
+def written_answers(source_nb: nbformat.NotebookNode) -> dict[str, str]:
+    """grade_id -> the reference text of each written answer (a markdown solution cell graded by a person)."""
+    return {c.metadata["nbgrader"]["grade_id"]: c.source for c in source_nb.cells
+            if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("solution")}
+
+
 def fill(released: nbformat.NotebookNode, answers: dict[str, str]) -> nbformat.NotebookNode:
     """A copy of the released notebook with solution cells replaced by ``answers`` (by grade_id)."""
     nb = json.loads(json.dumps(released))
@@ -119,6 +125,21 @@ def scores(course: Path, lab: str) -> dict[str, dict[str, float]]:
             except Exception:
                 continue
             out[student.id] = {g.name: g.score for g in sub.grades}
+    return out
+
+
+def waiting_for_a_person(course: Path, lab: str) -> dict[str, set[str]]:
+    """student -> the grade ids nbgrader marks ``needs_manual_grade`` after autograding."""
+    from nbgrader.api import Gradebook
+
+    out: dict[str, set[str]] = {}
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        for student in gb.students:
+            try:
+                sub = gb.find_submission_notebook(lab, lab, student.id)
+            except Exception:
+                continue
+            out[student.id] = {g.name for g in sub.grades if g.needs_manual_grade}
     return out
 
 

@@ -165,3 +165,22 @@ def test_the_sealed_grader_turns_a_final_credit_into_partial_points():
     # a credit that is not the cell's last expression grants nothing
     assert [o.output_type for o in sealed.run_test_cell("grader.half()\nx = 1\n", _Checks, _NoKernel(), None,
                                                         points=4)] == ["stream"]
+
+
+def test_a_written_answer_is_unanswered_until_changed_and_then_waits_for_a_person():
+    import nbformat
+    from pathlib import Path
+
+    from nbgrader.utils import determine_grade
+
+    root = Path(__file__).resolve().parents[1]
+    lab = "lab04_ptq_granularity"
+    source = nbformat.read(root / "solutions" / lab / f"{lab}.ipynb", as_version=4)
+    released = nbformat.read(root / "labs" / lab / f"{lab}.ipynb", as_version=4)
+
+    def written(nb):
+        return next(c for c in nb.cells if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("grade"))
+
+    assert determine_grade(written(sealed.rebuild(source, released))) == (0, 2.0)  # unanswered: 0, no person
+    written(released).source = "MX blocks of 32 are better here, because ..."
+    assert determine_grade(written(sealed.rebuild(source, released))) == (None, 2.0)  # answered: a person grades

@@ -4,11 +4,13 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import Cheat, LabGradingTests, Target, Wrong
+from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong
 
 LAB = "lab04_ptq_granularity"
 POINTS = {"test_quantize_per_group": 4, "test_dequantize_per_group": 2, "test_mxint_quantize": 4,
-          "test_scale_bits_per_weight": 3}
+          "test_scale_bits_per_weight": 3, "test_codes_of_a_narrow_row": 2, "test_what_per_channel_misses": 2,
+          "test_design": 4}
+WRITTEN = {"mx_or_groups": 2}
 
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
 
@@ -71,6 +73,17 @@ def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, 
         count = out_channels * (k // group_size)
     return count * (scale_bits + zero_point_bits) / (out_channels * k)
 '''),
+    "levels_not_codes": Wrong("codes_of_a_narrow_row", "test_codes_of_a_narrow_row", "count every code",
+                              "codes_of_a_narrow_row = 1\n"),
+    "unsigned_grid": Wrong("codes_of_a_narrow_row", "test_codes_of_a_narrow_row", "not to 255",
+                           "codes_of_a_narrow_row = 2 * round(2.55) + 1\n"),
+    "outlier_rows_still_bad": Wrong("what_per_channel_misses", "test_what_per_channel_misses",
+                                    "gets a scale 100 times larger", 'what_per_channel_misses = "a"\n'),
+    "design_over_budget": Wrong("design", "test_design", "over the budget of 4.5",
+                                'design = {"granularity": "group", "bits": 4, "group_size": 16, "scale_bits": 16}\n'),
+    "design_group_without_size": Wrong("design", "test_design", "needs a group_size",
+                                       'design = {"granularity": "group", "bits": 4, "group_size": None, '
+                                       '"scale_bits": 16}\n'),
     "hard_coded_visible_cases": Wrong("scale_bits_per_weight", "test_scale_bits_per_weight",
                                       "A hidden check failed", '''
 def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, zero_point_bits=0):
@@ -140,6 +153,23 @@ def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, 
 ''',
 }
 
+# --- the same answers written otherwise: other spellings, other types, another design as good ---------
+
+OTHER_SPELLINGS = {
+    "codes_of_a_narrow_row": "import numpy\ncodes_of_a_narrow_row = numpy.int64(3)\n",
+    "what_per_channel_misses": 'what_per_channel_misses = " (B) "\n',
+    "design": 'design = dict(granularity="group", bits=4, group_size=32, scale_bits=16)\n',  # 4.5 bits, error 0.027
+}
+
+# --- designs that fall short of the target: the tier they reach ---------------------------------------
+
+PARTIAL = {
+    "mx_blocks_of_32": Partial({"design": 'design = {"granularity": "mx", "bits": 4, "group_size": None, '
+                                          '"scale_bits": None}\n'}, "test_design", 3),
+    "per_channel_fp16": Partial({"design": 'design = {"granularity": "channel", "bits": 4, "group_size": None, '
+                                           '"scale_bits": 16}\n'}, "test_design", 2),
+}
+
 # --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
 CHEATS = {
@@ -150,6 +180,24 @@ reference = __import__("ql" + "ib.granularity", fromlist=["mxint_quantize"])
 def mxint_quantize(x, bits, block_size=32):
     return reference.mxint_quantize(x, bits, block_size)
 """}, "test_mxint_quantize", "reference answer"),
+    "design_smuggles_code": Cheat({"design": """
+class Granularity(str):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = str.__hash__
+
+
+design = {"granularity": Granularity("mx"), "bits": 4, "group_size": 16, "scale_bits": lambda: None}
+"""}, "test_design", "must be one of None, 16, 32"),
+    "design_is_not_a_dict": Cheat({"design": """
+class Design:
+    def __getitem__(self, key):
+        return {"granularity": "mx", "bits": 1, "group_size": 256, "scale_bits": None}[key]
+
+
+design = Design()
+"""}, "test_design", "must be a dict"),
     "calls_qlib_via_importlib": Cheat({"scale_bits_per_weight": """
 import importlib
 
@@ -162,10 +210,13 @@ def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, 
 }
 
 
-class TestLab04Grading(LabGradingTests):
-    LAB, POINTS, N_STUBS = LAB, POINTS, 4
-    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, NUMPY_ANSWERS, "hard_coded_visible_cases"
+class TestLab04Grading(LabGradingTests, DesignTargetTests):
+    LAB, POINTS, N_STUBS, WRITTEN = LAB, POINTS, 7, WRITTEN
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, {**NUMPY_ANSWERS, **OTHER_SPELLINGS}, "hard_coded_visible_cases"
+    CHOICE = Choice("what_per_channel_misses", "test_what_per_channel_misses", "what_per_channel_misses")
+    PARTIAL = PARTIAL
     CHEAT_TARGET = Target("dequantize_per_group", "test_dequantize_per_group", "qlib.granularity.dequantize_per_group")
     CHEATS = CHEATS
-    ANSWER_LINES = ("count = out_channels * math.ceil(k / group_size)", "torch.frexp(amax).exponent")
+    ANSWER_LINES = ("count = out_channels * math.ceil(k / group_size)", "torch.frexp(amax).exponent",
+                    'what_per_channel_misses = "b"', "**Rubric (2 points).** 1 point: names MX blocks of 32 as better")
     CELL_SECONDS = 10  # the slowest cell of a correct submission takes under 3 s

@@ -126,6 +126,8 @@ for lab in LABS:
     for name, check in inspect.getmembers(module, inspect.isfunction):
         if not name.startswith("check_") or check.__module__ != module.__name__:
             continue
+        if "seed" not in inspect.signature(check).parameters:
+            continue  # a question or a design: no hidden cases to draw
         n = sum(1 for p in inspect.signature(check).parameters.values() if p.default is inspect.Parameter.empty)
         try:
             check(*[lambda *a, **k: None] * n, seed=12345)

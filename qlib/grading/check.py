@@ -19,18 +19,26 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import os
 import sys
 import zlib
 from pathlib import Path
 
 import nbformat
+from nbgrader.utils import determine_grade
 
 from qlib.grading import sandbox, sealed
 
 
-def practice_source(source: str) -> str:
-    """The test cell with each visible ``grader.check_*(...)`` call run again on practice cases."""
+def _draws_cases(checks, name: str) -> bool:
+    """Whether the check ``name`` draws cases from a seed (a question's check has no cases to draw)."""
+    check = getattr(checks, name, None)
+    return checks is None or check is not None and "seed" in inspect.signature(check).parameters
+
+
+def practice_source(source: str, checks=None) -> str:
+    """The test cell with each visible ``grader.check_*(...)`` call that draws cases run again on practice cases."""
     tree = ast.parse(source)
     body = []
     for stmt in tree.body:
@@ -38,7 +46,8 @@ def practice_source(source: str) -> str:
         call = stmt.value if isinstance(stmt, ast.Expr) else None
         if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
                 and isinstance(call.func.value, ast.Name) and call.func.value.id == "grader"
-                and call.func.attr.startswith("check_") and not any(k.arg == "seed" for k in call.keywords)):
+                and call.func.attr.startswith("check_") and not any(k.arg == "seed" for k in call.keywords)
+                and _draws_cases(checks, call.func.attr)):
             again = ast.Call(call.func, call.args, call.keywords + [
                 ast.keyword("seed", ast.Name("HIDDEN_SEED", ast.Load()))])
             body.append(ast.Expr(again))
@@ -73,9 +82,11 @@ def _report(nb) -> tuple[int, int, list[str]]:
         total += points
         errors = [o for o in cell.outputs if o.output_type == "error"]
         printed = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
-        verdict = "FAIL" if errors else "pass"
-        earned += 0 if errors else points
-        lines.append(f"[{verdict}] {meta['grade_id']} ({points} point{'s' if points != 1 else ''})")
+        got = 0 if errors else determine_grade(cell)[0]  # nbgrader's rule, partial credit included
+        verdict = "FAIL" if errors else "pass" if got == points else "part"
+        earned += got
+        lines.append(f"[{verdict}] {meta['grade_id']} ({f'{got:g} of ' if verdict == 'part' else ''}"
+                     f"{points} point{'s' if points != 1 else ''})")
         for text in [printed.rstrip()] + [str(o.get("evalue", "")) for o in errors]:
             text = text.replace("A hidden check failed", "A practice check failed").replace(
                 "hidden checks passed", "practice checks passed")
@@ -96,7 +107,7 @@ def check(path: Path, lab: str | None = None) -> int:
     if practice:
         for cell in nb.cells:
             if sealed.is_test_cell(cell):
-                cell.source = practice_source(cell.source)
+                cell.source = practice_source(cell.source, checks)
     if not sandbox.unsandboxed() and not sandbox.bubblewrap_path():
         print("(bubblewrap is not installed: your notebook runs in a plain local kernel, which is fine for "
               "your own work)")
@@ -107,7 +118,7 @@ def check(path: Path, lab: str | None = None) -> int:
     earned, total, lines = _report(nb)
     print("\n".join(lines))
     failed = sum(line.startswith("[FAIL]") for line in lines)
-    print(f"\n{earned} of {total} points on these checks ({cases}); {failed} task{'s' if failed != 1 else ''} "
+    print(f"\n{earned:g} of {total} points on these checks ({cases}); {failed} task{'s' if failed != 1 else ''} "
           "to fix.")
     if not practice:
         print("Grading also runs hidden cases, drawn afresh for each submission: make your functions right for "

@@ -18,7 +18,8 @@ and the modules they import; the course secret and the instructor's commands
 (:data:`INSTRUCTOR_ONLY`) must not be among them, and the export stops if one is.
 
 **Hidden cases.** Each lab module's ``check_*(fn, seed=None)`` runs the visible cases, or with a
-seed the hidden cases drawn from it. The edition keeps what runs when ``seed`` is None, and only
+seed the hidden cases drawn from it (a check of a question or a design has no hidden cases and
+takes no seed). The edition keeps what runs when ``seed`` is None, and only
 that (:func:`visible_cases_only`, a partial evaluation on the module's text that keeps its layout
 and comments): ``seed is None`` is true in every check and in every helper that receives the
 check's ``seed``; a branch, conditional expression or boolean operand it decides is replaced by
@@ -509,7 +510,8 @@ def _verify_visible_only(tree, module: str) -> None:
         if isinstance(node, ast.Compare) and _is_seed(node.left):
             raise ExportError(f"{module}.py:{node.lineno}: a function called with a seed still chooses between "
                               "visible and hidden cases; give it the check's own `seed` (or None).")
-    missing = [n for n, fn in functions.items() if n.startswith("check_") and not _seed_default_is_none(fn)]
+    missing = [n for n, fn in functions.items() if n.startswith("check_") and "seed" in _arg_names(fn)
+               and not _seed_default_is_none(fn)]
     if missing:
         raise ExportError(f"{module}.py: {', '.join(missing)} should take `seed=None`")
 
@@ -520,8 +522,8 @@ def _add_guards(source: str, module: str) -> str:
     text = _Text(source)
     inserts = []
     for name, fn in _top_functions(tree).items():
-        if not name.startswith("check_"):
-            continue
+        if not name.startswith("check_") or "seed" not in _arg_names(fn):
+            continue  # a question's check has no hidden cases: nothing to refuse
         first = fn.body[0]
         has_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
             and isinstance(first.value.value, str)

@@ -21,6 +21,7 @@ import torch
 
 from qlib import granularity as ref
 from qlib import scale_storage as ref_storage
+from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, tiered
 from qlib.grading.checks_common import HIDDEN, near_tie_but_not_exact, passed, task_runner
 from qlib.grading.harness import (
     as_array,
@@ -363,3 +364,95 @@ def check_scale_bits_per_weight(scale_bits_per_weight, seed=None):
             fail(f"{call}: expected {expected!r}, got {got!r}. Hint: {hint}")
         fail(f"{HIDDEN} for scale_bits_per_weight with granularity {granularity!r}. Hint: {hint}")
     passed(task, len(cases), hidden=seed is not None)
+
+
+# --- Questions: reasoning about the experiment -----------------------------------------------------
+
+def check_codes_of_a_narrow_row(answer):
+    """Question 1: at 8 bits per tensor, a row 100x narrower than the widest uses at most 3 codes (-1, 0, 1)."""
+    qmax = integer_range(8)[1]
+    top = round(qmax / 100)  # the narrow row's largest |w| in steps of the per-tensor scale
+    check_number("Question 1", answer, 2 * top + 1, rel_tol=0.0, abs_tol=1e-9, mistakes=[
+        (qmax / 100, "That is the row's largest value measured in steps of the scale; the codes are the whole "
+                     "numbers its weights round to, from the most negative to the most positive."),
+        (top, "That is the largest code; count every code the row can take, negative ones and 0 included."),
+        (top + 1, "Count the negative codes too: the weights of a row have both signs."),
+        (2 * round(255 / 100) + 1, "A symmetric 8-bit scale maps the largest |w| to 127, not to 255."),
+    ], hint="The scale is the matrix's largest |w| divided by 127; divide the row's largest |w| by it, round, "
+            "and count the whole numbers from minus that to plus that.")
+
+
+def check_what_per_channel_misses(answer):
+    """Question 2: per channel, the outlier columns still set every row's scale."""
+    check_choice("Question 2", answer, "b", hints={
+        "a": "Per channel gives each row its own scale: a row 100 times larger gets a scale 100 times larger, "
+             "and its weights use the whole grid.",
+        "c": "Look at the right panel of the experiment: per channel, at 4 bits, the row errors are far from zero.",
+        "d": "A symmetric scale taken from max|w| never clips: the largest weight of a row lands exactly on q_max.",
+    })
+
+
+# --- Task 5: a scheme within a budget of bits per weight --------------------------------------------
+
+#: The budget of Task 5, in effective bits per weight (elements and scales).
+DESIGN_BUDGET = 4.5
+#: Task 5's configuration: key -> allowed values.
+DESIGN_FIELDS = {
+    "granularity": Field(str, choices=("tensor", "channel", "group", "mx")),
+    "bits": Field(int, choices=(2, 3, 4, 5, 6, 7, 8)),
+    "group_size": Field(object, choices=(None, 4, 8, 16, 32, 64, 128, 256)),
+    "scale_bits": Field(object, choices=(None, 16, 32)),
+}
+#: The reference design (MX blocks of 16 at 4 bits: 4.5 bits per weight) has mean row error 0.0243.
+DESIGN_TIERS = [
+    Tier(1.0, "mean row error at most 0.030 (within 25% of the reference design)", lambda m: m["error"] <= 0.030),
+    Tier(0.75, "mean row error at most 0.060", lambda m: m["error"] <= 0.060),
+    Tier(0.5, "mean row error at most 0.160 (better than one FP16 scale per row at 4 bits)",
+         lambda m: m["error"] <= 0.160),
+    Tier(0.25, "mean row error at most 0.5 (better than one scale for the whole matrix)", lambda m: m["error"] <= 0.5),
+]
+
+
+def lab_outlier_matrix(rows: int = 64, cols: int = 256) -> torch.Tensor:
+    """The lab's weight matrix ``W`` (its ``matrix`` cell builds the same one)."""
+    gen = torch.Generator().manual_seed(0)
+    w = 0.02 * torch.randn(rows, cols, generator=gen)
+    w *= torch.pow(2.0, 2 * torch.rand(rows, 1, generator=gen) - 1)
+    w[torch.randperm(rows, generator=gen)[:4]] *= 100
+    w[:, torch.randperm(cols, generator=gen)[:2]] *= 20
+    return w
+
+
+def design_measures(design: dict) -> dict:
+    """Effective bits per weight and mean row error of ``design`` on the lab's ``W``, with qlib's quantizers.
+
+    Mean row error: the mean over rows ``c`` of ``||W_c - W_hat_c||^2 / ||W_c||^2``; symmetric
+    quantization, round half to even, scales in float32 (:func:`qlib.weights.fake_quantize_weight`).
+    ``ValueError`` (from qlib) names what the configuration gets wrong.
+    """
+    from qlib.weights import fake_quantize_weight
+
+    w = lab_outlier_matrix()
+    bits_per_weight = ref_storage.bits_per_weight(tuple(w.shape), design["bits"], design["granularity"],
+                                                  design["group_size"], design["scale_bits"])
+    w_hat = fake_quantize_weight(w, design["bits"], design["granularity"], design["group_size"]).double()
+    w64 = w.double()
+    error = float((((w64 - w_hat) ** 2).sum(dim=1) / (w64 ** 2).sum(dim=1)).mean())
+    return {"bits_per_weight": bits_per_weight, "error": error}
+
+
+def check_design(design):
+    """Task 5: the grader quantizes ``W`` with the student's configuration itself and grades it in tiers."""
+    task = "Task 5"
+    design = config_of(task, design, DESIGN_FIELDS, what="design")
+    if design["granularity"] == "mx" and design["scale_bits"] is not None:
+        fail(f"{task}: MX scales are always 8-bit powers of two (E8M0): set scale_bits to None.")
+    try:
+        measured = design_measures(design)
+    except ValueError as err:
+        fail(f"{task}: {err}.")
+    if measured["bits_per_weight"] > DESIGN_BUDGET:
+        fail(f"{task}: this design costs {measured['bits_per_weight']:g} bits per weight, over the budget of "
+             f"{DESIGN_BUDGET:g}. Task 4 tells you what its scales cost.")
+    return tiered(task, measured, DESIGN_TIERS, report=f"{measured['bits_per_weight']:g} bits per weight, mean row "
+                                                       f"error {measured['error']:.4f}")

@@ -68,6 +68,20 @@ def is_student_code(cell) -> bool:
     return cell.cell_type == "code" and (bool(meta.get("solution")) or not meta)
 
 
+def _released_checksum(cell) -> str:
+    """The checksum nbgrader gave the released (unanswered) copy of a graded answer cell.
+
+    nbgrader grades an answer cell whose checksum still matches the release as unanswered (0 points)
+    and every other one by hand; the instructor's source cell carries no checksum, so it is computed
+    here from the release's stub.
+    """
+    from nbgrader.utils import compute_checksum
+
+    released = copy.deepcopy(cell)
+    released.source = STUB[cell.cell_type]
+    return compute_checksum(released)
+
+
 def rebuild(source: nbformat.NotebookNode, submitted: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The notebook to grade: ``source``'s cells, with the student's answers and added cells."""
     known = {nbgrader_metadata(c).get("grade_id") for c in source.cells} - {None}
@@ -92,6 +106,8 @@ def rebuild(source: nbformat.NotebookNode, submitted: nbformat.NotebookNode) -> 
         if meta.get("solution"):
             kind, text = answers.get(meta["grade_id"], (None, None))
             cell.source = text if kind == cell.cell_type else STUB.get(cell.cell_type, "")
+            if meta.get("grade"):
+                meta["checksum"] = _released_checksum(cell)
         cells.append(cell)
         cells.extend(added.get(meta.get("grade_id"), []) if meta else [])
     nb.cells = cells
