@@ -44,6 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from qlib._checks import as_float_tensor, check_bits, check_count
+from qlib.granularity import TENSOR_OR_CHANNEL, check_granularity
 from qlib.linear import integer_range
 from qlib.ptq import QUANTIZED_LAYERS, _layers_in_call_order, prepare, quantize_weight
 
@@ -186,18 +187,21 @@ def _inputs_and_outputs(model: nn.Module, name: str, images: torch.Tensor):
     return seen["x"], seen["y"]
 
 
-def adaround_model(model: nn.Module, calibration_images: torch.Tensor, bits: int = 4, per_channel: bool = True,
-                   weight_calibrator="minmax", n_steps: int = 300, batch_size: int = 32, lr: float = 1e-2,
-                   reg_weight: float = 0.01, seed: int = 0, verbose: bool = False):
+def adaround_model(model: nn.Module, calibration_images: torch.Tensor, bits: int = 4,
+                   granularity: str = "channel", weight_calibrator="minmax", n_steps: int = 300,
+                   batch_size: int = 32, lr: float = 1e-2, reg_weight: float = 0.01, seed: int = 0,
+                   verbose: bool = False):
     """``(model, results)``: a copy of ``model`` (batch norms folded) with AdaRounded weights.
 
     Layer by layer in forward order: the grid is the symmetric signed ``bits``-bit grid of
-    :func:`qlib.ptq.quantize_weight` (threshold by ``weight_calibrator``, per tensor or per
-    output channel); inputs ``x_q`` come from the copy in which the earlier layers are
-    already rounded, targets from the float model. Activations stay in float32.
+    :func:`qlib.ptq.quantize_weight` (threshold by ``weight_calibrator``; ``granularity``
+    ``"channel"``: one scale per output channel, ``"tensor"``: one per weight); inputs ``x_q``
+    come from the copy in which the earlier layers are already rounded, targets from the float
+    model. Activations stay in float32.
     ``results`` lists one :class:`LayerResult` per layer. ``verbose`` prints a line per layer.
     """
     bits = check_bits(bits)
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "adaround_model")
     images = as_float_tensor(calibration_images, "calibration_images").to(torch.float32)
     float_model = prepare(model)
     quantized = prepare(model).requires_grad_(False)
@@ -209,7 +213,7 @@ def adaround_model(model: nn.Module, calibration_images: torch.Tensor, bits: int
             continue
         _, target = _inputs_and_outputs(float_model, name, images)
         x_q, _ = _inputs_and_outputs(quantized, name, images)
-        _, scale = quantize_weight(layer.weight, bits, per_channel, weight_calibrator)
+        _, scale = quantize_weight(layer.weight, bits, granularity, weight_calibrator)
         result = adaround_layer(layer, x_q, target, scale, qmin, qmax, n_steps, batch_size, lr,
                                 reg_weight, seed=seed + k, name=name)
         with torch.no_grad():
@@ -221,10 +225,12 @@ def adaround_model(model: nn.Module, calibration_images: torch.Tensor, bits: int
     return quantized.eval(), results
 
 
-def nearest_model(model: nn.Module, bits: int = 4, per_channel: bool = True, weight_calibrator="minmax") -> nn.Module:
+def nearest_model(model: nn.Module, bits: int = 4, granularity: str = "channel",
+                  weight_calibrator="minmax") -> nn.Module:
     """The same grid as :func:`adaround_model`, every weight rounded to nearest (the baseline)."""
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "nearest_model")
     quantized = prepare(model)
     with torch.no_grad():
         for _, layer in [(n, m) for n, m in quantized.named_modules() if isinstance(m, QUANTIZED_LAYERS)]:
-            layer.weight.copy_(quantize_weight(layer.weight, bits, per_channel, weight_calibrator)[0])
+            layer.weight.copy_(quantize_weight(layer.weight, bits, granularity, weight_calibrator)[0])
     return quantized.eval()

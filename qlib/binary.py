@@ -33,6 +33,9 @@ straight-through estimator clipped to |x| <= 1 (the derivative of clamp(x, -1, 1
 included; ``torch.nn.functional.hardtanh``'s derivative excludes them):
 :func:`binary_activation`.
 
+Granularity: ``"channel"`` (the default) gives one alpha per output channel ``w[c]`` (axis 0,
+the mean over all its other dimensions); ``"tensor"`` one alpha for the whole weight.
+
 Storage: one bit per weight plus a float32 scale per channel: :func:`binary_storage_bits`.
 """
 from __future__ import annotations
@@ -43,6 +46,7 @@ import torch
 
 from qlib._checks import as_float_tensor, check_axis
 from qlib._reference import reference
+from qlib.granularity import TENSOR_OR_CHANNEL, check_granularity
 
 #: Bits of one stored scale (a float32 alpha).
 SCALE_BITS = 32
@@ -54,9 +58,10 @@ def binary_sign(x) -> torch.Tensor:
     return torch.where(x >= 0, 1, -1).to(torch.int8)
 
 
-def channel_mean(v: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """Mean of ``v`` per output channel (shape ``[v.shape[0]]``, over each row ``v[c]``) or per tensor (0-d)."""
-    if not per_channel:
+def channel_mean(v: torch.Tensor, granularity: str) -> torch.Tensor:
+    """Mean of ``v`` per output channel (``"channel"``: shape ``[v.shape[0]]``, over each row ``v[c]``)
+    or per tensor (``"tensor"``: 0-d)."""
+    if granularity == "tensor":
         return v.mean()
     check_axis(v, 0)  # a 0-d tensor has no channels
     return v.reshape(v.shape[0], -1).mean(dim=1)
@@ -68,23 +73,27 @@ def channel_view(p: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 @reference
-def binarize(w, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def binarize(w, granularity: str = "channel") -> tuple[torch.Tensor, torch.Tensor]:
     """Binary codes and scales of ``w``: ``(b, alpha)`` with ``w_hat = alpha * b``.
 
         b     = sign(w)    int8 of w's shape, +1 where w >= 0 and -1 where w < 0
-        alpha = mean |w|   float32, shape [w.shape[0]] per output channel (axis 0), or 0-d per tensor
+        alpha = mean |w|   float32: shape [w.shape[0]] for granularity "channel" (one per output
+                           channel w[c], axis 0), 0-d for "tensor" (one for the whole weight)
 
     An all-zero channel gets alpha = 0 (its best approximation is 0). Raises ``ValueError`` for
-    NaN, infinity, an empty tensor, or ``per_channel`` on a 0-d tensor.
+    NaN, infinity, an empty tensor, a granularity other than "tensor" or "channel", or
+    "channel" on a 0-d tensor.
     """
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "binarize")
     w = as_float_tensor(w, "w").to(torch.float32)
-    alpha = channel_mean(w.abs(), per_channel)
+    alpha = channel_mean(w.abs(), granularity)
     return binary_sign(w), alpha
 
 
-def fake_binarize(w, per_channel: bool = True) -> torch.Tensor:
+def fake_binarize(w, granularity: str = "channel") -> torch.Tensor:
     """The float32 values ``alpha * sign(w)`` that the binary weights stand for (see :func:`binarize`)."""
-    b, alpha = binarize.unguarded(w, per_channel)
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "fake_binarize")
+    b, alpha = binarize.unguarded(w, granularity)
     return channel_view(alpha, b.ndim) * b.to(torch.float32)
 
 
@@ -111,12 +120,13 @@ def straight_through(w: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
     return _StraightThrough.apply(w, w_hat.detach())
 
 
-def binarize_ste(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+def binarize_ste(w: torch.Tensor, granularity: str = "channel") -> torch.Tensor:
     """``alpha * sign(w)`` forward; gradient passed straight through to ``w`` (BinaryConnect).
 
     alpha = mean |w| is treated as a constant in the backward pass.
     """
-    return straight_through(w, fake_binarize(w.detach(), per_channel))
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "binarize_ste")
+    return straight_through(w, fake_binarize(w.detach(), granularity))
 
 
 class _BinaryActivation(torch.autograd.Function):
@@ -148,17 +158,25 @@ def binary_activation(x: torch.Tensor) -> torch.Tensor:
     return _BinaryActivation.apply(x)
 
 
-def binary_storage_bits(shape, per_channel: bool = True) -> int:
+def binary_storage_bits(shape, granularity: str = "channel") -> int:
     """Bits to store a binary weight of ``shape``: one per weight plus 32 per scale.
 
-        bits = numel + 32 * (shape[0] if per_channel else 1)
+        bits = numel + 32 * (shape[0] if granularity == "channel" else 1)
 
     The digits CNN's conv1, shape [16, 1, 3, 3]: 144 + 32 * 16 = 656 bits (its FP32 weight is 4,608).
     """
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "binary_storage_bits")
     shape = _check_shape(shape)
-    if per_channel and not shape:
+    return math.prod(shape) + SCALE_BITS * weight_scale_count(shape, granularity)
+
+
+def weight_scale_count(shape: tuple[int, ...], granularity: str) -> int:
+    """Scales of a binary or ternary weight of ``shape``: ``shape[0]`` per channel, 1 per tensor."""
+    if granularity == "tensor":
+        return 1
+    if not shape:
         raise ValueError("per-channel scales need a weight with at least one dimension")
-    return math.prod(shape) + SCALE_BITS * (shape[0] if per_channel else 1)
+    return shape[0]
 
 
 def _check_shape(shape) -> tuple[int, ...]:

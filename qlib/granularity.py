@@ -29,6 +29,34 @@ from qlib._reference import reference
 from qlib.linear import asymmetric_qparams, dequantize, integer_range, quantize, symmetric_qparams
 
 
+#: The granularities of a function with one scale per tensor or one per output channel (axis 0), no groups.
+TENSOR_OR_CHANNEL = ("tensor", "channel")
+
+
+def check_granularity(granularity, allowed, what: str) -> str:
+    """Return ``granularity`` after checking that it is one of the strings ``allowed`` by ``what``.
+
+    Granularity is always a string ("tensor", "channel", "group" or "mx"), never a flag.
+    Raises ``TypeError`` for a bool (the old ``per_channel`` flag: the message names the
+    string to pass instead) or any other non-string, and ``ValueError`` for a string that
+    ``what`` (a function or class name, for the message) does not support.
+    """
+    allowed = tuple(allowed)
+    quoted = [f'"{g}"' for g in allowed]
+    choices = (" or ".join(quoted) if len(quoted) <= 2
+               else "one of " + ", ".join(quoted[:-1]) + " or " + quoted[-1])
+    expected = f"granularity must be {choices} for {what}"
+    if isinstance(granularity, bool):
+        raise TypeError(f"{expected}, got the flag {granularity!r}: per-channel is no longer a True/False "
+                        'argument; pass granularity="channel" for per_channel=True, '
+                        'granularity="tensor" for per_channel=False')
+    if not isinstance(granularity, str):
+        raise TypeError(f"{expected}, got {type(granularity).__name__} {granularity!r}")
+    if granularity not in allowed:
+        raise ValueError(f"{expected}, got {granularity!r}")
+    return granularity
+
+
 def qparams(rmin, rmax, qmin: int, qmax: int, symmetric: bool):
     """Scale and zero point of [rmin, rmax]: symmetric or asymmetric formula."""
     return (symmetric_qparams.unguarded if symmetric else asymmetric_qparams.unguarded)(rmin, rmax, qmin, qmax)
@@ -236,6 +264,7 @@ def fake_quantize_tensor(x, bits: int = 8, granularity: str = "tensor", axis: in
     ``granularity`` is ``"tensor"``, ``"channel"`` (one pair per index of ``axis``)
     or ``"group"`` (groups of ``group_size`` along ``axis``). Rounding: half to even.
     """
+    check_granularity(granularity, GRANULARITIES, "fake_quantize_tensor")
     x = as_float_tensor(x).to(torch.float32)
     qmin, qmax = integer_range.unguarded(bits, signed=signed, narrow=narrow)
     if granularity == "tensor":
@@ -244,9 +273,7 @@ def fake_quantize_tensor(x, bits: int = 8, granularity: str = "tensor", axis: in
     if granularity == "channel":
         q, scale, zero_point = quantize_per_channel.unguarded(x, axis, qmin, qmax, symmetric)
         return dequantize_per_channel.unguarded(q, scale, zero_point, axis)
-    if granularity == "group":
-        if group_size is None:
-            raise ValueError("granularity='group' needs a group_size")
-        q, scale, zero_point = quantize_per_group.unguarded(x, axis, group_size, qmin, qmax, symmetric)
-        return dequantize_per_group.unguarded(q, scale, zero_point, axis, group_size)
-    raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if group_size is None:  # granularity == "group"
+        raise ValueError("granularity='group' needs a group_size")
+    q, scale, zero_point = quantize_per_group.unguarded(x, axis, group_size, qmin, qmax, symmetric)
+    return dequantize_per_group.unguarded(q, scale, zero_point, axis, group_size)

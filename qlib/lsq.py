@@ -57,6 +57,7 @@ from torch import nn
 
 from qlib._checks import as_float_tensor, check_bits, check_count, check_integer_range
 from qlib._reference import reference
+from qlib.granularity import TENSOR_OR_CHANNEL, check_granularity
 from qlib.linear import _scale_tensor, integer_range
 
 
@@ -204,7 +205,8 @@ class LSQQuantizer(nn.Module):
 
     ``signed=True`` (weights): ``[-2**(b-1), 2**(b-1) - 1]``, or binary ``+-s`` at 1 bit.
     ``signed=False`` (activations after a ReLU): ``[0, 2**b - 1]``.
-    ``per_channel=True`` learns one step per index of axis 0 (weights only).
+    ``granularity``: ``"tensor"`` learns one step for the whole tensor, ``"channel"`` one step
+    per index of axis 0 (per output channel; weights only).
     The step is initialized on the first tensor seen, ``2 * mean(|v|) / sqrt(Q_P)``
     (binary: ``mean(|v|)``),
     and ``g = 1 / sqrt(N * Q_P)`` with ``N`` the values per step: all weights (or one
@@ -212,16 +214,17 @@ class LSQQuantizer(nn.Module):
     first dimension is the batch).
     """
 
-    def __init__(self, bits: int, signed: bool, per_channel: bool = False, activation: bool = False):
+    def __init__(self, bits: int, signed: bool, granularity: str = "tensor", activation: bool = False):
         super().__init__()
         self.bits = check_bits(bits)
-        if per_channel and activation:
+        self.granularity = check_granularity(granularity, TENSOR_OR_CHANNEL, "LSQQuantizer")
+        if granularity == "channel" and activation:
             raise ValueError("per-channel steps are for weights; an activation quantizer has one step")
         if bits == 1 and not signed:
             raise ValueError("a 1-bit unsigned quantizer would map everything to 0 or one level; use 2+ bits")
         self.binary = bits == 1
         self.qmin, self.qmax = (-1, 1) if self.binary else integer_range.unguarded(bits, signed=signed)
-        self.signed, self.per_channel, self.activation = signed, per_channel, activation
+        self.signed, self.activation = signed, activation
         self.step = nn.Parameter(torch.empty(0))
 
     @property
@@ -231,11 +234,11 @@ class LSQQuantizer(nn.Module):
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         if not self.initialized:
             with torch.no_grad():
-                axis = 0 if self.per_channel else None
+                axis = 0 if self.granularity == "channel" else None
                 # binary: mean|v|, the scale that minimizes ||v - s sign(v)||^2 (2 mean|v| is twice too large)
                 init = lsq_init_step.unguarded(v, 4 if self.binary else self.qmax, axis)
                 self.step = nn.Parameter(init)
-        n = v[0].numel() if self.activation else (v[0].numel() if self.per_channel else v.numel())
+        n = v[0].numel() if self.activation or self.granularity == "channel" else v.numel()
         g = lsq_grad_scale.unguarded(n, self.qmax)
         if self.binary:
             return LSQBinarize.apply(_float32(v), _checked_step(v, self.step), g)
@@ -243,4 +246,4 @@ class LSQQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         levels = "binary +-s" if self.binary else f"[{self.qmin}, {self.qmax}]"
-        return f"bits={self.bits}, {levels}, {'per channel' if self.per_channel else 'per tensor'}"
+        return f"bits={self.bits}, {levels}, per {self.granularity}"

@@ -68,9 +68,9 @@ def fake_quantize_weight(w, bits: int) -> torch.Tensor:
     if bits > MAX_BITS:
         raise ValueError(f"fake_quantize_weight handles 1 to {MAX_BITS} bits, got {bits}")
     if bits == 1:
-        return fake_binarize(w, per_channel=True)
+        return fake_binarize(w, "channel")
     if bits == 2:
-        return fake_ternarize(w, per_channel=True)
+        return fake_ternarize(w, "channel")
     return fake_quantize_tensor.unguarded(w, bits, "channel", axis=0, symmetric=True)
 
 

@@ -44,6 +44,7 @@ from qlib.calibration import (
     threshold_scale,
 )
 from qlib.folding import fold_batchnorms
+from qlib.granularity import TENSOR_OR_CHANNEL, check_granularity
 from qlib.linear import integer_range
 
 QUANTIZED_LAYERS = (nn.Conv2d, nn.Linear)
@@ -167,32 +168,34 @@ class QuantizedLayer(nn.Module):
 # --- weights ----------------------------------------------------------------------------------
 
 @torch.no_grad()
-def quantize_weight(weight: torch.Tensor, bits: int, per_channel: bool, calibrator="minmax",
+def quantize_weight(weight: torch.Tensor, bits: int, granularity: str, calibrator="minmax",
                     narrow: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(w_hat, scale)``: ``weight`` fake-quantized symmetrically to signed ``bits`` bits.
 
-    The threshold (one per tensor, or per output channel along axis 0) comes from
-    ``calibrator`` through a :class:`~qlib.calibration.ClippingObserver`;
-    ``scale = T / qmax``; ``narrow=True`` uses ``[-qmax, qmax]``.
+    The threshold ``T`` comes from ``calibrator`` through a :class:`~qlib.calibration.ClippingObserver`:
+    one for the whole weight (``granularity="tensor"``) or one per output channel along axis 0
+    (``"channel"``, shape ``[C, 1, ...]``). ``scale = T / qmax``, rounding half to even;
+    ``narrow=True`` uses ``[-qmax, qmax]``.
     """
     bits = check_bits(bits)
-    if per_channel:
+    by_channel = check_granularity(granularity, TENSOR_OR_CHANNEL, "quantize_weight") == "channel"
+    if by_channel:
         observer = PerChannelClippingObserver(bits, signed=True, narrow=narrow, calibrator=calibrator, axis=0)
     else:
         observer = ClippingObserver(bits, signed=True, narrow=narrow, calibrator=calibrator)
     observer(weight.detach())
     scale, _ = observer.qparams()
-    if per_channel:
+    if by_channel:
         scale = scale.reshape(-1, *([1] * (weight.ndim - 1)))
     return fake_quantize_with_scale(weight.detach().to(torch.float32), scale, observer.qmin, observer.qmax), scale
 
 
-def _with_quantized_weights(model: nn.Module, bits: int, per_channel: bool, calibrator, narrow: bool = False):
+def _with_quantized_weights(model: nn.Module, bits: int, granularity: str, calibrator, narrow: bool = False):
     """A prepared copy of ``model`` whose Conv2d/Linear weights are fake-quantized."""
     model = prepare(model)
     with torch.no_grad():
         for _, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, QUANTIZED_LAYERS)]:
-            w_hat, _ = quantize_weight(layer.weight, bits, per_channel, calibrator, narrow)
+            w_hat, _ = quantize_weight(layer.weight, bits, granularity, calibrator, narrow)
             layer.weight.copy_(w_hat)
     return model
 
@@ -266,7 +269,7 @@ def static_activation_quantizers(model: nn.Module, calibration_images, act_bits:
 
 
 def quantize_static(model: nn.Module, calibration_images, weight_bits: int = 8, act_bits: int = 8,
-                    per_channel: bool = False, calibrator="minmax", weight_calibrator="minmax",
+                    granularity: str = "tensor", calibrator="minmax", weight_calibrator="minmax",
                     input_calibrator=None, quantizers: dict | None = None) -> nn.Module:
     """Static PTQ: weights fake-quantized, activation scales fixed from calibration data.
 
@@ -275,25 +278,29 @@ def quantize_static(model: nn.Module, calibration_images, weight_bits: int = 8, 
     float model; 3. each observer's ``calibrator`` chooses its threshold (a name of
     :func:`qlib.calibration.get_calibrator` or a function ``(x, qmin, qmax) -> T``;
     ``input_calibrator``, if given, for the model's input); 4. weights quantized with
-    ``weight_calibrator``, per tensor or per output channel (axis 0).
+    ``weight_calibrator``, one scale per weight (``granularity="tensor"``) or per output
+    channel, axis 0 (``"channel"``).
 
     ``quantizers`` (from :func:`static_activation_quantizers`) skips steps 2-3, so one
     calibration serves several weight settings. Returns a new model; ``model`` is not changed.
     """
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "quantize_static")
     if quantizers is None:
         quantizers = static_activation_quantizers(model, calibration_images, act_bits, calibrator, input_calibrator)
-    quantized = _with_quantized_weights(model, weight_bits, per_channel, weight_calibrator)
+    quantized = _with_quantized_weights(model, weight_bits, granularity, weight_calibrator)
     return _wrap(quantized, copy.deepcopy(quantizers)).eval()
 
 
-def quantize_dynamic(model: nn.Module, weight_bits: int = 8, act_bits: int = 8, per_channel: bool = False,
+def quantize_dynamic(model: nn.Module, weight_bits: int = 8, act_bits: int = 8, granularity: str = "tensor",
                      weight_calibrator="minmax", calibrator="minmax") -> nn.Module:
     """Dynamic PTQ: weights fake-quantized ahead of time, each activation's range computed on the fly.
 
-    No calibration data: every input of a quantized layer is quantized with the threshold
+    Weights as in :func:`quantize_static` (``granularity`` ``"tensor"`` or ``"channel"``). No
+    calibration data: every input of a quantized layer is quantized with the threshold
     ``calibrator`` picks for that very batch (``max|x|`` by default).
     """
-    quantized = _with_quantized_weights(model, weight_bits, per_channel, weight_calibrator)
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "quantize_dynamic")
+    quantized = _with_quantized_weights(model, weight_bits, granularity, weight_calibrator)
     names = [n for n, m in quantized.named_modules() if isinstance(m, QUANTIZED_LAYERS)]
     return _wrap(quantized, {name: DynamicActivationQuantizer(act_bits, calibrator) for name in names}).eval()
 
@@ -302,12 +309,12 @@ def quantize_dynamic(model: nn.Module, weight_bits: int = 8, act_bits: int = 8, 
 
 @torch.no_grad()
 def quantize_n2d2(model: nn.Module, calibration_images, weight_bits: int = 8, act_bits: int = 8,
-                  per_channel: bool = False, method: str = "mse",
+                  granularity: str = "tensor", method: str = "mse",
                   input_calibrator=None) -> tuple[nn.Module, list[dict]]:
     """PTQ as CEA's N2D2 framework does it; returns ``(model, report)``.
 
     1. **Weight normalisation**: every weight is divided by ``alpha = max|w|`` of its layer
-       (``per_channel=False``) or of its output channel (``per_channel=True``), so it lies
+       (``granularity="tensor"``) or of its output channel (``"channel"``), so it lies
        in [-1, 1], then quantized to the narrow range ``[-(2^(b-1) - 1), 2^(b-1) - 1]``.
        (Dividing by ``alpha`` and multiplying the layer's output back by it is the same
        as a symmetric scale ``alpha / qmax``; this is what the fake-quantized weight holds.)
@@ -324,9 +331,10 @@ def quantize_n2d2(model: nn.Module, calibration_images, weight_bits: int = 8, ac
     ``report`` has one entry per layer: ``name``, ``alpha`` (weight normalisation factors),
     ``beta`` (input threshold), ``signed``.
     """
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "quantize_n2d2")
     if method not in ("mse", "kl"):
         raise ValueError(f"method must be 'mse' or 'kl' (N2D2's two distances), got {method!r}")
-    quantized = _with_quantized_weights(model, weight_bits, per_channel, "minmax", narrow=True)
+    quantized = _with_quantized_weights(model, weight_bits, granularity, "minmax", narrow=True)
     reference = prepare(model)
     report = []
     batches = _batches(calibration_images)
@@ -335,7 +343,8 @@ def quantize_n2d2(model: nn.Module, calibration_images, weight_bits: int = 8, ac
         observer = calibrate_activations(quantized, batches, act_bits, chooser, layers=[name])[name]
         _wrap(quantized, {name: _static_quantizer(observer)})
         w = reference.get_submodule(name).weight
-        alpha = w.abs().reshape(w.shape[0], -1).amax(dim=1) if per_channel else w.abs().max().reshape(1)
+        rows = w.abs().reshape(w.shape[0], -1) if granularity == "channel" else w.abs().reshape(1, -1)
+        alpha = rows.amax(dim=1)
         report.append({"name": name, "alpha": alpha, "beta": float(observer.threshold()),
                        "signed": observer.signed})
     return quantized.eval(), report

@@ -54,7 +54,7 @@ from torch import nn
 from qlib._checks import check_bits
 from qlib._reference import reference
 from qlib.folding import fold_batchnorms
-from qlib.granularity import per_channel_range, qparams
+from qlib.granularity import TENSOR_OR_CHANNEL, check_granularity, per_channel_range, qparams
 from qlib.linear import integer_range
 from qlib.lsq import LSQBinarize, LSQQuantizer
 from qlib.observers import MinMaxObserver, MovingAverageMinMaxObserver, Observer
@@ -73,7 +73,8 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 class WeightFakeQuantize(nn.Module):
     """Symmetric signed fake quantization of a weight, scale from its current min-max.
 
-        scale = max(|W_c|) / qmax   (per output channel c, axis 0; or over the whole tensor)
+        scale = max(|W_c|) / qmax   (granularity "channel": per output channel c, axis 0;
+                                     "tensor": over the whole tensor)
         W_hat = clamp(round(W * (1/scale)), qmin, qmax) * scale     (round half to even)
 
     ``[qmin, qmax] = [-2**(b-1), 2**(b-1) - 1]``, the formula of
@@ -82,23 +83,23 @@ class WeightFakeQuantize(nn.Module):
     (:class:`qlib.ste.FakeQuantizeSTE`). At 1 bit: ``W_hat = max|W_c| * sign(W)``.
     """
 
-    def __init__(self, bits: int, per_channel: bool = True):
+    def __init__(self, bits: int, granularity: str = "channel"):
         super().__init__()
         self.bits = check_bits(bits)
         if self.bits > 24:
             raise ValueError(f"weight bits must be at most 24, got {bits}")
-        self.per_channel = per_channel
+        self.granularity = check_granularity(granularity, TENSOR_OR_CHANNEL, "WeightFakeQuantize")
         self.qmin, self.qmax = (-1, 1) if self.bits == 1 else integer_range.unguarded(self.bits, signed=True)
 
     def scale(self, w: torch.Tensor) -> torch.Tensor:
         """The scale for ``w``: shape ``[C, 1, ...]`` per channel, ``[]`` per tensor."""
         w = w.detach().to(torch.float32)
-        if self.per_channel:
+        if self.granularity == "channel":
             rmin, rmax = per_channel_range(w, 0)
         else:
             rmin, rmax = torch.aminmax(w)
         scale, _ = qparams(rmin, rmax, 0, self.qmax, symmetric=True)  # max|W| / qmax, at least eps
-        return scale.reshape(-1, *([1] * (w.ndim - 1))) if self.per_channel else scale
+        return scale.reshape(-1, *([1] * (w.ndim - 1))) if self.granularity == "channel" else scale
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         scale = self.scale(w)
@@ -108,7 +109,7 @@ class WeightFakeQuantize(nn.Module):
 
     def extra_repr(self) -> str:
         levels = "binary" if self.bits == 1 else f"[{self.qmin}, {self.qmax}]"
-        return f"bits={self.bits}, {levels}, {'per channel' if self.per_channel else 'per tensor'}, min-max"
+        return f"bits={self.bits}, {levels}, per {self.granularity}, min-max"
 
 
 class ActivationFakeQuantize(nn.Module):
@@ -236,15 +237,15 @@ def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def _quantizers(method: str, w_bits: int, a_bits: int | None, per_channel: bool, observer_cls):
+def _quantizers(method: str, w_bits: int, a_bits: int | None, granularity: str, observer_cls):
     if method == "ste":
-        weight = WeightFakeQuantize(w_bits, per_channel)
+        weight = WeightFakeQuantize(w_bits, granularity)
         act = None if a_bits is None else ActivationFakeQuantize(a_bits, observer_cls(a_bits, signed=False))
     elif method == "lsq":
-        weight = LSQQuantizer(w_bits, signed=True, per_channel=per_channel)
+        weight = LSQQuantizer(w_bits, signed=True, granularity=granularity)
         act = None if a_bits is None else LSQQuantizer(a_bits, signed=False, activation=True)
     elif method == "pact":
-        weight = WeightFakeQuantize(w_bits, per_channel)
+        weight = WeightFakeQuantize(w_bits, granularity)
         act = None if a_bits is None else PACTQuantizer(a_bits)
     else:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -253,12 +254,13 @@ def _quantizers(method: str, w_bits: int, a_bits: int | None, per_channel: bool,
 
 @reference
 def prepare_qat(model: nn.Module, w_bits: int, a_bits: int | None, method: str = "ste",
-                per_channel: bool = True, observer=MovingAverageMinMaxObserver) -> nn.Module:
+                granularity: str = "channel", observer=MovingAverageMinMaxObserver) -> nn.Module:
     """A QAT copy of ``model``: batch norms folded, every Linear/Conv2d replaced by its QAT version.
 
     ``w_bits``: weight bits (1 = binary). ``a_bits``: bits of every layer's input, or
     ``None`` to leave activations in float32. ``method``: ``"ste"``, ``"lsq"`` or
-    ``"pact"`` (see the module). ``per_channel``: one weight scale per output channel.
+    ``"pact"`` (see the module). ``granularity``: ``"channel"``, one weight scale per output
+    channel (axis 0), or ``"tensor"``, one per weight.
     ``observer``: the observer class of the ``"ste"`` activation quantizers
     (:class:`qlib.observers.MinMaxObserver` for post-training calibration).
 
@@ -271,13 +273,14 @@ def prepare_qat(model: nn.Module, w_bits: int, a_bits: int | None, method: str =
         check_bits(a_bits)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "prepare_qat")
     if not (isinstance(observer, type) and issubclass(observer, Observer)):
         raise TypeError(f"observer must be an Observer class from qlib.observers, got {observer!r}")
     folded = fold_batchnorms(copy.deepcopy(model).eval(), batchnorm_pairs(model))
     for name, layer in list(folded.named_modules()):
         if isinstance(layer, QAT_LAYERS) or not isinstance(layer, _QAT_SOURCES):
             continue
-        weight_q, input_q = _quantizers(method, w_bits, a_bits, per_channel, observer)
+        weight_q, input_q = _quantizers(method, w_bits, a_bits, granularity, observer)
         cls = QATConv2d if isinstance(layer, nn.Conv2d) else QATLinear
         folded.set_submodule(name, cls.from_float(layer, weight_q, input_q))
     return folded.train()
@@ -342,8 +345,8 @@ def to_integer_model(qat_model: nn.Module, calibration_images, linear=None, conv
     if sorted(layers) != ["conv1", "conv2", "fc1", "fc2"] or not isinstance(qat_model, DigitsCNN):
         raise TypeError("to_integer_model converts a QAT DigitsCNN made by prepare_qat(DigitsCNN, ...)")
     w_quant = [layer.weight_quantizer for layer in layers.values()]
-    if not all(isinstance(q, WeightFakeQuantize) and q.per_channel for q in w_quant):
-        raise ValueError("only per-channel min-max weights ('ste' or 'pact' with per_channel=True) convert")
+    if not all(isinstance(q, WeightFakeQuantize) and q.granularity == "channel" for q in w_quant):
+        raise ValueError("only per-channel min-max weights ('ste' or 'pact' with granularity=\"channel\") convert")
     w_bits = {q.bits for q in w_quant}
     if len(w_bits) != 1 or min(w_bits) < 2:
         raise ValueError(f"the integer model needs one weight bit width of at least 2, got {sorted(w_bits)}")

@@ -24,6 +24,7 @@ from torch import nn
 from qlib._checks import check_count
 from qlib._reference import reference
 from qlib.data import Digits
+from qlib.granularity import TENSOR_OR_CHANNEL, check_granularity
 from qlib.models import accuracy, load_pretrained
 from qlib.observers import MinMaxObserver
 from qlib.pact import pact_penalty
@@ -34,9 +35,9 @@ from qlib.qat import calibrate, prepare_qat
 #: lr 1e-3 it pushed 2-bit steps below 0. STE uses Adam: SGD at lr 0.01 diverged with binary weights.
 #: LSQ learns one step per layer (the paper's choice; per channel it was 1-2 points worse at 2 bits).
 SETTINGS = {
-    "ste": {"epochs": 12, "lr": 1e-3, "optimizer": "adam", "per_channel": True},
-    "lsq": {"epochs": 12, "lr": 1e-2, "optimizer": "sgd", "per_channel": False},
-    "pact": {"epochs": 12, "lr": 1e-3, "optimizer": "adam", "per_channel": True},
+    "ste": {"epochs": 12, "lr": 1e-3, "optimizer": "adam", "granularity": "channel"},
+    "lsq": {"epochs": 12, "lr": 1e-2, "optimizer": "sgd", "granularity": "tensor"},
+    "pact": {"epochs": 12, "lr": 1e-3, "optimizer": "adam", "granularity": "channel"},
 }
 
 
@@ -99,9 +100,13 @@ def train_qat(model: nn.Module, train: Digits, test: Digits, epochs: int = 4, lr
 
 
 def ptq_accuracy(model: nn.Module, train: Digits, test: Digits, w_bits: int, a_bits: int | None,
-                 per_channel: bool = True) -> float:
-    """Test accuracy after post-training quantization: min-max weights, min-max input ranges over ``train``."""
-    ptq = prepare_qat.unguarded(model, w_bits, a_bits, "ste", per_channel, observer=MinMaxObserver)
+                 granularity: str = "channel") -> float:
+    """Test accuracy after post-training quantization: min-max weights, min-max input ranges over ``train``.
+
+    ``granularity``: ``"channel"``, one weight scale per output channel, or ``"tensor"``, one per weight.
+    """
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "ptq_accuracy")
+    ptq = prepare_qat.unguarded(model, w_bits, a_bits, "ste", granularity, observer=MinMaxObserver)
     calibrate(ptq, train)
     return accuracy(ptq, test)
 
@@ -110,14 +115,14 @@ def qat_accuracy(model: nn.Module, train: Digits, test: Digits, w_bits: int, a_b
                  method: str = "ste", seed: int = 0, log=print, **overrides) -> float:
     """Test accuracy after QAT fine-tuning of ``model`` with ``method``.
 
-    The settings (epochs, lr, optimizer, per_channel) are those of :data:`SETTINGS`
+    The settings (epochs, lr, optimizer, granularity) are those of :data:`SETTINGS`
     unless given in ``overrides``.
     """
     if method not in SETTINGS:
         raise ValueError(f"method must be one of {sorted(SETTINGS)}, got {method!r}")
     settings = {**SETTINGS[method], **overrides}
-    per_channel = settings.pop("per_channel")
-    qat = prepare_qat.unguarded(model, w_bits, a_bits, method, per_channel)
+    granularity = check_granularity(settings.pop("granularity"), TENSOR_OR_CHANNEL, "qat_accuracy")
+    qat = prepare_qat.unguarded(model, w_bits, a_bits, method, granularity)
     return train_qat.unguarded(qat, train, test, seed=seed, log=log, **settings)
 
 

@@ -3,7 +3,8 @@
 Chapter: Binary and ternary networks, mixed precision (chapter 8, lab08_binary_mixed).
 
 Ternary weight networks (Li, Zhang and Liu 2016) store each weight as t in {-1, 0, +1} and one
-float32 scale alpha per output channel (axis 0) or per tensor:
+float32 scale alpha per output channel (axis 0, granularity ``"channel"``, the default) or per
+tensor (``"tensor"``):
 
     Delta = 0.7 * mean(|w|)                          the threshold (float32: float32(0.7) times the mean)
     t     = +1 if w > Delta, -1 if w < -Delta, 0 if |w| <= Delta      (strict: |w| = Delta gives 0)
@@ -43,7 +44,8 @@ import torch
 
 from qlib._checks import as_float_tensor, check_axis
 from qlib._reference import reference
-from qlib.binary import SCALE_BITS, _check_shape, channel_mean, channel_view, straight_through
+from qlib.binary import SCALE_BITS, _check_shape, channel_mean, channel_view, straight_through, weight_scale_count
+from qlib.granularity import TENSOR_OR_CHANNEL, check_granularity
 
 #: TWN's threshold factor: Delta = 0.7 * mean |w|.
 TWN_THRESHOLD_FACTOR = 0.7
@@ -52,12 +54,12 @@ TRITS_PER_BYTE = 5
 PACKINGS = ("2bit", "base3")
 
 
-def _codes_and_scale(w: torch.Tensor, delta: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _codes_and_scale(w: torch.Tensor, delta: torch.Tensor, granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Ternary codes of ``w`` at threshold ``delta`` and the mean magnitude above it (0 if none)."""
     magnitude = w.abs()
     kept = magnitude > channel_view(delta, w.ndim)
     t = (torch.sign(w) * kept).to(torch.int8)
-    if per_channel:
+    if granularity == "channel":
         rows, rows_kept = magnitude.reshape(w.shape[0], -1), kept.reshape(w.shape[0], -1)
         total, count = (rows * rows_kept).sum(dim=1), rows_kept.sum(dim=1)
     else:
@@ -67,31 +69,36 @@ def _codes_and_scale(w: torch.Tensor, delta: torch.Tensor, per_channel: bool) ->
 
 
 @reference
-def ternarize(w, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ternarize(w, granularity: str = "channel") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """TWN ternary codes, scales and thresholds of ``w``: ``(t, alpha, delta)``, ``w_hat = alpha * t``.
 
         delta = 0.7 * mean |w|                         per output channel (axis 0) or per tensor
         t     = sign(w) where |w| > delta, else 0     int8 of w's shape (|w| = delta gives 0)
         alpha = mean of |w| where |w| > delta         0 for a channel with no such weight
 
-    ``alpha`` and ``delta`` are float32 of shape ``[w.shape[0]]`` (per channel) or 0-d.
-    Raises ``ValueError`` for NaN, infinity, an empty tensor, or ``per_channel`` on a 0-d tensor.
+    ``granularity``: ``"channel"`` computes delta and alpha for each output channel ``w[c]``
+    (axis 0; float32 of shape ``[w.shape[0]]``), ``"tensor"`` once for the whole weight (0-d).
+    Raises ``ValueError`` for NaN, infinity, an empty tensor, a granularity other than "tensor"
+    or "channel", or "channel" on a 0-d tensor.
     """
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "ternarize")
     w = as_float_tensor(w, "w").to(torch.float32)
-    delta = TWN_THRESHOLD_FACTOR * channel_mean(w.abs(), per_channel)
-    t, alpha = _codes_and_scale(w, delta, per_channel)
+    delta = TWN_THRESHOLD_FACTOR * channel_mean(w.abs(), granularity)
+    t, alpha = _codes_and_scale(w, delta, granularity)
     return t, alpha, delta
 
 
-def fake_ternarize(w, per_channel: bool = True) -> torch.Tensor:
+def fake_ternarize(w, granularity: str = "channel") -> torch.Tensor:
     """The float32 values ``alpha * t`` that TWN's ternary weights stand for (see :func:`ternarize`)."""
-    t, alpha, _ = ternarize.unguarded(w, per_channel)
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "fake_ternarize")
+    t, alpha, _ = ternarize.unguarded(w, granularity)
     return channel_view(alpha, t.ndim) * t.to(torch.float32)
 
 
-def ternarize_ste(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+def ternarize_ste(w: torch.Tensor, granularity: str = "channel") -> torch.Tensor:
     """``alpha * t`` forward; gradient passed straight through to ``w`` (alpha and delta held constant)."""
-    return straight_through(w, fake_ternarize(w.detach(), per_channel))
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "ternarize_ste")
+    return straight_through(w, fake_ternarize(w.detach(), granularity))
 
 
 def _best_threshold(magnitudes: np.ndarray) -> float:
@@ -106,41 +113,44 @@ def _best_threshold(magnitudes: np.ndarray) -> float:
     return float(m[best + 1]) if best + 1 < n else 0.0
 
 
-def optimal_ternary(w, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def optimal_ternary(w, granularity: str = "channel") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ternary approximation ``alpha * t`` of least squared error: ``(t, alpha, delta)`` as in :func:`ternarize`.
 
-    Per slice (output channel or tensor), ``delta`` is the largest magnitude left out of the best
-    support (0 if every weight is kept), so ``|w| > delta`` keeps the k largest |w| for the k that
+    Per slice (each output channel for ``"channel"``, the whole weight for ``"tensor"``), ``delta``
+    is the largest magnitude left out of the best support (0 if every weight is kept), so
+    ``|w| > delta`` keeps the k largest |w| for the k that
     maximizes S_k^2 / k (see the module docstring); ``alpha`` is the mean of the kept magnitudes.
     Among equally good supports the smallest is chosen. Sorting: O(n log n).
     """
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "optimal_ternary")
     w = as_float_tensor(w, "w").to(torch.float32)
-    if per_channel:
+    by_channel = granularity == "channel"
+    if by_channel:
         check_axis(w, 0)  # a 0-d tensor has no channels
-    rows = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
+    rows = w.reshape(w.shape[0], -1) if by_channel else w.reshape(1, -1)
     deltas = [_best_threshold(r.abs().numpy()) for r in rows]
     delta = torch.tensor(deltas, dtype=torch.float32)
-    delta = delta if per_channel else delta.reshape(())
-    t, alpha = _codes_and_scale(w, delta, per_channel)
+    delta = delta if by_channel else delta.reshape(())
+    t, alpha = _codes_and_scale(w, delta, granularity)
     return t, alpha, delta
 
 
-def ternary_storage_bits(shape, per_channel: bool = True, packing: str = "2bit") -> int:
-    """Bits to store a ternary weight of ``shape``: the codes plus 32 per scale.
+def ternary_storage_bits(shape, granularity: str = "channel", packing: str = "2bit") -> int:
+    """Bits to store a ternary weight of ``shape``: the codes plus 32 per scale (``shape[0]`` scales
+    for granularity ``"channel"``, one for ``"tensor"``).
 
         packing="2bit":   2 * numel                  (one 2-bit field per weight, one code unused)
         packing="base3":  8 * ceil(numel / 5)        (five ternary digits per byte, see pack_ternary)
 
     The thresholds are not stored: inference needs only t and alpha.
     """
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "ternary_storage_bits")
     shape = _check_shape(shape)
     if packing not in PACKINGS:
         raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
-    if per_channel and not shape:
-        raise ValueError("per-channel scales need a weight with at least one dimension")
     n = math.prod(shape)
     codes = 2 * n if packing == "2bit" else 8 * math.ceil(n / TRITS_PER_BYTE)
-    return codes + SCALE_BITS * (shape[0] if per_channel else 1)
+    return codes + SCALE_BITS * weight_scale_count(shape, granularity)
 
 
 def _check_codes(t) -> np.ndarray:

@@ -19,7 +19,8 @@ from torch import nn
 
 from qlib._checks import as_float_tensor, check_bits, check_count
 from qlib._reference import reference
-from qlib.granularity import MX_BLOCK_SIZE, fake_quantize_tensor, mxint_dequantize, mxint_quantize
+from qlib.granularity import (MX_BLOCK_SIZE, TENSOR_OR_CHANNEL, check_granularity, fake_quantize_tensor,
+                              mxint_dequantize, mxint_quantize)
 from qlib.microscaling import MXElement, mx_dequantize, mx_quantize
 from qlib.scale_storage import layers_bits_per_weight
 
@@ -33,10 +34,14 @@ def quantized_layers(model: nn.Module):
 
 @reference
 @torch.no_grad()
-def fake_quantize_weights(model: nn.Module, bits: int, per_channel: bool) -> nn.Module:
-    """A copy of ``model`` whose layer weights are fake-quantized (the original is untouched)."""
+def fake_quantize_weights(model: nn.Module, bits: int, granularity: str) -> nn.Module:
+    """A copy of ``model`` whose layer weights are fake-quantized (the original is untouched).
+
+    ``granularity``: ``"tensor"`` (one scale ``max|w| / qmax`` per weight) or ``"channel"``
+    (one per output channel, axis 0); symmetric signed ``bits``-bit integers, half to even.
+    """
+    check_granularity(granularity, TENSOR_OR_CHANNEL, "fake_quantize_weights")
     model = copy.deepcopy(model)
-    granularity = "channel" if per_channel else "tensor"
     for _, layer in quantized_layers(model):
         layer.weight.copy_(fake_quantize_tensor.unguarded(layer.weight, bits, granularity, axis=0, symmetric=True))
     return model
@@ -81,8 +86,7 @@ def fake_quantize_weight(w, bits: int, granularity: str, group_size: int | None 
     """
     w = as_float_tensor(w, "w").to(torch.float32)
     bits = check_bits(bits)
-    if granularity not in WEIGHT_GRANULARITIES:
-        raise ValueError(f"granularity must be one of {WEIGHT_GRANULARITIES}, got {granularity!r}")
+    check_granularity(granularity, WEIGHT_GRANULARITIES, "fake_quantize_weight")
     if element is not None and granularity != "mx":
         raise ValueError("an MX element type is only used with granularity 'mx'")
     w2 = weight_matrix(w)

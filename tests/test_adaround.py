@@ -112,9 +112,9 @@ def test_bad_input_is_refused():
 def test_digits_cnn_layer_by_layer():
     model = load_pretrained("cnn")
     images = load_digits("train").images[:128]
-    quantized, results = ar.adaround_model(model, images, bits=3, per_channel=True, n_steps=60, seed=0)
+    quantized, results = ar.adaround_model(model, images, bits=3, granularity="channel", n_steps=60, seed=0)
     assert [r.name for r in results] == ["conv1", "conv2", "fc1", "fc2"]
-    baseline = ar.nearest_model(model, bits=3, per_channel=True)
+    baseline = ar.nearest_model(model, bits=3, granularity="channel")
     for r in results:
         kept_mse = r.adaround_mse if r.kept == "adaround" else r.nearest_mse
         assert kept_mse <= r.nearest_mse

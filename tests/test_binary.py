@@ -46,7 +46,7 @@ def test_sign_of_zero_is_plus_one():
 
 def test_binarize_by_hand_per_tensor_and_per_channel():
     w = torch.tensor([1.0, -0.2, 0.5, -2.0, 0.05, 0.3])
-    b, alpha = binarize(w, per_channel=False)
+    b, alpha = binarize(w, granularity="tensor")
     assert b.tolist() == [1, -1, 1, -1, 1, 1]
     assert alpha.shape == () and alpha.item() == pytest.approx(4.05 / 6, rel=1e-7)  # 0.675
 
@@ -67,7 +67,7 @@ def test_per_channel_scale_is_the_float64_mean_of_each_output_channel(shape):
     w_hat = fake_binarize(w)
     for c in range(shape[0]):  # two values per channel: +alpha and -alpha
         assert set(w_hat[c].reshape(-1).tolist()) <= {alpha[c].item(), -alpha[c].item()}
-        assert torch.equal(w_hat[c], fake_binarize(w[c], per_channel=False))  # each channel on its own
+        assert torch.equal(w_hat[c], fake_binarize(w[c], granularity="tensor"))  # each channel on its own
 
 
 # --- XNOR optimality by brute force --------------------------------------------------------
@@ -76,7 +76,7 @@ def test_per_channel_scale_is_the_float64_mean_of_each_output_channel(shape):
 def test_mean_abs_is_the_best_alpha_on_a_dense_grid(seed):
     w = _randn((37,), seed).numpy() * (seed + 1)
     b = np.where(w >= 0, 1.0, -1.0)
-    alpha = binarize(torch.from_numpy(w), per_channel=False)[1].item()
+    alpha = binarize(torch.from_numpy(w), granularity="tensor")[1].item()
     grid = np.linspace(0.0, 2 * np.abs(w).max(), 40001)
     errors = ((w[None, :].astype(np.float64) - grid[:, None] * b[None, :]) ** 2).sum(axis=1)
     step = grid[1] - grid[0]
@@ -92,7 +92,7 @@ def test_sign_and_mean_abs_beat_every_sign_pattern_and_alpha(seed):
     patterns = np.array(list(itertools.product((-1.0, 1.0), repeat=w.size)))   # [1024, 10]
     grid = np.linspace(0.0, 2 * np.abs(w).max(), 2001)
     errors = ((w[None, None, :] - grid[None, :, None] * patterns[:, None, :]) ** 2).sum(axis=2)
-    w_hat = fake_binarize(torch.from_numpy(w), per_channel=False).numpy()
+    w_hat = fake_binarize(torch.from_numpy(w), granularity="tensor").numpy()
     ours = _error(w, w_hat)
     assert ours <= errors.min() + 1e-9
     # and the closed form of the error: ||w||^2 - n mean(|w|)^2
@@ -101,18 +101,18 @@ def test_sign_and_mean_abs_beat_every_sign_pattern_and_alpha(seed):
 
 # --- straight-through gradients ------------------------------------------------------------
 
-@pytest.mark.parametrize("per_channel", [True, False])
-def test_binarize_ste_gradient_equals_the_detach_expression(per_channel):
+@pytest.mark.parametrize("granularity", ["channel", "tensor"])
+def test_binarize_ste_gradient_equals_the_detach_expression(granularity):
     w = _randn((8, 4, 3, 3), 3).requires_grad_()
     upstream = _randn((8, 4, 3, 3), 4)
-    y = binarize_ste(w, per_channel)
+    y = binarize_ste(w, granularity)
     (y * upstream).sum().backward()
     ours = w.grad.clone()
 
     w2 = w.detach().clone().requires_grad_()
-    y2 = w2 + (fake_binarize(w2.detach(), per_channel) - w2).detach()
+    y2 = w2 + (fake_binarize(w2.detach(), granularity) - w2).detach()
     (y2 * upstream).sum().backward()
-    assert torch.equal(y, fake_binarize(w.detach(), per_channel))
+    assert torch.equal(y, fake_binarize(w.detach(), granularity))
     assert torch.equal(ours, w2.grad)
     assert torch.equal(ours, upstream)  # d w_hat / d w := 1
 
@@ -151,12 +151,12 @@ def test_binary_activation_random_against_clamp():
 
 def test_binary_storage_by_hand_and_against_packbits():
     assert binary_storage_bits((16, 1, 3, 3)) == 144 + 32 * 16 == 656
-    assert binary_storage_bits((16, 1, 3, 3), per_channel=False) == 144 + 32
+    assert binary_storage_bits((16, 1, 3, 3), granularity="tensor") == 144 + 32
     assert binary_storage_bits((64, 512)) == 32768 + 64 * 32
     for n in (1, 7, 8, 9, 144, 1001):
         codes = (binary_sign(_randn((n,), n)).numpy() > 0).astype(np.uint8)
         packed = np.packbits(codes)  # the stream itself, padded to whole bytes
-        assert 8 * packed.size - 8 < binary_storage_bits((n,), per_channel=False) - 32 <= 8 * packed.size
+        assert 8 * packed.size - 8 < binary_storage_bits((n,), granularity="tensor") - 32 <= 8 * packed.size
         assert np.array_equal(np.unpackbits(packed)[:n], codes)
 
 
@@ -170,8 +170,8 @@ def test_binarize_refuses_bad_input():
     with pytest.raises(ValueError, match="empty"):
         binarize(torch.zeros(0, 3))
     with pytest.raises(ValueError, match="axis 0 is out of range"):
-        binarize(torch.tensor(1.5), per_channel=True)
-    assert binarize(torch.tensor(-1.5), per_channel=False)[0].item() == -1
+        binarize(torch.tensor(1.5), granularity="channel")
+    assert binarize(torch.tensor(-1.5), granularity="tensor")[0].item() == -1
     with pytest.raises(TypeError, match="real numbers"):
         binarize(torch.tensor([True, False]))
     with pytest.raises(TypeError):
@@ -192,4 +192,4 @@ def test_binarize_is_blocked_while_a_lab_is_graded():
         with pytest.raises(ReferenceUnavailable):
             binarize(torch.ones(3))
         assert torch.equal(fake_binarize(torch.ones(3)), torch.ones(3))  # qlib's own callers still work
-    assert math.isclose(binarize(torch.ones(3), per_channel=False)[1].item(), 1.0)
+    assert math.isclose(binarize(torch.ones(3), granularity="tensor")[1].item(), 1.0)

@@ -311,9 +311,9 @@ def test_rounding_rules_of_the_notation_page_hold_for_every_function_named():
     assert rounding.round_with(x, "floor").tolist() == [int(t // 1) for t in TIES]
     # the grids with their own ties
     assert logarithmic.pow2_quantize(torch.tensor([0.75, -0.75, 0.125, -0.125]), 1.0, 3).tolist() == [3, -3, 1, -1]
-    assert binary.binarize(torch.tensor([0.0, -0.0]), per_channel=False)[0].tolist() == [1, 1]
+    assert binary.binarize(torch.tensor([0.0, -0.0]), granularity="tensor")[0].tolist() == [1, 1]
     w = torch.tensor([0.7, 2.0, 1 - float(np.float32(0.7))])   # mean exactly 1: delta = fl(0.7) = w[0]
-    codes, _, delta = ternary.ternarize(w, per_channel=False)
+    codes, _, delta = ternary.ternarize(w, granularity="tensor")
     assert float(delta) == float(w[0]) and int(codes[0]) == 0
     assert kmeans.kmeans_quantize(torch.tensor([0.5]), torch.tensor([0.0, 1.0]), max_iter=0)[1].tolist() == [0]
 

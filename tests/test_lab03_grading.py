@@ -41,6 +41,24 @@ def quantize_per_channel(x, axis, qmin, qmax, symmetric=False):
     shape[axis] = n
     return quantize(x, scale.reshape(shape), 0, qmin, qmax), scale, zero_point
 '''),
+    "granularity_read_as_a_flag": Wrong("fake_quantize_weights", "test_fake_quantize_weights",
+                                        "true for any non-empty string", '''
+def fake_quantize_weights(model, bits, granularity):
+    model = copy.deepcopy(model)
+    qmin, qmax = integer_range(bits)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+                w = layer.weight
+                if granularity:
+                    q, scale, zero_point = quantize_per_channel(w, 0, qmin, qmax, symmetric=True)
+                    shape = [-1] + [1] * (w.dim() - 1)
+                    layer.weight.copy_(dequantize(q, scale.reshape(shape), zero_point.reshape(shape)))
+                else:
+                    scale, zero_point = symmetric_qparams(w.min().item(), w.max().item(), qmin, qmax)
+                    layer.weight.copy_(dequantize(quantize(w, scale, zero_point, qmin, qmax), scale, zero_point))
+    return model
+'''),
     "qmax_off_by_one": Wrong("integer_range", "test_integer_range", "qmax is one too large", '''
 def integer_range(bits, signed=True, narrow=False):
     qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if signed else (0, 2 ** bits)
@@ -104,7 +122,7 @@ def quantize_per_channel(x, axis, qmin, qmax, symmetric=False):
     return q.astype(np.int64), scale, zero_point
 ''',
     "fake_quantize_weights": '''
-def fake_quantize_weights(model, bits, per_channel):
+def fake_quantize_weights(model, bits, granularity):
     new = copy.deepcopy(model)
     qmin, qmax = integer_range(bits)
     for name, p in new.named_parameters():
@@ -112,7 +130,7 @@ def fake_quantize_weights(model, bits, per_channel):
         if not name.endswith("weight") or not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
             continue
         w = p.detach().numpy()
-        if per_channel:
+        if granularity == "channel":
             amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).reshape([-1] + [1] * (w.ndim - 1))
         else:
             amax = np.abs(w).max()

@@ -13,27 +13,33 @@ POINTS = {"test_binarize": 4, "test_ternarize": 6, "test_quantization_sensitivit
 
 WRONG = {
     "sign_of_zero_is_zero": Wrong("binarize", "test_binarize", "sign(0) is +1", '''
-def binarize(w, per_channel=True):
-    alpha = w.abs().reshape(w.shape[0], -1).mean(dim=1) if per_channel else w.abs().mean()
+def binarize(w, granularity="channel"):
+    alpha = w.abs().reshape(w.shape[0], -1).mean(dim=1) if granularity == "channel" else w.abs().mean()
     return torch.sign(w), alpha
 '''),
+    "granularity_read_as_a_flag": Wrong("binarize", "test_binarize", "true for any non-empty string", '''
+def binarize(w, granularity="channel"):
+    b = torch.where(w >= 0, 1, -1)
+    alpha = w.abs().reshape(w.shape[0], -1).mean(dim=1) if granularity else w.abs().mean()
+    return b, alpha
+'''),
     "threshold_not_strict": Wrong("ternarize", "test_ternarize", "strict", '''
-def ternarize(w, per_channel=True):
-    rows = (w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)).abs()
+def ternarize(w, granularity="channel"):
+    rows = (w.reshape(w.shape[0], -1) if granularity == "channel" else w.reshape(1, -1)).abs()
     delta = 0.7 * rows.mean(dim=1)
     kept = rows >= delta[:, None]
     alpha = (rows * kept).sum(dim=1) / kept.sum(dim=1).clamp(min=1)
     t = (torch.sign(w).reshape(rows.shape) * kept).reshape(w.shape)
-    return (t, alpha, delta) if per_channel else (t, alpha[0], delta[0])
+    return (t, alpha, delta) if granularity == "channel" else (t, alpha[0], delta[0])
 '''),
     "alpha_over_all_weights": Wrong("ternarize", "test_ternarize", "ABOVE delta only", '''
-def ternarize(w, per_channel=True):
-    rows = (w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)).abs()
+def ternarize(w, granularity="channel"):
+    rows = (w.reshape(w.shape[0], -1) if granularity == "channel" else w.reshape(1, -1)).abs()
     delta = 0.7 * rows.mean(dim=1)
     kept = rows > delta[:, None]
     alpha = rows.mean(dim=1)
     t = (torch.sign(w).reshape(rows.shape) * kept).reshape(w.shape)
-    return (t, alpha, delta) if per_channel else (t, alpha[0], delta[0])
+    return (t, alpha, delta) if granularity == "channel" else (t, alpha[0], delta[0])
 '''),
     "returns_accuracies": Wrong("quantization_sensitivity", "test_quantization_sensitivity", "return the DROP", '''
 def quantization_sensitivity(model, data, bit_widths, fake_quant):
@@ -50,7 +56,7 @@ def quantization_sensitivity(model, data, bit_widths, fake_quant):
     return result
 '''),
     "hard_coded_visible_cases": Wrong("ternarize", "test_ternarize", "A hidden check failed", '''
-def ternarize(w, per_channel=True):
+def ternarize(w, granularity="channel"):
     if tuple(w.shape) == (6,):
         return torch.tensor([1, 0, 1, -1, 0, 0]), 3.5 / 3, 0.4725
     if tuple(w.shape) == (4,):
@@ -63,32 +69,32 @@ def ternarize(w, per_channel=True):
 
 DIFFERENT = {
     "binarize": '''
-def binarize(w, per_channel=True):
+def binarize(w, granularity="channel"):
     x = np.asarray(w, dtype=np.float64)
     b = np.where(x >= 0, 1.0, -1.0)                   # floats holding whole numbers are fine
-    if per_channel:
+    if granularity == "channel":
         alpha = np.array([np.abs(x[c]).sum() / x[c].size for c in range(x.shape[0])])
     else:
         alpha = float(np.abs(x).sum() / x.size)
     return b, alpha
 ''',
     "ternarize": '''
-def ternarize(w, per_channel=True):
+def ternarize(w, granularity="channel"):
     x = np.asarray(w, dtype=np.float64)
-    groups = [x[c] for c in range(x.shape[0])] if per_channel else [x]
+    groups = [x[c] for c in range(x.shape[0])] if granularity == "channel" else [x]
     t = np.zeros(x.shape, dtype=np.int64)
     alphas, deltas = [], []
     for c, g in enumerate(groups):
         delta = 0.7 * np.abs(g).mean()
         above = np.abs(g) > delta
         codes = np.where(g > delta, 1, np.where(g < -delta, -1, 0))
-        if per_channel:
+        if granularity == "channel":
             t[c] = codes
         else:
             t = codes
         alphas.append(np.abs(g)[above].mean() if above.any() else 0.0)
         deltas.append(delta)
-    if per_channel:
+    if granularity == "channel":
         return t, np.array(alphas), np.array(deltas)
     return t, alphas[0], deltas[0]
 ''',
@@ -121,8 +127,8 @@ import importlib
 
 binary = importlib.import_module("ql" + "ib.binary")
 
-def binarize(w, per_channel=True):
-    return binary.binarize(w, per_channel)
+def binarize(w, granularity="channel"):
+    return binary.binarize(w, granularity)
 """}, "test_binarize", "reference answer"),
 }
 

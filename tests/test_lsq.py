@@ -167,7 +167,7 @@ def test_activation_quantizer_counts_features_of_one_sample():
 
 def test_per_channel_quantizer_has_one_step_per_output_channel():
     w, upstream = _values((6, 4), seed=4)
-    lsq = LSQQuantizer(2, signed=True, per_channel=True)
+    lsq = LSQQuantizer(2, signed=True, granularity="channel")
     out = lsq(w)
     assert lsq.step.shape == (6, 1)
     (gs,) = torch.autograd.grad(out, lsq.step, upstream)

@@ -54,8 +54,8 @@ def test_linear_bit_widths_match_torch_per_channel_fake_quant(bits, shape):
 
 def test_one_and_two_bits_are_binary_and_ternary():
     w = _randn((32, 16, 3, 3), 1)
-    assert torch.equal(fake_quantize_weight(w, 1), fake_binarize(w, per_channel=True))
-    assert torch.equal(fake_quantize_weight(w, 2), fake_ternarize(w, per_channel=True))
+    assert torch.equal(fake_quantize_weight(w, 1), fake_binarize(w, granularity="channel"))
+    assert torch.equal(fake_quantize_weight(w, 2), fake_ternarize(w, granularity="channel"))
     for c in range(4):  # at most 2 and 3 distinct values per channel
         assert len(torch.unique(fake_quantize_weight(w, 1)[c])) <= 2
         assert len(torch.unique(fake_quantize_weight(w, 2)[c])) <= 3

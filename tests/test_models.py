@@ -144,12 +144,12 @@ def test_checkpoints_exist_and_unknown_names_are_refused():
 
 # --- fake-quantized weights -----------------------------------------------------------------
 
-@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
 @pytest.mark.parametrize("name", MODELS)
-def test_fake_quantize_weights_leaves_the_original_untouched(name, per_channel):
+def test_fake_quantize_weights_leaves_the_original_untouched(name, granularity):
     model = load_pretrained(name)
     before = _state(model)
-    quantized = fake_quantize_weights(model, 4, per_channel)
+    quantized = fake_quantize_weights(model, 4, granularity)
     assert quantized is not model
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
@@ -158,13 +158,13 @@ def test_fake_quantize_weights_leaves_the_original_untouched(name, per_channel):
     assert changed == {f"{layer}.weight" for layer, _ in quantized_layers(model)}
 
 
-@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
 @pytest.mark.parametrize("name", MODELS)
-def test_eight_bit_weights_keep_accuracy(name, per_channel, test_set):
+def test_eight_bit_weights_keep_accuracy(name, granularity, test_set):
     model = load_pretrained(name)
     fp32 = _accuracy_by_hand(model, test_set)
-    int8 = _accuracy_by_hand(fake_quantize_weights(model, 8, per_channel), test_set)
-    assert abs(int8 - fp32) <= 0.01, f"{name} per_channel={per_channel}: {fp32:.4f} -> {int8:.4f}"
+    int8 = _accuracy_by_hand(fake_quantize_weights(model, 8, granularity), test_set)
+    assert abs(int8 - fp32) <= 0.01, f"{name} granularity={granularity}: {fp32:.4f} -> {int8:.4f}"
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
@@ -173,8 +173,8 @@ def test_quantized_weights_take_at_most_2_to_the_bits_values(name, bits):
     model = load_pretrained(name)
     layers = dict(quantized_layers(model))
     assert len(layers) == (4 if name == "cnn" else 3)
-    per_tensor = dict(quantized_layers(fake_quantize_weights(model, bits, per_channel=False)))
-    per_channel = dict(quantized_layers(fake_quantize_weights(model, bits, per_channel=True)))
+    per_tensor = dict(quantized_layers(fake_quantize_weights(model, bits, "tensor")))
+    per_channel = dict(quantized_layers(fake_quantize_weights(model, bits, "channel")))
     for layer_name, layer in layers.items():
         w = per_tensor[layer_name].weight
         assert torch.unique(w).numel() <= 2**bits, layer_name
@@ -186,17 +186,17 @@ def test_quantized_weights_take_at_most_2_to_the_bits_values(name, bits):
 
 
 @pytest.mark.silence_ao
-@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("name", MODELS)
-def test_quantized_weights_bit_exact_vs_torch(ao, name, bits, per_channel):
+def test_quantized_weights_bit_exact_vs_torch(ao, name, bits, granularity):
     """Symmetric signed quantization: torch observer on [-qmax, qmax], fake-quant kernel on [qmin, qmax]."""
     qmax = 2 ** (bits - 1) - 1
     model = load_pretrained(name)
-    quantized = dict(quantized_layers(fake_quantize_weights(model, bits, per_channel)))
+    quantized = dict(quantized_layers(fake_quantize_weights(model, bits, granularity)))
     for layer_name, layer in quantized_layers(model):
         w = layer.weight.detach()
-        if per_channel:
+        if granularity == "channel":
             obs = ao.PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
                                               quant_min=-qmax, quant_max=qmax)
             obs(w)
@@ -215,12 +215,12 @@ def test_quantized_weights_bit_exact_vs_torch(ao, name, bits, per_channel):
 def test_fake_quantize_weights_refuses_bad_bits():
     model = load_pretrained("mlp")
     with pytest.raises(ValueError, match="bits"):
-        fake_quantize_weights(model, 0, per_channel=False)
+        fake_quantize_weights(model, 0, granularity="tensor")
     with pytest.raises(TypeError, match="bits"):
-        fake_quantize_weights(model, 4.5, per_channel=True)
+        fake_quantize_weights(model, 4.5, granularity="channel")
 
 
 def test_fake_quantize_weights_on_a_model_without_quantized_layers():
     model = nn.Sequential(nn.ReLU(), nn.Flatten())
-    out = fake_quantize_weights(model, 8, per_channel=True)
+    out = fake_quantize_weights(model, 8, granularity="channel")
     assert out is not model and isinstance(out, nn.Sequential) and len(list(out.parameters())) == 0

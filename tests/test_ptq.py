@@ -27,22 +27,22 @@ def test_batchnorm_pairs_and_folding(digits):
     torch.testing.assert_close(folded(images), model(images), atol=1e-4, rtol=1e-5)
 
 
-def _torch_weight(w, bits, per_channel):
+def _torch_weight(w, bits, granularity):
     """Symmetric signed weight fake quantization with PyTorch's kernels; scale = max|w| / qmax."""
     qmax = 2 ** (bits - 1) - 1
-    if per_channel:
+    if granularity == "channel":
         scale = w.abs().reshape(w.shape[0], -1).amax(dim=1) / qmax
         return torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(w.shape[0], dtype=torch.int32),
                                                       0, -qmax - 1, qmax)
     return torch.fake_quantize_per_tensor_affine(w, float(w.abs().max() / qmax), 0, -qmax - 1, qmax)
 
 
-@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
 @pytest.mark.parametrize("bits", [(8, 8), (4, 4)])
-def test_static_min_max_model_is_pytorch_fake_quant_forward(digits, ao, bits, per_channel):
+def test_static_min_max_model_is_pytorch_fake_quant_forward(digits, ao, bits, granularity):
     model, images, _ = digits
     wb, ab = bits
-    q = ptq.quantize_static(model, images, wb, ab, per_channel, calibrator="minmax")
+    q = ptq.quantize_static(model, images, wb, ab, granularity, calibrator="minmax")
     folded = ptq.prepare(model)
     inputs = ptq.layer_inputs(folded, images)
     # activation scales: PyTorch's affine MinMaxObserver on these non-negative inputs
@@ -58,7 +58,7 @@ def test_static_min_max_model_is_pytorch_fake_quant_forward(digits, ao, bits, pe
     def fq(x, name):
         return torch.fake_quantize_per_tensor_affine(x, a_scale[name], 0, 0, 2 ** ab - 1)
 
-    w = {name: _torch_weight(folded.get_submodule(name).weight.detach(), wb, per_channel) for name in inputs}
+    w = {name: _torch_weight(folded.get_submodule(name).weight.detach(), wb, granularity) for name in inputs}
     x = images
     x = torch.relu(F.conv2d(fq(x, "conv1"), w["conv1"], folded.conv1.bias, padding=1))
     x = torch.relu(F.conv2d(fq(x, "conv2"), w["conv2"], folded.conv2.bias, padding=1))
@@ -102,10 +102,10 @@ def test_accuracy_facts(digits):
     model, images, test = digits
     fp32 = accuracy(model, test)
     for calibrator in ("minmax", "percentile", "mse", "kl"):
-        assert accuracy(ptq.quantize_static(model, images, 8, 8, True, calibrator), test) >= fp32 - 0.01
-    assert accuracy(ptq.quantize_dynamic(model, 8, 8, True), test) >= fp32 - 0.01
+        assert accuracy(ptq.quantize_static(model, images, 8, 8, "channel", calibrator), test) >= fp32 - 0.01
+    assert accuracy(ptq.quantize_dynamic(model, 8, 8, "channel"), test) >= fp32 - 0.01
     # the quantized copy is not the float model: at 2 bits per tensor it loses a lot
-    assert accuracy(ptq.quantize_static(model, images, 2, 2, False), test) < fp32 - 0.2
+    assert accuracy(ptq.quantize_static(model, images, 2, 2, "tensor"), test) < fp32 - 0.2
 
 
 def test_dynamic_ranges_follow_each_batch():
@@ -140,7 +140,7 @@ def test_signs_are_detected_and_a_sign_change_is_refused():
 
 def test_n2d2_thresholds_are_computed_on_the_quantized_earlier_layers(digits):
     model, images, _ = digits
-    q, report = ptq.quantize_n2d2(model, images, 4, 4, per_channel=True, method="mse")
+    q, report = ptq.quantize_n2d2(model, images, 4, 4, granularity="channel", method="mse")
     assert [r["name"] for r in report] == ["conv1", "conv2", "fc1", "fc2"]
     seen = {}
     hooks = [q.get_submodule(r["name"]).register_forward_pre_hook(

@@ -53,11 +53,12 @@ def _batches(shape, seed, n=4):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
-@pytest.mark.parametrize("w_bits, a_bits, per_channel", [(8, 8, True), (4, 4, True), (4, 8, False), (2, 2, True)])
-def test_linear_forward_equals_fake_quantized_float_op(ao, w_bits, a_bits, per_channel):
+@pytest.mark.parametrize("w_bits, a_bits, granularity", [(8, 8, "channel"), (4, 4, "channel"), (4, 8, "tensor"),
+                                                       (2, 2, "channel")])
+def test_linear_forward_equals_fake_quantized_float_op(ao, w_bits, a_bits, granularity):
     torch.manual_seed(0)
     layer = nn.Linear(20, 7)
-    qat = QATLinear.from_float(layer, WeightFakeQuantize(w_bits, per_channel), ActivationFakeQuantize(a_bits))
+    qat = QATLinear.from_float(layer, WeightFakeQuantize(w_bits, granularity), ActivationFakeQuantize(a_bits))
     batches = _batches((16, 20), seed=w_bits)
     qat.train()
     for b in batches:
@@ -66,7 +67,7 @@ def test_linear_forward_equals_fake_quantized_float_op(ao, w_bits, a_bits, per_c
     x = batches[-1] * 1.3
     scale, zp = _torch_observer(ao, a_bits, batches)
     x_hat = torch.fake_quantize_per_tensor_affine(x, scale, zp, 0, 2**a_bits - 1)
-    w_hat = fake_quantize_tensor(layer.weight.detach(), w_bits, "channel" if per_channel else "tensor", 0)
+    w_hat = fake_quantize_tensor(layer.weight.detach(), w_bits, granularity, 0)
     assert torch.equal(qat(x), F.linear(x_hat, w_hat, layer.bias))
     assert torch.equal(qat.quantized_weight(), w_hat)
 

@@ -276,10 +276,10 @@ def pipelines(model, train, test):
 
     return {
         "weights.granularity_sweep": lambda: weights.granularity_sweep(model, test, [4], schemes),
-        "ptq.quantize_static": lambda: [ptq.quantize_static(model, images, 4, 4, True, c)(images)
+        "ptq.quantize_static": lambda: [ptq.quantize_static(model, images, 4, 4, "channel", c)(images)
                                         for c in ("minmax", "percentile", "mse", "kl")],
-        "ptq.quantize_dynamic": lambda: ptq.quantize_dynamic(model, 4, 4, True)(images),
-        "ptq.quantize_n2d2": lambda: ptq.quantize_n2d2(model, images, 4, 4, True)[0](images),
+        "ptq.quantize_dynamic": lambda: ptq.quantize_dynamic(model, 4, 4, "channel")(images),
+        "ptq.quantize_n2d2": lambda: ptq.quantize_n2d2(model, images, 4, 4, "channel")[0](images),
         "integer_model": lambda: integer_model.fake_quantized_model(
             integer_model.convert_digits_cnn(model, images))(images),
         "qat (ste, pact, lsq) to the integer model": lambda: [qat_to_integer(m) for m in ("ste", "pact", "lsq")],

@@ -72,7 +72,7 @@ qlib._reference.refuse_if_blocked = lambda name: None
 qlib.weights.fake_quantize_weights = lambda model, *a, **k: copy.deepcopy(model)
 qlib.fake_quantize_weights = qlib.weights.fake_quantize_weights
 
-def fake_quantize_weights(model, bits, per_channel):
+def fake_quantize_weights(model, bits, granularity):
     return copy.deepcopy(model)
 '''}}, "test_fake_quantize_weights"),
     "always_equal_object": ({"cells": {"quantize": '''
@@ -176,7 +176,7 @@ def quantize(x, scale, zero_point, qmin, qmax):
             pass
 '''}}, "test_quantize"),
     "memory_bomb": ({"cells": {"fake_quantize_weights": '''
-def fake_quantize_weights(model, bits, per_channel):
+def fake_quantize_weights(model, bits, granularity):
     hog = []
     while True:
         hog.append(bytearray(2**28))
@@ -184,7 +184,7 @@ def fake_quantize_weights(model, bits, per_channel):
     "process_bomb": ({"cells": {"fake_quantize_weights": '''
 import os, time
 
-def fake_quantize_weights(model, bits, per_channel):
+def fake_quantize_weights(model, bits, granularity):
     while True:
         if os.fork() == 0:
             time.sleep(1000)

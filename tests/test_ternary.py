@@ -49,18 +49,18 @@ def _brute_force_min_error(w: np.ndarray) -> float:
 
 def test_ternarize_by_hand():
     w = torch.tensor([1.0, -0.2, 0.5, -2.0, 0.05, 0.3])
-    t, alpha, delta = ternarize(w, per_channel=False)
+    t, alpha, delta = ternarize(w, granularity="tensor")
     # mean |w| = 4.05 / 6 = 0.675, delta = 0.4725; kept: 1, 0.5, -2; alpha = 3.5 / 3
     assert delta.item() == pytest.approx(0.4725, rel=1e-6)
     assert t.tolist() == [1, 0, 1, -1, 0, 0] and t.dtype == torch.int8
     assert alpha.item() == pytest.approx(3.5 / 3, rel=1e-6)
-    assert torch.allclose(fake_ternarize(w, per_channel=False), alpha * t.float())
+    assert torch.allclose(fake_ternarize(w, granularity="tensor"), alpha * t.float())
 
 
 def test_weight_exactly_at_the_threshold_becomes_zero():
     # mean |w| = 10 and float32(0.7) * 10 rounds to exactly 7.0: the weights of magnitude 7 sit on it
     w = torch.tensor([7.0, -13.0, -7.0, 13.0])
-    t, alpha, delta = ternarize(w, per_channel=False)
+    t, alpha, delta = ternarize(w, granularity="tensor")
     assert delta.item() == 7.0
     assert t.tolist() == [0, -1, 0, 1] and alpha.item() == 13.0
 
@@ -79,7 +79,7 @@ def test_per_channel_equals_per_tensor_on_each_channel(shape):
     w = _randn(shape, 2)
     t, alpha, delta = ternarize(w)
     for c in range(shape[0]):
-        tc, ac, dc = ternarize(w[c], per_channel=False)
+        tc, ac, dc = ternarize(w[c], granularity="tensor")
         assert torch.equal(t[c], tc) and alpha[c] == ac and delta[c] == dc
     # and against float64 numpy: delta = 0.7 mean|w|, alpha = mean of the kept magnitudes
     rows = np.abs(w.numpy().astype(np.float64)).reshape(shape[0], -1)
@@ -93,7 +93,7 @@ def test_per_channel_equals_per_tensor_on_each_channel(shape):
 @pytest.mark.parametrize("seed", range(6))
 def test_twn_alpha_is_the_best_scale_for_its_pattern(seed):
     w = (_randn((41,), 20 + seed) * (1 + seed)).numpy()
-    t, alpha, _ = ternarize(torch.from_numpy(w), per_channel=False)
+    t, alpha, _ = ternarize(torch.from_numpy(w), granularity="tensor")
     grid = np.linspace(0.0, 2 * np.abs(w).max(), 40001)
     tt = t.numpy().astype(np.float64)
     errors = ((w[None, :].astype(np.float64) - grid[:, None] * tt[None, :]) ** 2).sum(axis=1)
@@ -115,21 +115,21 @@ def _small_tensors():
 @pytest.mark.parametrize("w", _small_tensors(), ids=lambda w: f"n{w.size}")
 def test_optimal_ternary_matches_brute_force_over_all_patterns(w):
     best = _brute_force_min_error(w)
-    t, alpha, delta = optimal_ternary(torch.from_numpy(w.astype(np.float32)), per_channel=False)
+    t, alpha, delta = optimal_ternary(torch.from_numpy(w.astype(np.float32)), granularity="tensor")
     assert _error(w, t.numpy(), alpha) == pytest.approx(best, rel=1e-6, abs=1e-9)
     # the support is cut by the threshold: |w| > delta
     assert torch.equal(t, (torch.sign(torch.from_numpy(w)) * (torch.from_numpy(np.abs(w)) > delta)).to(torch.int8))
     # and TWN's rule of thumb is never better than the optimum
-    tw, aw, _ = ternarize(torch.from_numpy(w.astype(np.float32)), per_channel=False)
+    tw, aw, _ = ternarize(torch.from_numpy(w.astype(np.float32)), granularity="tensor")
     assert _error(w, tw.numpy(), aw) >= best - 1e-6 * max(best, 1.0)
 
 
 def test_optimal_ternary_by_hand_prefers_the_smaller_support():
     # sorted magnitudes 3, 1, 1: S_k^2 / k = 9, 8, 25/3; k = 1 wins; delta = 1 leaves both 1s out
-    t, alpha, delta = optimal_ternary(torch.tensor([3.0, 1.0, -1.0]), per_channel=False)
+    t, alpha, delta = optimal_ternary(torch.tensor([3.0, 1.0, -1.0]), granularity="tensor")
     assert t.tolist() == [1, 0, 0] and alpha.item() == 3.0 and delta.item() == 1.0
     # 2, 2 and 1: S_k^2/k = 4, 8, 25/3: keep all three, delta 0
-    t, alpha, delta = optimal_ternary(torch.tensor([2.0, -2.0, 1.0]), per_channel=False)
+    t, alpha, delta = optimal_ternary(torch.tensor([2.0, -2.0, 1.0]), granularity="tensor")
     assert t.tolist() == [1, -1, 1] and alpha.item() == pytest.approx(5 / 3) and delta.item() == 0.0
 
 
@@ -137,7 +137,7 @@ def test_twn_rule_of_thumb_against_the_closed_form_optima():
     """TWN's 0.7 lies between the exact optima: (2/3) E|w| (uniform) and about 0.767 E|w| (normal)."""
     gen = torch.Generator().manual_seed(0)
     uniform = torch.rand(200_000, generator=gen) * 2 - 1
-    _, _, delta = optimal_ternary(uniform, per_channel=False)
+    _, _, delta = optimal_ternary(uniform, granularity="tensor")
     assert delta.item() / uniform.abs().mean().item() == pytest.approx(2 / 3, abs=0.01)
 
     # normal: maximize E[|w|; |w| > d]^2 / P(|w| > d) = (2 phi(d))^2 / erfc(d / sqrt 2) over d (sigma = 1)
@@ -148,7 +148,7 @@ def test_twn_rule_of_thumb_against_the_closed_form_optima():
     ratio = d_star / math.sqrt(2 / math.pi)  # E|w| = sigma sqrt(2/pi)
     assert ratio == pytest.approx(0.767, abs=0.002)
     normal = torch.randn(200_000, generator=gen)
-    _, _, delta = optimal_ternary(normal, per_channel=False)
+    _, _, delta = optimal_ternary(normal, granularity="tensor")
     assert delta.item() / normal.abs().mean().item() == pytest.approx(ratio, abs=0.01)
 
 
@@ -156,7 +156,7 @@ def test_optimal_ternary_per_channel_equals_each_channel_alone():
     w = _randn((6, 3, 3), 9)
     t, alpha, delta = optimal_ternary(w)
     for c in range(6):
-        tc, ac, dc = optimal_ternary(w[c], per_channel=False)
+        tc, ac, dc = optimal_ternary(w[c], granularity="tensor")
         assert torch.equal(t[c], tc) and alpha[c] == ac and delta[c] == dc
 
 
@@ -179,8 +179,8 @@ def test_ternarize_ste_gradient_equals_the_detach_expression():
 def test_ternary_storage_by_hand():
     assert ternary_storage_bits((16, 1, 3, 3)) == 2 * 144 + 32 * 16 == 800
     assert ternary_storage_bits((16, 1, 3, 3), packing="base3") == 8 * 29 + 32 * 16 == 744
-    assert ternary_storage_bits((64, 512), per_channel=False, packing="base3") == 8 * math.ceil(32768 / 5) + 32
-    assert ternary_storage_bits((5,), per_channel=False, packing="base3") == 8 + 32
+    assert ternary_storage_bits((64, 512), granularity="tensor", packing="base3") == 8 * math.ceil(32768 / 5) + 32
+    assert ternary_storage_bits((5,), granularity="tensor", packing="base3") == 8 + 32
 
 
 def test_pack_ternary_by_hand_and_against_python_base3():
@@ -193,7 +193,7 @@ def test_pack_ternary_by_hand_and_against_python_base3():
     expected = [int("".join(str(d) for d in group[::-1]), 3) for group in padded.reshape(-1, 5)]
     assert packed.tolist() == expected
     assert np.array_equal(unpack_ternary(packed, 1003), t)
-    assert ternary_storage_bits((1003,), per_channel=False, packing="base3") - 32 == 8 * packed.size
+    assert ternary_storage_bits((1003,), granularity="tensor", packing="base3") - 32 == 8 * packed.size
 
 
 def test_packing_a_ternarized_layer_round_trips():
@@ -237,4 +237,4 @@ def test_ternarize_is_blocked_while_a_lab_is_graded():
     with blocked(["ternarize"]):
         with pytest.raises(ReferenceUnavailable):
             ternarize(torch.ones(3))
-        assert torch.equal(fake_ternarize(torch.ones(3), per_channel=False), torch.ones(3))
+        assert torch.equal(fake_ternarize(torch.ones(3), granularity="tensor"), torch.ones(3))

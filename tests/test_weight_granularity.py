@@ -173,8 +173,8 @@ def test_model_copy_changes_only_the_layer_weights(cnn):
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_tensor_and_channel_schemes_agree_with_the_chapter_3_function(cnn, bits):
-    for per_channel, granularity in ((False, "tensor"), (True, "channel")):
-        a = fake_quantize_weights(cnn, bits, per_channel).state_dict()
+    for granularity in ("tensor", "channel"):
+        a = fake_quantize_weights(cnn, bits, granularity).state_dict()
         b = fake_quantize_model_weights(cnn, bits, WeightScheme(granularity, granularity)).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -380,24 +380,38 @@ def check_quantize_per_channel(quantize_per_channel, seed=None):
 
 # --- Task 7: the experiment -----------------------------------------------------------------
 
+def _fake_quantize_weights_hint(key, got, original, bits, granularity, model) -> str:
+    """Why the weight ``key`` differs: not quantized, or quantized at the other granularity."""
+    if np.allclose(got, original):
+        return "this layer's weight was not quantized."
+    other = "channel" if granularity == "tensor" else "tensor"
+    at_other = ref_weights.fake_quantize_weights(model, bits, other).state_dict()[key].numpy()
+    if np.allclose(got, at_other, rtol=1e-5, atol=1e-7):
+        return (f'this is the weight quantized with granularity="{other}", but the call asked for '
+                f'"{granularity}". Compare the string (granularity == "channel"): `if granularity:` is '
+                "true for any non-empty string.")
+    how = "per output channel (axis 0)" if granularity == "channel" else "with one scale per tensor"
+    return f"quantize every Linear and Conv2d weight symmetrically to {bits} bits {how}."
+
+
 def check_fake_quantize_weights(fake_quantize_weights, seed=None):
-    """Task 7: fake-quantized copies of the digits models."""
+    """Task 7: fake-quantized copies of the digits models, granularity "tensor" or "channel"."""
     from qlib.data import load_digits
     from qlib.models import accuracy, load_pretrained
 
     task = "fake_quantize_weights"
     test = load_digits("test")
     if seed is None:
-        cases = [("cnn", 4, True)]
+        cases = [("cnn", 4, "channel"), ("cnn", 4, "tensor")]
     else:
-        cases = [("cnn", 8, False), ("cnn", 3, True), ("cnn", 2, False), ("mlp", 2, True), ("mlp", 4, False)]
-    for name, bits, per_channel in cases:
+        cases = [("cnn", 8, "tensor"), ("cnn", 3, "channel"), ("cnn", 2, "tensor"), ("mlp", 2, "channel"),
+                 ("mlp", 4, "tensor")]
+    for name, bits, granularity in cases:
         model = load_pretrained(name)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        expected = ref_weights.fake_quantize_weights(model, bits, per_channel)
-        got = _run(task, fake_quantize_weights, model, bits, per_channel, seconds=60.0)
-        granularity = "per-channel" if per_channel else "per-tensor"
-        where = f"the {name.upper()} at {bits} bits, {granularity}"
+        expected = ref_weights.fake_quantize_weights(model, bits, granularity)
+        got = _run(task, fake_quantize_weights, model, bits, granularity, seconds=60.0)
+        where = f'the {name.upper()} at {bits} bits, granularity="{granularity}"'
         if not isinstance(got, torch.nn.Module):
             fail(f"{task}: should return a model (torch.nn.Module), got {type(got).__name__}.")
         if any(not torch.equal(before[k], v) for k, v in model.state_dict().items()):
@@ -412,11 +426,7 @@ def check_fake_quantize_weights(fake_quantize_weights, seed=None):
                 step = np.abs(np.diff(np.unique(e))).min() if np.unique(e).size > 1 else 1.0
                 off = ~np.isclose(g, e, rtol=1e-5, atol=1e-6 * step)
                 if off.mean() > 0.002 or (np.abs(g - e)[off] > 1.01 * step).any():
-                    if np.allclose(g, orig):
-                        hint = "this layer's weight was not quantized."
-                    else:
-                        hint = (f"quantize every Linear and Conv2d weight symmetrically to {bits} bits "
-                                f"{'per output channel (axis 0)' if per_channel else 'with one scale per tensor'}.")
+                    hint = _fake_quantize_weights_hint(key, g, orig, bits, granularity, model)
                     prefix = f"{task} ({where})" if seed is None else f"{HIDDEN} for {task} ({where})"
                     fail(f"{prefix}: {key} differs from the expected fake-quantized weight. Hint: {hint}")
             elif not np.allclose(g, e, rtol=1e-6, atol=1e-7):

@@ -36,20 +36,22 @@ def _tuple(value, n, names, task):
     return value
 
 
-def _scale_shape(w: torch.Tensor, per_channel: bool) -> tuple:
-    return (w.shape[0],) if per_channel else ()
+def _scale_shape(w: torch.Tensor, granularity: str) -> tuple:
+    return (w.shape[0],) if granularity == "channel" else ()
 
 
-def _as_scale(value, what, task, w, per_channel, seed, hint=""):
+def _as_scale(value, what, task, w, granularity, seed, hint=""):
     """The student's alpha or delta as an array of the expected shape ([C] per channel, () per tensor)."""
     arr = as_array(value, what, task, nan_hint=hint)
-    expected = _scale_shape(w, per_channel)
-    if per_channel and arr.size == 1 and w.shape[0] > 1:
+    expected = _scale_shape(w, granularity)
+    if granularity == "channel" and arr.size == 1 and w.shape[0] > 1:
         where = "" if seed is not None else f" ({w.shape[0]} for a weight of shape {tuple(w.shape)})"
-        fail(f"{task}: {what} is one number, but per_channel=True asks for one {what} per output channel"
+        fail(f'{task}: {what} is one number, but granularity="channel" asks for one {what} per output channel'
              f"{where}: take the mean over each w[c].")
-    if not per_channel and arr.size != 1:
-        fail(f"{task}: per_channel=False asks for a single {what} for the whole tensor, got {arr.size} values.")
+    if granularity == "tensor" and arr.size != 1:
+        fail(f'{task}: granularity="tensor" asks for a single {what} for the whole tensor, got {arr.size} values. '
+             'Hint: compare the string (granularity == "channel"); `if granularity:` is true for any '
+             'non-empty string, "tensor" included.')
     if arr.size != int(np.prod(expected)):
         fail(f"{task}: expected one {what} per output channel (w.shape[0] values), got {arr.size}"
              + (f" for a weight of shape {tuple(w.shape)}." if seed is None else "."))
@@ -66,18 +68,18 @@ def _codes(value, what, task, w, seed):
     return arr
 
 
-def _mismatch(task, kind, w, per_channel, seed, expected: dict, got: dict, hint: str):
+def _mismatch(task, kind, w, granularity, seed, expected: dict, got: dict, hint: str):
     """Fail with the input, the expected and the returned values (visible case) or only the hint (hidden)."""
     if seed is None:
         def values(d):
             return ", ".join(f"{name} = {fmt(v)}" for name, v in d.items())
-        fail(f"{task}({_where(w, per_channel)}) on {kind}, w = {fmt(w.numpy())}:\n"
+        fail(f"{task}({_where(w, granularity)}) on {kind}, w = {fmt(w.numpy())}:\n"
              f"expected {values(expected)}\ngot      {values(got)}\nHint: {hint}")
-    fail(f"{HIDDEN} for {task} on {kind} (per_channel={per_channel}). Hint: {hint}")
+    fail(f'{HIDDEN} for {task} on {kind} (granularity="{granularity}"). Hint: {hint}')
 
 
-def _where(w, per_channel):
-    return f"w of shape {tuple(w.shape)}, per_channel={per_channel}"
+def _where(w, granularity):
+    return f'w of shape {tuple(w.shape)}, granularity="{granularity}"'
 
 
 def _random_weight(gen: torch.Generator, shape, i):
@@ -99,11 +101,11 @@ SHAPES = [(16, 1, 3, 3), (8, 12), (5, 4, 3, 3), (10, 64), (6, 1), (3, 2, 5)]
 
 def _binarize_cases(seed):
     if seed is None:
-        return [("the example above", torch.tensor([0.8, -0.3, 0.0, -1.3]), False),
+        return [("the example above", torch.tensor([0.8, -0.3, 0.0, -1.3]), "tensor"),
                 ("a small matrix, one row per output channel",
-                 torch.tensor([[1.0, -3.0, 0.5], [0.0, 0.0, 0.0], [-0.5, 0.25, -0.75]]), True),
+                 torch.tensor([[1.0, -3.0, 0.5], [0.0, 0.0, 0.0], [-0.5, 0.25, -0.75]]), "channel"),
                 ("a convolution weight", torch.randn((4, 2, 3, 3), generator=torch.Generator().manual_seed(8)),
-                 True)]
+                 "channel")]
     gen = torch.Generator().manual_seed(seed)
     cases = []
     for i in range(24):
@@ -111,11 +113,11 @@ def _binarize_cases(seed):
         if i % 5 == 3:
             w[0] = 0.0  # an all-zero output channel
         kind = "with exact zeros" + (" and an all-zero channel" if i % 5 == 3 else "")
-        cases.append((f"random weights {kind}", w, i % 3 != 0))
+        cases.append((f"random weights {kind}", w, "channel" if i % 3 else "tensor"))
     return cases
 
 
-def _binarize_hint(w, per_channel, b, alpha, b_ref, alpha_ref) -> str:
+def _binarize_hint(w, granularity, b, alpha, b_ref, alpha_ref) -> str:
     if not np.array_equal(b, b_ref):
         if (b == 0).any():
             return ("b holds 0 where w is 0: one bit has only +1 and -1, and sign(0) is +1 here "
@@ -124,7 +126,7 @@ def _binarize_hint(w, per_channel, b, alpha, b_ref, alpha_ref) -> str:
             return "b has the opposite sign: +1 where w >= 0, -1 where w < 0."
         return "b = +1 where w >= 0 and -1 where w < 0."
     wn = w.numpy().astype(np.float64)
-    rows = wn.reshape(wn.shape[0], -1) if per_channel else wn.reshape(1, -1)
+    rows = wn.reshape(wn.shape[0], -1) if granularity == "channel" else wn.reshape(1, -1)
     variants = {
         "alpha is the largest |w|: the best scale is the MEAN of |w| (see the derivation above).":
             np.abs(rows).max(axis=1),
@@ -135,75 +137,75 @@ def _binarize_hint(w, per_channel, b, alpha, b_ref, alpha_ref) -> str:
     for hint, v in variants.items():
         if v.size == alpha.size and np.allclose(alpha.reshape(-1), v.reshape(-1), rtol=RTOL, atol=1e-12):
             return hint
-    return "alpha = mean |w| over each output channel (per_channel=True) or over the whole tensor."
+    return 'alpha = mean |w| over each output channel (granularity="channel") or over the whole tensor ("tensor").'
 
 
 def check_binarize(binarize, seed=None):
     """Task 1: b = sign(w) with sign(0) = +1, alpha = mean |w| per output channel or per tensor."""
     task = "binarize"
     cases = _binarize_cases(seed)
-    for kind, w, per_channel in cases:
-        b_ref, alpha_ref = (t.numpy() for t in ref_binary.binarize(w, per_channel))
-        got = _tuple(_run(task, binarize, w.clone(), per_channel), 2, ("b", "alpha"), task)
+    for kind, w, granularity in cases:
+        b_ref, alpha_ref = (t.numpy() for t in ref_binary.binarize(w, granularity))
+        got = _tuple(_run(task, binarize, w.clone(), granularity), 2, ("b", "alpha"), task)
         b = _codes(got[0], "b", task, w, seed)
-        alpha = _as_scale(got[1], "alpha", task, w, per_channel, seed,
+        alpha = _as_scale(got[1], "alpha", task, w, granularity, seed,
                           hint="an all-zero channel has mean |w| = 0: alpha 0, no division needed.")
         ok = np.array_equal(b, b_ref) and np.allclose(alpha, alpha_ref, rtol=RTOL, atol=1e-30)
         if not ok:
-            _mismatch(task, kind, w, per_channel, seed, {"b": b_ref, "alpha": alpha_ref}, {"b": b, "alpha": alpha},
-                      _binarize_hint(w, per_channel, b, alpha, b_ref, alpha_ref))
+            _mismatch(task, kind, w, granularity, seed, {"b": b_ref, "alpha": alpha_ref}, {"b": b, "alpha": alpha},
+                      _binarize_hint(w, granularity, b, alpha, b_ref, alpha_ref))
     passed(task, len(cases), hidden=seed is not None)
 
 
 # --- Task 2: ternarize -----------------------------------------------------------------------------
 
-def _clear_of_threshold(w: torch.Tensor, per_channel: bool) -> bool:
+def _clear_of_threshold(w: torch.Tensor, granularity: str) -> bool:
     """True if no |w| lies within a relative 1e-4 of its threshold (float32 and float64 agree there)."""
-    _, _, delta = ref_ternary.ternarize(w, per_channel)
-    d = delta.reshape((-1,) + (1,) * (w.ndim - 1)) if per_channel else delta
+    _, _, delta = ref_ternary.ternarize(w, granularity)
+    d = delta.reshape((-1,) + (1,) * (w.ndim - 1)) if granularity == "channel" else delta
     gap = (w.abs() - d).abs()
     return bool(((gap > 1e-4 * d) | (d == 0)).all())   # an all-zero channel has delta 0 and t 0: no doubt
 
 
-def _on_threshold(gen: torch.Generator, per_channel: bool):
+def _on_threshold(gen: torch.Generator, granularity: str):
     """Weights of which some sit exactly on the threshold: each channel is 2^k * (7, -13, -7, 13, ...)."""
     rows = []
-    for c in range(3 if per_channel else 1):
+    for c in range(3 if granularity == "channel" else 1):
         k = int(torch.randint(-6, 6, (1,), generator=gen))
         base = torch.tensor([7.0, -13.0, -7.0, 13.0, 7.0, -13.0])[torch.randperm(6, generator=gen)]
         rows.append(base * 2.0**k)   # mean |w| = 10 * 2^k; float32(0.7) * 10 * 2^k = 7 * 2^k exactly
     w = torch.stack(rows)
-    return w if per_channel else w.reshape(-1)
+    return w if granularity == "channel" else w.reshape(-1)
 
 
 def _ternarize_cases(seed):
     if seed is None:
-        return [("the example above", torch.tensor([1.0, -0.2, 0.5, -2.0, 0.05, 0.3]), False),
+        return [("the example above", torch.tensor([1.0, -0.2, 0.5, -2.0, 0.05, 0.3]), "tensor"),
                 ("weights on the threshold: mean |w| = 10, so delta = 7 exactly",
-                 torch.tensor([7.0, -13.0, -7.0, 13.0]), False),
+                 torch.tensor([7.0, -13.0, -7.0, 13.0]), "tensor"),
                 ("a matrix with an all-zero output channel",
-                 torch.tensor([[7.0, -13.0], [0.0, 0.0], [1.0, -0.25]]), True)]
+                 torch.tensor([[7.0, -13.0], [0.0, 0.0], [1.0, -0.25]]), "channel")]
     gen = torch.Generator().manual_seed(seed)
     cases = []
     for i in range(200):
         if len(cases) == 24:
             break
-        per_channel = i % 3 != 0
+        granularity = "channel" if i % 3 else "tensor"
         w = _random_weight(gen, SHAPES[i % len(SHAPES)], i)
         zero_channel = i % 5 == 3
         if zero_channel:
             w[0] = 0.0
-        if _clear_of_threshold(w, per_channel):
-            cases.append(("random weights" + (" with an all-zero channel" if zero_channel else ""), w, per_channel))
-    for per_channel in (False, True):
-        cases.append(("weights exactly on the threshold |w| = delta", _on_threshold(gen, per_channel), per_channel))
+        if _clear_of_threshold(w, granularity):
+            cases.append(("random weights" + (" with an all-zero channel" if zero_channel else ""), w, granularity))
+    for granularity in ("tensor", "channel"):
+        cases.append(("weights exactly on the threshold |w| = delta", _on_threshold(gen, granularity), granularity))
     return cases
 
 
-def _ternarize_hint(w, per_channel, t, alpha, delta, refs) -> str:
+def _ternarize_hint(w, granularity, t, alpha, delta, refs) -> str:
     t_ref, alpha_ref, delta_ref = refs
     wn = w.numpy().astype(np.float64)
-    rows = np.abs(wn.reshape(wn.shape[0], -1) if per_channel else wn.reshape(1, -1))
+    rows = np.abs(wn.reshape(wn.shape[0], -1) if granularity == "channel" else wn.reshape(1, -1))
     mean = rows.mean(axis=1)
     if not np.allclose(delta.reshape(-1), delta_ref.reshape(-1), rtol=RTOL, atol=1e-30):
         if np.allclose(delta.reshape(-1), 0.7 * rows.max(axis=1), rtol=RTOL):
@@ -211,7 +213,7 @@ def _ternarize_hint(w, per_channel, t, alpha, delta, refs) -> str:
         if np.allclose(delta.reshape(-1), 0.7 * (wn.reshape(rows.shape)).mean(axis=1), rtol=RTOL):
             return "delta uses the mean of w; take the mean of |w|."
         return "delta = 0.7 * mean |w| over each output channel (or the whole tensor)."
-    d = delta_ref.reshape((-1,) + (1,) * (wn.ndim - 1)) if per_channel else delta_ref
+    d = delta_ref.reshape((-1,) + (1,) * (wn.ndim - 1)) if granularity == "channel" else delta_ref
     if not np.array_equal(t, t_ref):
         at = np.abs(wn) == d
         if at.any() and np.array_equal(t[~at], t_ref[~at]):
@@ -231,19 +233,19 @@ def check_ternarize(ternarize, seed=None):
     """Task 2: TWN: delta = 0.7 mean|w|, t in {-1, 0, 1} with a strict threshold, alpha = mean |w| above it."""
     task = "ternarize"
     cases = _ternarize_cases(seed)
-    for kind, w, per_channel in cases:
-        refs = tuple(t.numpy() for t in ref_ternary.ternarize(w, per_channel))
+    for kind, w, granularity in cases:
+        refs = tuple(t.numpy() for t in ref_ternary.ternarize(w, granularity))
         t_ref, alpha_ref, delta_ref = refs
-        got = _tuple(_run(task, ternarize, w.clone(), per_channel), 3, ("t", "alpha", "delta"), task)
+        got = _tuple(_run(task, ternarize, w.clone(), granularity), 3, ("t", "alpha", "delta"), task)
         t = _codes(got[0], "t", task, w, seed)
         zero_hint = "a channel with no weight above delta gets alpha = 0 (do not divide 0 by 0)."
-        alpha = _as_scale(got[1], "alpha", task, w, per_channel, seed, hint=zero_hint)
-        delta = _as_scale(got[2], "delta", task, w, per_channel, seed)
+        alpha = _as_scale(got[1], "alpha", task, w, granularity, seed, hint=zero_hint)
+        delta = _as_scale(got[2], "delta", task, w, granularity, seed)
         ok = (np.array_equal(t, t_ref) and np.allclose(alpha, alpha_ref, rtol=RTOL, atol=1e-30)
               and np.allclose(delta, delta_ref, rtol=RTOL, atol=1e-30))
         if not ok:
-            _mismatch(task, kind, w, per_channel, seed, {"t": t_ref, "alpha": alpha_ref, "delta": delta_ref},
-                      {"t": t, "alpha": alpha, "delta": delta}, _ternarize_hint(w, per_channel, t, alpha, delta, refs))
+            _mismatch(task, kind, w, granularity, seed, {"t": t_ref, "alpha": alpha_ref, "delta": delta_ref},
+                      {"t": t, "alpha": alpha, "delta": delta}, _ternarize_hint(w, granularity, t, alpha, delta, refs))
     passed(task, len(cases), hidden=seed is not None)
 
 
