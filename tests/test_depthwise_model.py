@@ -31,6 +31,8 @@ from qlib.models import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The depthwise CNN's (convolution, batch norm) pairs, read off its definition by hand.
+DEPTHWISE_PAIRS = [("conv1", "bn1"), ("dw1", "bn2"), ("pw1", "bn3"), ("dw2", "bn4"), ("pw2", "bn5")]
 #: sha256 of the shipped state (names and float32 bytes, in state-dict order), recorded once from
 #: ``python scripts/train_depthwise.py``. Retraining with other settings changes it: update it then.
 SHIPPED_STATE_SHA256 = "dc024112cf7130756d89fa993168b0d42ed0a4ee29aa2159c463ada06321396a"
@@ -54,21 +56,24 @@ def _accuracy(model, data) -> float:
 def _torch_folded(model):
     """Every batch norm folded into its convolution by PyTorch's own fusion."""
     folded = copy.deepcopy(model).eval()
-    for conv_name, bn_name in DepthwiseDigitsCNN.BATCHNORM_PAIRS:
+    for conv_name, bn_name in DEPTHWISE_PAIRS:
         fused = fuse_conv_bn_eval(getattr(folded, conv_name), getattr(folded, bn_name))
         setattr(folded, conv_name, fused)
         setattr(folded, bn_name, nn.Identity())
     return folded
 
 
-def _torch_int8_weights(model, per_channel: bool):
-    """Symmetric signed 8-bit weights (scale max|w| / 127, round half to even) by torch's kernels."""
+def _torch_int8_weights(model, granularity: str):
+    """Symmetric signed 8-bit weights (scale max|w| / 127, round half to even) by torch's kernels.
+
+    ``granularity``: ``"channel"``, one scale per output channel, or ``"tensor"``, one per weight.
+    """
     quantized = copy.deepcopy(model)
     with torch.no_grad():
         for module in quantized.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 w = module.weight
-                if per_channel:
+                if granularity == "channel":
                     scale = w.reshape(w.shape[0], -1).abs().amax(dim=1) / 127
                     q = torch.fake_quantize_per_channel_affine(
                         w, scale, torch.zeros(w.shape[0], dtype=torch.int32), 0, -128, 127)
@@ -123,13 +128,13 @@ def test_fp32_accuracy(model, test_set):
 
 def test_per_tensor_int8_fails(model, test_set):
     fp32 = _accuracy(model, test_set)
-    per_tensor = _accuracy(_torch_int8_weights(_torch_folded(model), per_channel=False), test_set)
+    per_tensor = _accuracy(_torch_int8_weights(_torch_folded(model), "tensor"), test_set)
     assert per_tensor <= fp32 - 0.40, f"per-tensor int8 {per_tensor:.4f} is not 40 points below FP32 {fp32:.4f}"
 
 
 def test_per_channel_int8_recovers(model, test_set):
     fp32 = _accuracy(model, test_set)
-    per_channel = _accuracy(_torch_int8_weights(_torch_folded(model), per_channel=True), test_set)
+    per_channel = _accuracy(_torch_int8_weights(_torch_folded(model), "channel"), test_set)
     assert abs(per_channel - fp32) <= 0.01, f"per-channel int8 {per_channel:.4f} against FP32 {fp32:.4f}"
 
 
@@ -139,14 +144,14 @@ def test_the_spread_sits_in_dw1(model, test_set):
     ranges = folded.dw1.weight.detach().reshape(16, -1).abs().amax(dim=1)
     assert int(ranges.argmax()) == DEPTHWISE_WIDENED_CHANNEL and (ranges.max() / ranges.min()).item() > 100
     dw1_only = copy.deepcopy(folded)
-    dw1_only.dw1 = _torch_int8_weights(nn.Sequential(folded.dw1), per_channel=False)[0]
+    dw1_only.dw1 = _torch_int8_weights(nn.Sequential(folded.dw1), "tensor")[0]
     assert _accuracy(dw1_only, test_set) <= _accuracy(model, test_set) - 0.40
     trained = rescale_depthwise_channels(model, 1 / depthwise_widening())
     trained_folded = _torch_folded(trained)
     spread = trained_folded.dw1.weight.detach().reshape(16, -1).abs().amax(dim=1)
     assert int(spread.argmax()) == DEPTHWISE_WIDENED_CHANNEL   # the rule the training script states
     assert (spread.max() / spread.min()).item() < 10
-    trained_per_tensor = _accuracy(_torch_int8_weights(trained_folded, per_channel=False), test_set)
+    trained_per_tensor = _accuracy(_torch_int8_weights(trained_folded, "tensor"), test_set)
     assert trained_per_tensor >= _accuracy(model, test_set) - 0.01
 
 
