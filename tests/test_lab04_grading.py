@@ -9,7 +9,7 @@ from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests,
 LAB = "lab04_ptq_granularity"
 POINTS = {"test_quantize_per_group": 4, "test_dequantize_per_group": 2, "test_mxint_quantize": 4,
           "test_scale_bits_per_weight": 3, "test_codes_of_a_narrow_row": 2, "test_what_per_channel_misses": 2,
-          "test_design": 4}
+          "test_why_input_scales_cost": 2, "test_design": 4}
 WRITTEN = {"mx_or_groups": 2}
 
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
@@ -79,6 +79,8 @@ def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, 
                            "codes_of_a_narrow_row = 2 * round(2.55) + 1\n"),
     "outlier_rows_still_bad": Wrong("what_per_channel_misses", "test_what_per_channel_misses",
                                     "gets a scale 100 times larger", 'what_per_channel_misses = "a"\n'),
+    "input_scales_only_cost_storage": Wrong("why_input_scales_cost", "test_why_input_scales_cost",
+                                            "about the arithmetic", 'why_input_scales_cost = "a"\n'),
     "design_over_budget": Wrong("design", "test_design", "over the budget of 4.5",
                                 'design = {"granularity": "group", "bits": 4, "group_size": 16, "scale_bits": 16}\n'),
     "design_group_without_size": Wrong("design", "test_design", "needs a group_size",
@@ -158,6 +160,7 @@ def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, 
 OTHER_SPELLINGS = {
     "codes_of_a_narrow_row": "import numpy\ncodes_of_a_narrow_row = numpy.int64(3)\n",
     "what_per_channel_misses": 'what_per_channel_misses = " (B) "\n',
+    "why_input_scales_cost": "why_input_scales_cost = 'B.'\n",
     "design": 'design = dict(granularity="group", bits=4, group_size=32, scale_bits=16)\n',  # 4.5 bits, error 0.027
 }
 
@@ -211,7 +214,7 @@ def scale_bits_per_weight(shape, granularity, group_size=None, scale_bits=None, 
 
 
 class TestLab04Grading(LabGradingTests, DesignTargetTests):
-    LAB, POINTS, N_STUBS, WRITTEN = LAB, POINTS, 7, WRITTEN
+    LAB, POINTS, N_STUBS, WRITTEN = LAB, POINTS, 8, WRITTEN
     WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, {**NUMPY_ANSWERS, **OTHER_SPELLINGS}, "hard_coded_visible_cases"
     CHOICE = Choice("what_per_channel_misses", "test_what_per_channel_misses", "what_per_channel_misses")
     PARTIAL = PARTIAL

@@ -392,6 +392,16 @@ def check_what_per_channel_misses(answer):
     })
 
 
+def check_why_input_scales_cost(answer):
+    """Question 3: a scale per input column does not factor out of the integer dot product."""
+    check_choice("Question 3", answer, "b", hints={
+        "a": "Storage is small either way (256 scales against 64 here); the question is about the arithmetic: "
+             "where does the scale sit in the sum over the inputs?",
+        "c": "The weights are the same integers either way; what changes is where the scale is applied.",
+        "d": "The activations keep their one scale S_x. Write the output as a sum over j and see where S_j sits.",
+    })
+
+
 # --- Task 5: a scheme within a budget of bits per weight --------------------------------------------
 
 #: The budget of Task 5, in effective bits per weight (elements and scales).
