@@ -11,7 +11,7 @@ never the guarded ``quantize(...)``. The guarded name is for a reader's or a
 student's own call. Why: while a submission runs, the grader blocks the lab's
 references, and the submission may call what the lab hands out as tools (its
 set-up helpers: ``qlib.weights``' sweep, ``qlib.ptq``, the integer model of
-``qlib.integer_model``, ``qlib.mixed_precision.fake_quantize_weight`` ...),
+``qlib.integer_model``, ``qlib.mixed_precision.fake_quantize_any_width`` ...),
 which use those same references inside. The block is there to stop a student
 from calling the answer, not to break the tools; so no qlib code may depend on
 a guarded name, and then no block can reach it. The grader's own process

@@ -46,7 +46,8 @@ from torch.nn import functional as F
 from qlib._checks import as_float_tensor, check_bits, check_count
 from qlib.granularity import TENSOR_OR_CHANNEL, check_granularity
 from qlib.linear import integer_range
-from qlib.ptq import QUANTIZED_LAYERS, _layers_in_call_order, prepare, quantize_weight
+from qlib.folding import fold_every_batchnorm
+from qlib.ptq import QUANTIZED_LAYERS, _layers_in_call_order, quantize_weight
 
 ZETA = 1.1
 GAMMA = -0.1
@@ -203,8 +204,8 @@ def adaround_model(model: nn.Module, calibration_images: torch.Tensor, bits: int
     bits = check_bits(bits)
     check_granularity(granularity, TENSOR_OR_CHANNEL, "adaround_model")
     images = as_float_tensor(calibration_images, "calibration_images").to(torch.float32)
-    float_model = prepare(model)
-    quantized = prepare(model).requires_grad_(False)
+    float_model = fold_every_batchnorm(model)
+    quantized = fold_every_batchnorm(model).requires_grad_(False)
     qmin, qmax = integer_range.unguarded(bits, signed=True)
     results = []
     for k, name in enumerate(_layers_in_call_order(quantized, images)):
@@ -229,7 +230,7 @@ def nearest_model(model: nn.Module, bits: int = 4, granularity: str = "channel",
                   weight_calibrator="minmax") -> nn.Module:
     """The same grid as :func:`adaround_model`, every weight rounded to nearest (the baseline)."""
     check_granularity(granularity, TENSOR_OR_CHANNEL, "nearest_model")
-    quantized = prepare(model)
+    quantized = fold_every_batchnorm(model)
     with torch.no_grad():
         for _, layer in [(n, m) for n, m in quantized.named_modules() if isinstance(m, QUANTIZED_LAYERS)]:
             layer.weight.copy_(quantize_weight(layer.weight, bits, granularity, weight_calibrator)[0])

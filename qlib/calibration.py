@@ -28,9 +28,8 @@ rounded to a finer grid. One threshold serves both signs:
   first bins are empty, such as the 17 pixel levels of the digits (see :func:`kl_threshold`).
 
 Each has the same form ``calibrator(x, qmin, qmax) -> T`` through :func:`get_calibrator`,
-so an observer (:class:`ClippingObserver` and its subclasses below, built on
-:class:`qlib.observers.Observer`) or the PTQ pipeline (:mod:`qlib.ptq`) can take any
-of them, or a function of your own.
+so an observer (:class:`qlib.observers.ClippingObserver` and its subclasses) or the PTQ
+pipeline (:mod:`qlib.ptq`) can take any of them, or a function of your own.
 
 Ties: when several candidates reach the same smallest error or divergence, the
 smallest threshold wins (``torch.argmin`` returns the first).
@@ -47,7 +46,6 @@ from qlib._checks import as_float_tensor, check_axis, check_count, check_integer
 from qlib._reference import reference
 from qlib.kl_search import kl_divergences_by_prefix_sums
 from qlib.linear import MIN_SCALE
-from qlib.observers import Observer
 
 #: Number of histogram bins of the KL (entropy) calibration, as in TensorRT.
 KL_BINS = 2048
@@ -483,131 +481,3 @@ def calibrate_threshold(x, qmin: int, qmax: int, calibrator="minmax") -> float:
     if not (math.isfinite(threshold) and threshold >= 0):
         raise ValueError(f"the calibrator returned {threshold!r}; a clipping threshold must be finite and >= 0")
     return threshold
-
-
-# --- observers that clip ----------------------------------------------------------------------
-
-class ClippingObserver(Observer):
-    """An observer whose range is ``[-T, T]`` (``[0, T]`` if unsigned), ``T`` chosen by a calibrator.
-
-    It keeps every value it sees (calibration sets of this course are a few hundred
-    images; production tools keep a histogram instead) and asks ``calibrator(x, qmin, qmax)``
-    (a name of :data:`CALIBRATORS` or a function) for the threshold when the range is
-    needed. The scale then comes from the shared formula of :mod:`qlib.observers`,
-    symmetric: ``scale = T / qmax``, zero point 0. ``rmin`` and ``rmax`` still hold the
-    smallest and largest value seen, as in :class:`~qlib.observers.MinMaxObserver`.
-    """
-
-    def __init__(self, bits: int = 8, signed: bool = False, symmetric: bool = True, narrow: bool = False,
-                 calibrator="minmax", **options):
-        if not symmetric:
-            raise ValueError("a clipping observer chooses a symmetric threshold T: use symmetric=True")
-        super().__init__(bits, signed, True, narrow)
-        self.calibrator_name = calibrator if isinstance(calibrator, str) else getattr(calibrator, "__name__", "custom")
-        self.calibrator = get_calibrator(calibrator, **options) if isinstance(calibrator, str) else calibrator
-        if not callable(self.calibrator):
-            raise TypeError(f"calibrator must be a name or a function, got {calibrator!r}")
-        self._values: list[torch.Tensor] = []
-        self._threshold: torch.Tensor | None = None
-
-    def _update(self, x: torch.Tensor) -> None:
-        lo, hi = torch.aminmax(x)
-        if not self.observed:
-            self.rmin, self.rmax = lo, hi
-        else:
-            self.rmin, self.rmax = torch.minimum(self.rmin, lo), torch.maximum(self.rmax, hi)
-        self._values.append(x.reshape(-1).clone())
-        self._threshold = None
-
-    def values(self) -> torch.Tensor:
-        """Every value observed so far, flattened, in the order seen."""
-        if not self.observed:
-            raise RuntimeError(f"{type(self).__name__} has not seen any data yet")
-        return torch.cat(self._values)
-
-    def threshold(self) -> torch.Tensor:
-        """The clipping threshold ``T`` (float32), computed once per new data."""
-        if self._threshold is None:
-            t = calibrate_threshold(self.values(), self.qmin, self.qmax, self.calibrator)
-            self._threshold = torch.tensor(t, dtype=torch.float32)
-        return self._threshold
-
-    def _current_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        t = self.threshold()
-        return (-t if self.signed else torch.zeros_like(t)), t
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, calibrator={self.calibrator_name}"
-
-
-class PercentileObserver(ClippingObserver):
-    """Range ``[-T, T]`` with ``T`` the ``percentile``-th percentile of ``|x|`` (:func:`percentile_threshold`)."""
-
-    def __init__(self, bits: int = 8, signed: bool = False, symmetric: bool = True, narrow: bool = False,
-                 percentile: float = PERCENTILE):
-        super().__init__(bits, signed, symmetric, narrow, calibrator="percentile", percentile=percentile)
-
-
-class MSEObserver(ClippingObserver):
-    """Range ``[-T, T]`` with ``T`` the candidate of least quantization MSE (:func:`mse_threshold`)."""
-
-    def __init__(self, bits: int = 8, signed: bool = False, symmetric: bool = True, narrow: bool = False,
-                 n_candidates: int = MSE_CANDIDATES):
-        super().__init__(bits, signed, symmetric, narrow, calibrator="mse", n_candidates=n_candidates)
-
-
-class KLObserver(ClippingObserver):
-    """Range ``[-T, T]`` with ``T`` from TensorRT's entropy calibration (:func:`kl_threshold`).
-
-    The histogram has ``bins`` bins over ``[0, max|x|]`` and ``levels = qmax + 1`` quantized
-    bins. With ``ignore_zeros=True`` (the default) exact zeros are left out of the histogram:
-    they quantize to 0 exactly at every threshold, and after a ReLU they are half of all
-    values, a spike in bin 0 that the folding would smear over the first quantized bin and
-    so push the threshold far too low.
-    """
-
-    def __init__(self, bits: int = 8, signed: bool = False, symmetric: bool = True, narrow: bool = False,
-                 bins: int = KL_BINS, ignore_zeros: bool = True):
-        super().__init__(bits, signed, symmetric, narrow, calibrator="kl", bins=bins, ignore_zeros=ignore_zeros)
-
-
-class PerChannelClippingObserver(ClippingObserver):
-    """One clipping threshold per index along ``axis`` (e.g. per output channel of a weight).
-
-    ``threshold()``, ``range()`` and ``qparams()`` return vectors of length ``x.shape[axis]``;
-    channel ``c``'s threshold is the calibrator applied to every value of ``x.select(axis, c)``
-    seen so far.
-    """
-
-    def __init__(self, bits: int = 8, signed: bool = True, symmetric: bool = True, narrow: bool = False,
-                 calibrator="minmax", axis: int = 0, **options):
-        super().__init__(bits, signed, symmetric, narrow, calibrator, **options)
-        self.axis = axis
-
-    def _update(self, x: torch.Tensor) -> None:
-        axis = check_axis(x, self.axis)
-        flat = x.movedim(axis, 0).reshape(x.shape[axis], -1)
-        lo, hi = torch.aminmax(flat, dim=1)
-        if self.observed and lo.shape != self.rmin.shape:
-            raise ValueError(f"this observer tracks {self.rmin.numel()} channels along axis {self.axis}, "
-                             f"but the new tensor has {lo.numel()}")
-        if not self.observed:
-            self.rmin, self.rmax = lo, hi
-        else:
-            self.rmin, self.rmax = torch.minimum(self.rmin, lo), torch.maximum(self.rmax, hi)
-        self._values.append(flat.clone())
-        self._threshold = None
-
-    def values(self) -> torch.Tensor:
-        """Every value observed so far, shape ``[channels, n]``."""
-        if not self.observed:
-            raise RuntimeError(f"{type(self).__name__} has not seen any data yet")
-        return torch.cat(self._values, dim=1)
-
-    def threshold(self) -> torch.Tensor:
-        if self._threshold is None:
-            values = self.values()
-            self._threshold = torch.tensor(
-                [calibrate_threshold(v, self.qmin, self.qmax, self.calibrator) for v in values],
-                dtype=torch.float32)
-        return self._threshold

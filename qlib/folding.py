@@ -19,6 +19,10 @@ The arithmetic is done in float64 and the results are cast to the layer's dtype.
 Folding uses the *running* statistics: a batch norm in training mode normalizes with
 the statistics of each batch, which no fixed weight can reproduce, so both modules must
 be in eval mode (as in ``torch.nn.utils.fusion.fuse_conv_bn_eval``).
+
+Which batch norm belongs to which layer is read from the model once, here
+(:func:`batchnorm_pairs`): every pipeline of the course (post-training quantization, QAT,
+the integer model) folds through it.
 """
 from __future__ import annotations
 
@@ -140,3 +144,35 @@ def fold_batchnorms(model: nn.Module, pairs) -> nn.Module:
         folded.set_submodule(layer_name, new_layer)
         folded.set_submodule(bn_name, nn.Identity())
     return folded
+
+
+def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(layer_name, bn_name)``: each batch norm with the Conv2d or Linear registered just before it.
+
+    Assumes the model's ``forward`` applies every batch norm right after that layer, in the order
+    the modules are registered (true of :class:`qlib.models.DigitsCNN`, ``conv1, bn1, conv2, bn2``,
+    and of :class:`qlib.models.DepthwiseDigitsCNN`). Raises ``ValueError`` if a batch norm does not
+    follow such a layer, or if its channel count differs from the layer's outputs: then the model
+    needs its pairs written out for :func:`fold_batchnorms`.
+    """
+    pairs, previous = [], None
+    for name, module in model.named_modules():
+        if isinstance(module, _BATCHNORMS):
+            if previous is None:
+                raise ValueError(f"batch norm {name} does not follow a Conv2d or Linear layer: cannot fold it")
+            layer_name, layer = previous
+            channels = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+            if channels != module.num_features:
+                raise ValueError(f"batch norm {name} has {module.num_features} channels but {layer_name} "
+                                 f"has {channels} outputs: they do not belong together")
+            pairs.append((layer_name, name))
+            previous = None
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
+            previous = (name, module)
+    return pairs
+
+
+def fold_every_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with every batch norm folded into the layer before it (:func:`batchnorm_pairs`)."""
+    model = copy.deepcopy(model).eval()
+    return fold_batchnorms(model, batchnorm_pairs(model)).eval()

@@ -48,7 +48,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from qlib._checks import as_float_tensor, check_bits, check_count
-from qlib.folding import fold_batchnorms
+from qlib.folding import fold_every_batchnorm
 from qlib.granularity import quantize_per_channel
 from qlib.integer_layers import integer_max_pool2d, quantize_bias, quantized_conv2d, quantized_linear
 from qlib.linear import dequantize, fake_quantize, integer_range, quantize
@@ -59,7 +59,6 @@ from qlib.requantize import quantize_multiplier, real_multiplier
 #: Observers that :func:`prepare` accepts by name.
 OBSERVERS = {"minmax": MinMaxObserver, "moving_average": MovingAverageMinMaxObserver}
 #: The batch norms of the digits CNN and the convolutions they fold into.
-DIGITS_CNN_FOLDS = [("conv1", "bn1"), ("conv2", "bn2")]
 #: Shape of one digits image.
 IMAGE_SHAPE = (1, 8, 8)
 
@@ -317,7 +316,7 @@ def prepare(model: nn.Module, observer="minmax", activation_bits: int = 8, signe
     if bits > 16:
         raise ValueError(f"activation_bits must be at most 16 (the products are accumulated in int32), got {bits}")
     make_observer = _observer_factory(observer, bits, signed_activations, averaging_constant)
-    return ObservedDigitsCNN(fold_batchnorms(model.eval(), DIGITS_CNN_FOLDS), make_observer)
+    return ObservedDigitsCNN(fold_every_batchnorm(model), make_observer)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ that the program keeps, and the best kept one is optimal. With K bit widths and 
 program handles at most min(K^l, budget + 1) sizes after l layers; exhaustive enumeration
 (K^L allocations, 6^4 = 1,296 for the digits CNN) gives the same answer, as tests check.
 
-The quantizer of each bit width (:func:`fake_quantize_weight`), all per output channel:
+The quantizer of each bit width (:func:`fake_quantize_any_width`), all per output channel:
 1 bit is binary (XNOR scale, :mod:`qlib.binary`), 2 bits ternary (TWN, :mod:`qlib.ternary`,
 stored in 2 bits), 3 to 8 bits symmetric linear (:mod:`qlib.granularity`, half to even).
 Size of a layer at b bits (:func:`layer_size_bits`): b bits per weight plus one float32
@@ -53,11 +53,11 @@ from qlib.weights import quantized_layers
 
 #: The bit widths a layer may get in the chapter's allocation.
 BIT_WIDTHS = (1, 2, 3, 4, 6, 8)
-#: Largest bit width of :func:`fake_quantize_weight` (linear, symmetric, per channel).
+#: Largest bit width of :func:`fake_quantize_any_width` (linear, symmetric, per channel).
 MAX_BITS = 16
 
 
-def fake_quantize_weight(w, bits: int) -> torch.Tensor:
+def fake_quantize_any_width(w, bits: int) -> torch.Tensor:
     """The weight ``w`` (output channels on axis 0) fake-quantized to ``bits`` bits, per output channel.
 
         bits = 1:      alpha * sign(w), alpha = mean|w|                (binary, XNOR scale)
@@ -66,7 +66,7 @@ def fake_quantize_weight(w, bits: int) -> torch.Tensor:
     """
     bits = check_bits(bits)
     if bits > MAX_BITS:
-        raise ValueError(f"fake_quantize_weight handles 1 to {MAX_BITS} bits, got {bits}")
+        raise ValueError(f"fake_quantize_any_width handles 1 to {MAX_BITS} bits, got {bits}")
     if bits == 1:
         return fake_binarize(w, "channel")
     if bits == 2:
@@ -83,13 +83,13 @@ def _check_bit_widths(bit_widths) -> list[int]:
 
 @reference
 @torch.no_grad()
-def quantization_sensitivity(model: nn.Module, data, bit_widths, fake_quant=fake_quantize_weight,
+def quantization_sensitivity(model: nn.Module, data, bit_widths, fake_quant=fake_quantize_any_width,
                              score=accuracy) -> dict[str, list[float]]:
     """Score drop when ONE Linear/Conv2d layer's weight is fake-quantized, for each layer and bit width.
 
         drop[name][i] = score(model, data) - score(copy with name.weight = fake_quant(weight, bit_widths[i]), data)
 
-    ``fake_quant(w, bits)`` returns the quantized weight (default :func:`fake_quantize_weight`);
+    ``fake_quant(w, bits)`` returns the quantized weight (default :func:`fake_quantize_any_width`);
     ``score(model, data)`` is higher for a better model (default :func:`qlib.models.accuracy`:
     eval mode, batches of 256; :func:`negative_loss` is a smoother choice).
     Layers in model order; every point quantizes a fresh copy, so ``model`` never changes.

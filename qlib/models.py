@@ -80,9 +80,6 @@ class DepthwiseDigitsCNN(nn.Module):
     pointwise 1x1 convolution after it mixes the channels (Howard et al. 2017, MobileNets).
     """
 
-    #: (layer, batch norm) pairs, for :func:`qlib.folding.fold_batchnorms`.
-    BATCHNORM_PAIRS = (("conv1", "bn1"), ("dw1", "bn2"), ("pw1", "bn3"), ("dw2", "bn4"), ("pw2", "bn5"))
-
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)

@@ -36,41 +36,13 @@ import torch
 from torch import nn
 
 from qlib._checks import check_bits
-from qlib.calibration import (
-    ClippingObserver,
-    PerChannelClippingObserver,
-    calibrate_threshold,
-    fake_quantize_with_scale,
-    threshold_scale,
-)
-from qlib.folding import fold_batchnorms
+from qlib.calibration import calibrate_threshold, fake_quantize_with_scale, threshold_scale
+from qlib.folding import fold_every_batchnorm
 from qlib.granularity import TENSOR_OR_CHANNEL, check_granularity
 from qlib.linear import integer_range
+from qlib.observers import ClippingObserver, PerChannelClippingObserver
 
 QUANTIZED_LAYERS = (nn.Conv2d, nn.Linear)
-_FOLDABLE = ((nn.Conv2d, nn.BatchNorm2d), (nn.Linear, nn.BatchNorm1d))
-
-
-# --- preparing the float model ----------------------------------------------------------------
-
-def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """``(layer, batch norm)`` names of every batch norm registered right after a Conv2d or Linear.
-
-    Relies on the modules being registered in the order ``forward`` calls them, as in
-    :class:`qlib.models.DigitsCNN` (conv1, bn1, conv2, bn2, ...).
-    """
-    pairs = []
-    named = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
-    for (name, layer), (next_name, nxt) in zip(named, named[1:]):
-        if any(isinstance(layer, lt) and isinstance(nxt, bt) for lt, bt in _FOLDABLE):
-            pairs.append((name, next_name))
-    return pairs
-
-
-def prepare(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode with every batch norm folded into the layer before it."""
-    model = copy.deepcopy(model).eval()
-    return fold_batchnorms(model, batchnorm_pairs(model)).eval()
 
 
 def _batches(images, batch_size: int = 256):
@@ -172,7 +144,7 @@ def quantize_weight(weight: torch.Tensor, bits: int, granularity: str, calibrato
                     narrow: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(w_hat, scale)``: ``weight`` fake-quantized symmetrically to signed ``bits`` bits.
 
-    The threshold ``T`` comes from ``calibrator`` through a :class:`~qlib.calibration.ClippingObserver`:
+    The threshold ``T`` comes from ``calibrator`` through a :class:`~qlib.observers.ClippingObserver`:
     one for the whole weight (``granularity="tensor"``) or one per output channel along axis 0
     (``"channel"``, shape ``[C, 1, ...]``). ``scale = T / qmax``, rounding half to even;
     ``narrow=True`` uses ``[-qmax, qmax]``.
@@ -192,7 +164,7 @@ def quantize_weight(weight: torch.Tensor, bits: int, granularity: str, calibrato
 
 def _with_quantized_weights(model: nn.Module, bits: int, granularity: str, calibrator, narrow: bool = False):
     """A prepared copy of ``model`` whose Conv2d/Linear weights are fake-quantized."""
-    model = prepare(model)
+    model = fold_every_batchnorm(model)
     with torch.no_grad():
         for _, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, QUANTIZED_LAYERS)]:
             w_hat, _ = quantize_weight(layer.weight, bits, granularity, calibrator, narrow)
@@ -211,7 +183,7 @@ def _wrap(model: nn.Module, quantizers: dict[str, nn.Module]) -> nn.Module:
 @torch.no_grad()
 def calibrate_activations(model: nn.Module, images, bits: int, calibrator="minmax",
                           layers=None) -> dict[str, ClippingObserver]:
-    """Attach a :class:`~qlib.calibration.ClippingObserver` to the input of every quantized layer, run ``images``.
+    """Attach a :class:`~qlib.observers.ClippingObserver` to the input of every quantized layer, run ``images``.
 
     Each observer is unsigned if the first batch has no negative value at its layer's
     input, signed otherwise (a later negative value at an unsigned input raises ``ValueError``).
@@ -259,7 +231,7 @@ def static_activation_quantizers(model: nn.Module, calibration_images, act_bits:
     except the model's own input (the first layer's), which ``input_calibrator`` picks if
     given. The weights do not enter: the same quantizers serve every weight bit width.
     """
-    float_model = prepare(model)
+    float_model = fold_every_batchnorm(model)
     observers = calibrate_activations(float_model, calibration_images, act_bits, calibrator)
     if input_calibrator is not None:
         first = next(iter(observers))
@@ -335,7 +307,7 @@ def quantize_n2d2(model: nn.Module, calibration_images, weight_bits: int = 8, ac
     if method not in ("mse", "kl"):
         raise ValueError(f"method must be 'mse' or 'kl' (N2D2's two distances), got {method!r}")
     quantized = _with_quantized_weights(model, weight_bits, granularity, "minmax", narrow=True)
-    reference = prepare(model)
+    reference = fold_every_batchnorm(model)
     report = []
     batches = _batches(calibration_images)
     for k, name in enumerate(_layers_in_call_order(quantized, batches[0])):

@@ -53,7 +53,7 @@ from torch import nn
 
 from qlib._checks import check_bits
 from qlib._reference import reference
-from qlib.folding import fold_batchnorms
+from qlib.folding import fold_every_batchnorm
 from qlib.granularity import TENSOR_OR_CHANNEL, check_granularity, per_channel_range, qparams
 from qlib.linear import integer_range
 from qlib.lsq import LSQBinarize, LSQQuantizer
@@ -65,7 +65,6 @@ METHODS = ("ste", "lsq", "pact")
 #: Bits of the integer model's logits at the least (QAT never quantizes them).
 LOGIT_BITS = 8
 _QAT_SOURCES = (nn.Linear, nn.Conv2d)
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 # --- quantizers with a straight-through gradient --------------------------------------------
@@ -213,28 +212,6 @@ QAT_LAYERS = (QATLinear, QATConv2d)
 
 # --- preparing a model ----------------------------------------------------------------------
 
-def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """``(layer_name, bn_name)``: each batch norm with the Conv2d/Linear registered just before it.
-
-    Assumes the model's forward applies every batch norm right after that layer (true
-    of :class:`qlib.models.DigitsCNN`: conv1, bn1, conv2, bn2). Raises ``ValueError`` if
-    a batch norm does not follow such a layer or its channel count differs.
-    """
-    pairs, previous = [], None
-    for name, module in model.named_modules():
-        if isinstance(module, _BATCHNORMS):
-            if previous is None:
-                raise ValueError(f"batch norm {name} does not follow a Conv2d or Linear layer: cannot fold it")
-            layer_name, layer = previous
-            channels = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
-            if channels != module.num_features:
-                raise ValueError(f"batch norm {name} has {module.num_features} channels but {layer_name} "
-                                 f"has {channels} outputs: they do not belong together")
-            pairs.append((layer_name, name))
-            previous = None
-        elif isinstance(module, _QAT_SOURCES):
-            previous = (name, module)
-    return pairs
 
 
 def _quantizers(method: str, w_bits: int, a_bits: int | None, granularity: str, observer_cls):
@@ -265,7 +242,7 @@ def prepare_qat(model: nn.Module, w_bits: int, a_bits: int | None, method: str =
     (:class:`qlib.observers.MinMaxObserver` for post-training calibration).
 
     Activation ranges, LSQ steps and PACT clipping values are set by the first batch
-    the model sees in training mode (:func:`calibrate`). The copy is returned in
+    the model sees in training mode (:func:`calibrate_qat`). The copy is returned in
     training mode; ``model`` is not changed.
     """
     check_bits(w_bits)
@@ -276,7 +253,7 @@ def prepare_qat(model: nn.Module, w_bits: int, a_bits: int | None, method: str =
     check_granularity(granularity, TENSOR_OR_CHANNEL, "prepare_qat")
     if not (isinstance(observer, type) and issubclass(observer, Observer)):
         raise TypeError(f"observer must be an Observer class from qlib.observers, got {observer!r}")
-    folded = fold_batchnorms(copy.deepcopy(model).eval(), batchnorm_pairs(model))
+    folded = fold_every_batchnorm(model)
     for name, layer in list(folded.named_modules()):
         if isinstance(layer, QAT_LAYERS) or not isinstance(layer, _QAT_SOURCES):
             continue
@@ -292,7 +269,7 @@ def qat_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, data, n_batches: int | None = None, batch_size: int = 256) -> nn.Module:
+def calibrate_qat(model: nn.Module, data, n_batches: int | None = None, batch_size: int = 256) -> nn.Module:
     """Run ``data`` (a :class:`qlib.data.Digits`) through ``model`` in training mode, without gradients.
 
     Sets the observers' ranges (min-max over the batches, or their moving average),

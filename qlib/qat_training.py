@@ -28,7 +28,7 @@ from qlib.granularity import TENSOR_OR_CHANNEL, check_granularity
 from qlib.models import accuracy, load_pretrained
 from qlib.observers import MinMaxObserver
 from qlib.pact import pact_penalty
-from qlib.qat import calibrate, prepare_qat
+from qlib.qat import calibrate_qat, prepare_qat
 
 #: Fine-tuning settings of each method, chosen on the digits CNN (12 epochs take 2-4 s on one core).
 #: LSQ uses SGD with momentum, as in its paper: Adam would cancel its gradient scale, and at
@@ -68,7 +68,7 @@ def train_qat(model: nn.Module, train: Digits, test: Digits, epochs: int = 4, lr
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
     gen = torch.Generator().manual_seed(seed)
-    calibrate(model, train, n_batches=1, batch_size=batch_size)
+    calibrate_qat(model, train, n_batches=1, batch_size=batch_size)
     if optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=lr)
     elif optimizer == "sgd":
@@ -107,7 +107,7 @@ def ptq_accuracy(model: nn.Module, train: Digits, test: Digits, w_bits: int, a_b
     """
     check_granularity(granularity, TENSOR_OR_CHANNEL, "ptq_accuracy")
     ptq = prepare_qat.unguarded(model, w_bits, a_bits, "ste", granularity, observer=MinMaxObserver)
-    calibrate(ptq, train)
+    calibrate_qat(ptq, train)
     return accuracy(ptq, test)
 
 

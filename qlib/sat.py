@@ -53,7 +53,8 @@ from torch import nn
 
 from qlib.dorefa import DoReFaActivationQuantizer, _checked_bits, _float32, dorefa_weight
 from qlib.pact import PACTQuantizer
-from qlib.qat import QATConv2d, QATLinear, batchnorm_pairs
+from qlib.folding import batchnorm_pairs
+from qlib.qat import QATConv2d, QATLinear
 
 METHODS = ("dorefa", "sat")
 

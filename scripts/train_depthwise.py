@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from qlib.data import load_digits
-from qlib.folding import fold_batchnorms
+from qlib.folding import fold_every_batchnorm
 from qlib.models import (
     DEPTHWISE_WIDENED_CHANNEL,
     DepthwiseDigitsCNN,
@@ -67,7 +67,7 @@ def train(seed: int = 0, epochs: int = EPOCHS, max_steps: int | None = None) -> 
 
 def folded_channel_ranges(model: DepthwiseDigitsCNN) -> torch.Tensor:
     """max |w| of every channel of dw1 after folding its batch norm, shape [16]."""
-    folded = fold_batchnorms(model, DepthwiseDigitsCNN.BATCHNORM_PAIRS)
+    folded = fold_every_batchnorm(model)
     return folded.dw1.weight.detach().reshape(16, -1).abs().amax(dim=1)
 
 

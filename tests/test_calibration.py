@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from qlib import calibration as cal
+from qlib import observers
 from qlib.observers import MinMaxObserver, PerChannelMinMaxObserver
 
 scipy_stats = pytest.importorskip("scipy.stats")
@@ -331,7 +332,7 @@ def _batches(seed, n=4, shape=(8, 50)):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_minmax_clipping_observer_matches_pytorch(seed, ao):
-    ours = cal.ClippingObserver(8, signed=True, narrow=True, calibrator="minmax")
+    ours = observers.ClippingObserver(8, signed=True, narrow=True, calibrator="minmax")
     theirs = ao.MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=-127, quant_max=127)
     shared = MinMaxObserver(8, signed=True, symmetric=True, narrow=True)
     for x in _batches(seed):
@@ -344,7 +345,7 @@ def test_minmax_clipping_observer_matches_pytorch(seed, ao):
 
 
 def test_unsigned_clipping_observer_matches_pytorch_affine_on_nonnegative_data(ao):
-    ours = cal.ClippingObserver(8, signed=False, calibrator="minmax")
+    ours = observers.ClippingObserver(8, signed=False, calibrator="minmax")
     theirs = ao.MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0, quant_max=255)
     for x in _batches(4):
         ours(torch.relu(x))
@@ -355,7 +356,7 @@ def test_unsigned_clipping_observer_matches_pytorch_affine_on_nonnegative_data(a
 
 
 def test_per_channel_minmax_matches_the_shared_observer():
-    ours = cal.PerChannelClippingObserver(4, calibrator="minmax", axis=1)
+    ours = observers.PerChannelClippingObserver(4, calibrator="minmax", axis=1)
     shared = PerChannelMinMaxObserver(4, signed=True, symmetric=True, axis=1)
     for x in _batches(2, shape=(6, 5, 3)):
         ours(x)
@@ -364,7 +365,7 @@ def test_per_channel_minmax_matches_the_shared_observer():
 
 
 def test_per_channel_thresholds_are_the_calibrator_on_each_channel():
-    obs = cal.PerChannelClippingObserver(4, calibrator="mse", axis=0)
+    obs = observers.PerChannelClippingObserver(4, calibrator="mse", axis=0)
     batches = _batches(3, shape=(3, 400))
     for x in batches:
         obs(x)
@@ -374,7 +375,7 @@ def test_per_channel_thresholds_are_the_calibrator_on_each_channel():
 
 
 def test_percentile_observer_sees_every_batch():
-    obs = cal.PercentileObserver(8, signed=True, percentile=99.0)
+    obs = observers.PercentileObserver(8, signed=True, percentile=99.0)
     batches = _batches(1)
     for x in batches:
         obs(x)
@@ -385,7 +386,7 @@ def test_percentile_observer_sees_every_batch():
 
 
 def test_observer_scale_quantizes_like_pytorch_fake_quantize():
-    obs = cal.MSEObserver(4, signed=True)
+    obs = observers.MSEObserver(4, signed=True)
     x = _heavy_tailed(9)
     obs(x)
     scale, zp = obs.qparams()
@@ -396,7 +397,7 @@ def test_observer_scale_quantizes_like_pytorch_fake_quantize():
 
 
 def test_kl_observer_range_is_unsigned_for_relu_data():
-    obs = cal.KLObserver(8)
+    obs = observers.KLObserver(8)
     obs(torch.relu(_heavy_tailed(2)))
     rmin, rmax = obs.range()
     assert float(rmin) == 0.0 and 0 < float(rmax) <= float(obs.rmax)
@@ -404,15 +405,15 @@ def test_kl_observer_range_is_unsigned_for_relu_data():
 
 def test_observer_errors_are_clear():
     with pytest.raises(RuntimeError, match="has not seen any data"):
-        cal.MSEObserver().range()
+        observers.MSEObserver().range()
     with pytest.raises(ValueError, match="symmetric"):
-        cal.ClippingObserver(symmetric=False)
-    obs = cal.PerChannelClippingObserver(axis=0)
+        observers.ClippingObserver(symmetric=False)
+    obs = observers.PerChannelClippingObserver(axis=0)
     obs(torch.ones(3, 4))
     with pytest.raises(ValueError, match="tracks 3 channels"):
         obs(torch.ones(4, 4))
     with pytest.raises(TypeError, match="calibrator"):
-        cal.ClippingObserver(calibrator=3)
+        observers.ClippingObserver(calibrator=3)
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -420,7 +421,7 @@ def test_observer_errors_are_clear():
 @pytest.mark.parametrize("bad", [torch.tensor([1.0, float("nan")]), torch.tensor([float("inf")]), torch.tensor([])])
 def test_bad_values_are_refused(bad):
     for call in (lambda: cal.percentile_threshold(bad, 99.0), lambda: cal.mse_threshold(bad, -8, 7),
-                 lambda: cal.abs_histogram(bad), lambda: cal.MSEObserver()(bad)):
+                 lambda: cal.abs_histogram(bad), lambda: observers.MSEObserver()(bad)):
         with pytest.raises(ValueError, match="NaN|empty"):
             call()
 

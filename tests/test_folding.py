@@ -12,7 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from qlib.folding import fold_batchnorm_parameters, fold_batchnorms, fold_conv_bn, fold_linear_bn
+from qlib.folding import (
+    batchnorm_pairs,
+    fold_batchnorm_parameters,
+    fold_batchnorms,
+    fold_conv_bn,
+    fold_every_batchnorm,
+    fold_linear_bn,
+)
 from qlib.models import load_pretrained
 
 
@@ -130,3 +137,34 @@ def test_fold_refuses_what_it_cannot_fold():
         fold_batchnorm_parameters(torch.ones(1, 2), None, torch.zeros(1), torch.tensor([-1.0]), 1e-5)
     with pytest.raises(TypeError, match="absorb"):
         fold_batchnorms(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)).eval(), [("0", "1")])
+
+
+def test_batchnorm_pairs_are_read_off_the_model_in_registration_order():
+    from qlib.models import DepthwiseDigitsCNN, load_pretrained
+
+    assert batchnorm_pairs(load_pretrained("cnn")) == [("conv1", "bn1"), ("conv2", "bn2")]
+    assert batchnorm_pairs(load_pretrained("mlp")) == []
+    assert batchnorm_pairs(DepthwiseDigitsCNN()) == [("conv1", "bn1"), ("dw1", "bn2"), ("pw1", "bn3"),
+                                                     ("dw2", "bn4"), ("pw2", "bn5")]
+    linear = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU())
+    assert batchnorm_pairs(linear) == [("0", "1")]
+
+
+def test_a_batchnorm_without_its_layer_is_an_error_that_names_it():
+    with pytest.raises(ValueError, match="batch norm 0 does not follow a Conv2d or Linear"):
+        batchnorm_pairs(nn.Sequential(nn.BatchNorm1d(3), nn.Linear(3, 3)))
+    with pytest.raises(ValueError, match="batch norm 1 has 4 channels but 0 has 3 outputs"):
+        batchnorm_pairs(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(4)))
+    with pytest.raises(ValueError, match="batch norm 2 does not follow"):  # two in a row: the second has none
+        batchnorm_pairs(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.BatchNorm1d(3)))
+
+
+def test_fold_every_batchnorm_leaves_the_model_alone_and_returns_eval_mode():
+    from qlib.models import load_pretrained
+
+    cnn = load_pretrained("cnn").train()
+    before = {k: v.clone() for k, v in cnn.state_dict().items()}
+    folded = fold_every_batchnorm(cnn)
+    assert cnn.training and not folded.training
+    assert all(torch.equal(before[k], v) for k, v in cnn.state_dict().items())
+    assert isinstance(folded.bn1, nn.Identity) and isinstance(folded.bn2, nn.Identity)

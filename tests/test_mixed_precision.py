@@ -22,7 +22,7 @@ from qlib.data import load_digits
 from qlib.mixed_precision import (
     BIT_WIDTHS,
     allocate_bits,
-    fake_quantize_weight,
+    fake_quantize_any_width,
     layer_size_bits,
     model_size_bits,
     negative_loss,
@@ -37,7 +37,7 @@ def _randn(shape, seed):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-# --- fake_quantize_weight ----------------------------------------------------------------------
+# --- fake_quantize_any_width ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("bits", [3, 4, 5, 6, 8, 12])
 @pytest.mark.parametrize("shape", [(16, 1, 3, 3), (64, 512), (10, 64)])
@@ -49,24 +49,24 @@ def test_linear_bit_widths_match_torch_per_channel_fake_quant(bits, shape):
     scale = torch.clamp(amax / qmax, min=torch.finfo(torch.float32).eps)
     expected = torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(shape[0], dtype=torch.int32), 0,
                                                       -(qmax + 1), qmax)
-    assert torch.equal(fake_quantize_weight(w, bits), expected)
+    assert torch.equal(fake_quantize_any_width(w, bits), expected)
 
 
 def test_one_and_two_bits_are_binary_and_ternary():
     w = _randn((32, 16, 3, 3), 1)
-    assert torch.equal(fake_quantize_weight(w, 1), fake_binarize(w, granularity="channel"))
-    assert torch.equal(fake_quantize_weight(w, 2), fake_ternarize(w, granularity="channel"))
+    assert torch.equal(fake_quantize_any_width(w, 1), fake_binarize(w, granularity="channel"))
+    assert torch.equal(fake_quantize_any_width(w, 2), fake_ternarize(w, granularity="channel"))
     for c in range(4):  # at most 2 and 3 distinct values per channel
-        assert len(torch.unique(fake_quantize_weight(w, 1)[c])) <= 2
-        assert len(torch.unique(fake_quantize_weight(w, 2)[c])) <= 3
+        assert len(torch.unique(fake_quantize_any_width(w, 1)[c])) <= 2
+        assert len(torch.unique(fake_quantize_any_width(w, 2)[c])) <= 3
 
 
 def test_fake_quantize_weight_refuses_bad_bits():
     for bad in (0, 17, 33):
         with pytest.raises(ValueError, match="bits"):
-            fake_quantize_weight(torch.ones(2, 2), bad)
+            fake_quantize_any_width(torch.ones(2, 2), bad)
     with pytest.raises(TypeError, match="integer"):
-        fake_quantize_weight(torch.ones(2, 2), 2.0)
+        fake_quantize_any_width(torch.ones(2, 2), 2.0)
 
 
 # --- quantization_sensitivity ------------------------------------------------------------------
@@ -98,7 +98,7 @@ def test_sensitivity_scan_matches_a_scan_written_out_here(name):
     before = copy.deepcopy(model.state_dict())
     bit_widths = [1, 2, 3]
     drops = quantization_sensitivity(model, data, bit_widths)
-    expected = _scan_by_hand(model, data, bit_widths, fake_quantize_weight)
+    expected = _scan_by_hand(model, data, bit_widths, fake_quantize_any_width)
     assert list(drops) == list(expected)
     n = len(data)
     for layer in expected:  # accuracies of 360 images: the same count of correct images
@@ -117,7 +117,7 @@ def test_sensitivity_scan_with_other_quantizers_and_scores():
     loss = quantization_sensitivity(model, data, [1], score=negative_loss)
     m = copy.deepcopy(model)
     with torch.no_grad():
-        m.fc1.weight.copy_(fake_quantize_weight(m.fc1.weight, 1))
+        m.fc1.weight.copy_(fake_quantize_any_width(m.fc1.weight, 1))
         ce = nn.functional.cross_entropy
         expected = ce(m(data.images), data.labels).item() - ce(model(data.images), data.labels).item()
     assert loss["fc1"][0] == pytest.approx(expected, rel=1e-4)

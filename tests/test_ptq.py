@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from qlib import calibration as cal
 from qlib import ptq
 from qlib.data import load_digits
+from qlib.folding import fold_every_batchnorm
 from qlib.models import accuracy, load_pretrained
 
 
@@ -18,11 +19,9 @@ def digits():
     return load_pretrained("cnn"), load_digits("train").images[:256], load_digits("test")
 
 
-def test_batchnorm_pairs_and_folding(digits):
+def test_every_batchnorm_is_folded_and_the_outputs_stay(digits):
     model, images, _ = digits
-    assert ptq.batchnorm_pairs(model) == [("conv1", "bn1"), ("conv2", "bn2")]
-    assert ptq.batchnorm_pairs(load_pretrained("mlp")) == []
-    folded = ptq.prepare(model)
+    folded = fold_every_batchnorm(model)
     assert isinstance(folded.bn1, nn.Identity) and folded.conv1.bias is not None
     torch.testing.assert_close(folded(images), model(images), atol=1e-4, rtol=1e-5)
 
@@ -43,7 +42,7 @@ def test_static_min_max_model_is_pytorch_fake_quant_forward(digits, ao, bits, gr
     model, images, _ = digits
     wb, ab = bits
     q = ptq.quantize_static(model, images, wb, ab, granularity, calibrator="minmax")
-    folded = ptq.prepare(model)
+    folded = fold_every_batchnorm(model)
     inputs = ptq.layer_inputs(folded, images)
     # activation scales: PyTorch's affine MinMaxObserver on these non-negative inputs
     a_scale = {}
@@ -72,7 +71,7 @@ def test_static_min_max_model_is_pytorch_fake_quant_forward(digits, ao, bits, gr
 
 def test_calibrator_thresholds_reach_the_quantizers(digits):
     model, images, _ = digits
-    inputs = ptq.layer_inputs(ptq.prepare(model), images)
+    inputs = ptq.layer_inputs(fold_every_batchnorm(model), images)
     for name_cal, fn in (("mse", lambda x: cal.mse_threshold(x, 0, 15)),
                          ("percentile", lambda x: cal.percentile_threshold(x, 99.99))):
         quantizers = ptq.static_activation_quantizers(model, images, 4, name_cal)
@@ -94,7 +93,7 @@ def test_input_calibrator_replaces_only_the_first_threshold(digits):
 def test_a_function_can_be_the_calibrator(digits):
     model, images, test = digits
     q = ptq.quantize_static(model, images, 8, 8, calibrator=lambda x, qmin, qmax: float(x.abs().max()) / 2)
-    inputs = ptq.layer_inputs(ptq.prepare(model), images)
+    inputs = ptq.layer_inputs(fold_every_batchnorm(model), images)
     assert q.fc1.input_quantizer.threshold == pytest.approx(float(inputs["fc1"].max()) / 2)
 
 
@@ -149,7 +148,7 @@ def test_n2d2_thresholds_are_computed_on_the_quantized_earlier_layers(digits):
         q(images)
     for h in hooks:
         h.remove()
-    folded = ptq.prepare(model)
+    folded = fold_every_batchnorm(model)
     float_inputs = ptq.layer_inputs(folded, images)
     for r in report:
         assert r["beta"] == pytest.approx(cal.mse_threshold(seen[r["name"]], 0, 15), rel=1e-6)

@@ -25,8 +25,7 @@ from qlib.qat import (
     QATConv2d,
     QATLinear,
     WeightFakeQuantize,
-    batchnorm_pairs,
-    calibrate,
+    calibrate_qat,
     prepare_qat,
     qat_layers,
     to_integer_model,
@@ -137,13 +136,12 @@ def test_prepare_folds_batchnorm_and_keeps_the_model(digits):
     train, test = digits
     cnn = load_pretrained("cnn")
     before = {k: v.clone() for k, v in cnn.state_dict().items()}
-    assert batchnorm_pairs(cnn) == [("conv1", "bn1"), ("conv2", "bn2")]
     qat = prepare_qat(cnn, 16, 16, observer=MinMaxObserver)
     assert all(torch.equal(before[k], v) for k, v in cnn.state_dict().items())
     assert not any(isinstance(m, nn.BatchNorm2d) for m in qat.modules())
     assert [name for name, _ in qat_layers(qat)] == ["conv1", "conv2", "fc1", "fc2"]
     assert isinstance(qat.conv1, QATConv2d) and isinstance(qat.fc2, QATLinear) and qat.training
-    calibrate(qat, train)  # min-max input ranges over the whole training set
+    calibrate_qat(qat, train)  # min-max input ranges over the whole training set
     with torch.no_grad():
         ref = cnn.eval()(test.images)
         got = qat(test.images)
@@ -212,7 +210,7 @@ def test_trained_qat_model_converts_to_the_integer_model(digits):
 
 def test_lsq_models_do_not_convert(digits):
     train, _ = digits
-    qat = calibrate(prepare_qat(load_pretrained("cnn"), 8, 8, "lsq"), train, n_batches=1)
+    qat = calibrate_qat(prepare_qat(load_pretrained("cnn"), 8, 8, "lsq"), train, n_batches=1)
     with pytest.raises(ValueError, match="per-channel min-max"):
         to_integer_model(qat, train.images[:64])
 

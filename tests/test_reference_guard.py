@@ -264,7 +264,7 @@ def pipelines(model, train, test):
 
     def qat_to_integer(method):
         q = qat.prepare_qat.unguarded(model, 4, 4, method)
-        qat.calibrate(q, train)
+        qat.calibrate_qat(q, train)
         q(images)
         return qat.to_integer_model(q.eval(), images)(images) if method != "lsq" else None
 
@@ -288,7 +288,7 @@ def pipelines(model, train, test):
                              adaround.nearest_model(model, 4)),
         "mixed_precision": lambda: mixed_precision.quantization_sensitivity.unguarded(model, test, [1, 2, 4]),
         "low_bit_training": lambda: low_bit_training.finetune_quantized(
-            model, lambda w: mixed_precision.fake_quantize_weight(w, 2), train, epochs=1, log=lambda line: None),
+            model, lambda w: mixed_precision.fake_quantize_any_width(w, 2), train, epochs=1, log=lambda line: None),
         "pruning and codebooks": codebooks,
         "pruning.sensitivity_scan": lambda: pruning.sensitivity_scan(model, test, (0.5,)),
         "logarithmic": lambda: logarithmic.pow2_fake_quantize_weights(model, 4)(images),

@@ -269,12 +269,12 @@ def _sensitivity_cases(seed):
 
     test = load_digits("test")
     if seed is None:
-        return [("cnn", test, "the 360 test images", [1, 2, 4], ref_mixed.fake_quantize_weight,
-                 "fake_quantize_weight (1 bit binary, 2 bits ternary, more bits linear)")]
+        return [("cnn", test, "the 360 test images", [1, 2, 4], ref_mixed.fake_quantize_any_width,
+                 "fake_quantize_any_width (1 bit binary, 2 bits ternary, more bits linear)")]
     train = load_digits("train")
     subset = Digits(train.images[:400], train.labels[:400])
     return [
-        ("cnn", test, "the test images", [8, 2, 1], ref_mixed.fake_quantize_weight, "the chapter's quantizers"),
+        ("cnn", test, "the test images", [8, 2, 1], ref_mixed.fake_quantize_any_width, "the chapter's quantizers"),
         ("mlp", test, "the test images", [2, 3], _linear_per_tensor, "linear per-tensor quantization"),
         ("cnn", subset, "400 training images", [1, 3], _keep_large, "a quantizer that keeps the largest weights"),
     ]
