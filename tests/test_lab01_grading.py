@@ -4,11 +4,13 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import LabGradingTests, Target, Wrong
+from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong
 
 LAB = "lab01_number_formats"
 POINTS = {"test_encode_integer": 2, "test_decode_integer": 2, "test_fixed_point": 3, "test_decode_float": 3,
-          "test_encode_float": 6, "test_mx_quantize": 4}
+          "test_encode_float": 6, "test_mx_quantize": 4, "test_format_for_gradients": 2, "test_fp8_design": 3,
+          "test_fp32_over_int8_energy": 2, "test_tokens_per_second_bound": 2}
+WRITTEN = {"range_or_precision": 2}
 
 WRONG = {
     "sign_magnitude_as_twos_complement": Wrong("encode_integer", "test_encode_integer",
@@ -72,6 +74,24 @@ def mx_quantize(x, element, block_size=32):
     s = -127 if amax == 0 else round(math.log2(amax)) - element.emax
     return s, [encode_float(math.ldexp(float(v), -s), fmt) for v in x]
 '''),
+    "fp16_for_gradients": Wrong("format_for_gradients", "test_format_for_gradients", "FP16's largest finite value",
+                                'format_for_gradients = "a"\n'),
+    "energy_of_arithmetic_only": Wrong("fp32_over_int8_energy", "test_fp32_over_int8_energy",
+                                       "compares the arithmetic only",
+                                       "fp32_over_int8_energy = (3.7 + 0.9) / (0.2 + 0.03)\n"),
+    "a_whole_read_per_int8_weight": Wrong("fp32_over_int8_energy", "test_fp32_over_int8_energy",
+                                          "per weight, not per read",
+                                          "fp32_over_int8_energy = (5 + 3.7 + 0.9) / (5 + 0.2 + 0.03)\n"),
+    "mx_scales_forgotten": Wrong("tokens_per_second_bound", "test_tokens_per_second_bound", "8-bit scale",
+                                 "tokens_per_second_bound = 60e9 / (3e9 * 4 / 8)\n"),
+    "bits_not_bytes": Wrong("tokens_per_second_bound", "test_tokens_per_second_bound", "divide the bits",
+                            "tokens_per_second_bound = 60e9 / (3e9 * 4.25)\n"),
+    "design_overflows_to_infinity": Wrong("fp8_design", "test_fp8_design", "largest relative error inf",
+                                          'fp8_design = {"exponent_bits": 4, "mantissa_bits": 3, "bias": 8, '
+                                          '"special": "ieee"}\n'),
+    "design_of_nine_bits": Wrong("fp8_design", "test_fp8_design", "exponent_bits + mantissa_bits = 7",
+                                 'fp8_design = {"exponent_bits": 5, "mantissa_bits": 3, "bias": 15, '
+                                 '"special": "fn"}\n'),
     "saturates_at_8_bits": Wrong("fixed_point", "test_fixed_point", "A hidden check failed for encode_fixed", '''
 def encode_fixed(x, total_bits, frac_bits, rounding="half_to_even"):
     return min(max(round(x * 2**frac_bits), -128), 127)
@@ -164,10 +184,69 @@ def encode_float(x, fmt):
 }
 
 
-class TestLab01Grading(LabGradingTests):
-    LAB, POINTS, N_STUBS = LAB, POINTS, 7
-    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, DIFFERENT, "saturates_at_8_bits"
+# --- the answers to the questions and the design written otherwise: full marks -------------------------
+
+OTHER_SPELLINGS = {
+    "format_for_gradients": 'format_for_gradients = " (B) "\n',
+    "fp32_over_int8_energy": "import numpy\nfp32_over_int8_energy = numpy.float32(6.45)\n",  # within 1%
+    "tokens_per_second_bound": "tokens_per_second_bound = 37.6\n",
+    # the same bits without a NaN code: largest value 240 instead of 224, the same error
+    "fp8_design": 'fp8_design = dict(special="finite", bias=8, mantissa_bits=3, exponent_bits=4)\n',
+}
+
+# --- designs that fall short of the target: the tier they reach ---------------------------------------
+
+PARTIAL = {
+    "ofp8_e4m3": Partial({"fp8_design": 'fp8_design = {"exponent_bits": 4, "mantissa_bits": 3, "bias": 7, '
+                                        '"special": "fn"}\n'}, "test_fp8_design", 2),
+    "ofp8_e5m2": Partial({"fp8_design": 'fp8_design = {"exponent_bits": 5, "mantissa_bits": 2, "bias": 15, '
+                                        '"special": "ieee"}\n'}, "test_fp8_design", 1),
+}
+
+# --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
+
+CHEATS = {
+    "design_smuggles_code": Cheat({"fp8_design": """
+class Special(str):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = str.__hash__
+
+
+fp8_design = {"exponent_bits": 4, "mantissa_bits": 3, "bias": 8, "special": Special("any special")}
+"""}, "test_fp8_design", "must be one of"),
+    "design_is_not_a_dict": Cheat({"fp8_design": """
+class Design:
+    def __getitem__(self, key):
+        return {"exponent_bits": 4, "mantissa_bits": 3, "bias": 8, "special": "fn"}[key]
+
+
+fp8_design = Design()
+"""}, "test_fp8_design", "must be a dict"),
+    "number_that_equals_everything": Cheat({"fp32_over_int8_energy": """
+class Anything(float):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = float.__hash__
+
+
+fp32_over_int8_energy = Anything(1.0)
+"""}, "test_fp32_over_int8_energy", "is not right"),
+}
+
+
+class TestLab01Grading(LabGradingTests, DesignTargetTests):
+    LAB, POINTS, N_STUBS, WRITTEN = LAB, POINTS, 11, WRITTEN
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, {**DIFFERENT, **OTHER_SPELLINGS}, "saturates_at_8_bits"
+    CHOICE = Choice("format_for_gradients", "test_format_for_gradients", "format_for_gradients", "abcde")
+    PARTIAL = PARTIAL
+    CHEATS = CHEATS
     CHEAT_TARGET = Target("encode_integer", "test_encode_integer", "qlib.integers.encode_integer")
     ANSWER_LINES = ("raw = round(x * 2**frac_bits)", "n = round(math.ldexp(a, M - exponent))",
-                    "s = min(max(math.frexp(amax)[1] - 1 - element.emax, -127), 127)")
+                    "s = min(max(math.frexp(amax)[1] - 1 - element.emax, -127), 127)",
+                    'format_for_gradients = "b"',
+                    'fp8_design = {"exponent_bits": 4, "mantissa_bits": 3, "bias": 8, "special": "fn"}',
+                    "**Rubric (2 points).** 1 point: E5M2 has more range and E4M3 more precision")
     CELL_SECONDS = 10  # the slowest cell of a correct submission takes under 3 s

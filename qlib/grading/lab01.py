@@ -15,6 +15,7 @@ from qlib import fixed_point as ref_fixed
 from qlib import floating_point as ref_float
 from qlib import integers as ref_int
 from qlib import microscaling as ref_mx
+from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, tiered
 from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import as_integers, call_catching, fail, time_limit  # noqa: F401 (used by the lab)
 
@@ -347,3 +348,121 @@ def check_mx_quantize(mx_quantize, seed=None):
                      f"{codes_ref.tolist()} (got {codes.tolist()}). Hint: {hint}")
             fail(f"{HIDDEN} for mx_quantize ({element.name}): element codes differ. Hint: {hint}")
     passed(task, len(cases), hidden=seed is not None)
+
+
+# --- Questions 2 to 4 and Task 7: reasoning about formats and their cost -------------------------------
+
+def check_format_for_gradients(answer):
+    """Question 2: magnitudes from 1e-6 to 1e5 within 1% relative error, no scale: BF16 is the smallest format."""
+    check_choice("Question 2", answer, "b", choices="abcde", hints={
+        "a": "Compare FP16's largest finite value (FP16.max_value) with 1e5, and its smallest normal value with 1e-6: "
+             "what happens to a value above the largest one, and to the relative error of a subnormal?",
+        "c": "E4M3 has 3 mantissa bits: round to nearest leaves a relative error up to about 2^-4. Compare that with "
+             "1%, and its largest value with 1e5.",
+        "d": "E5M2 has the range of FP16 with 2 mantissa bits: compare its relative error (up to about 2^-3) with 1%, "
+             "and its largest finite value with 1e5.",
+        "e": "With one scale for the whole tensor the 8-bit grid is 127 equal steps up to the largest value: how "
+             "many steps is a value 1e11 times smaller than the largest?",
+    })
+
+
+#: Task 7: every magnitude from 0.01 to 200 (the grader measures 20001 of them, evenly spaced in log scale).
+DESIGN_RANGE = (0.01, 200.0)
+#: Task 7's configuration: key -> allowed values (sign bit + exponent_bits + mantissa_bits = 8).
+DESIGN_FIELDS = {
+    "exponent_bits": Field(int, choices=(1, 2, 3, 4, 5, 6, 7)),
+    "mantissa_bits": Field(int, choices=(0, 1, 2, 3, 4, 5, 6)),
+    "bias": Field(int, low=-100, high=200),
+    "special": Field(str, choices=("ieee", "fn", "finite")),
+}
+#: The reference design (E4M3 with bias 8, "fn" or "finite") reaches 0.0588; OFP8's E4M3 (bias 7) 0.0907,
+#: its E5M2 0.111. No 8-bit float does better than 2^-4 / (1 + 2^-4) over 15 binades.
+DESIGN_TIERS = [
+    Tier(1.0, "largest relative error at most 0.0625 (2^-4) over [0.01, 200]", lambda m: m["error"] <= 0.0625),
+    Tier(2 / 3, "largest relative error at most 0.10", lambda m: m["error"] <= 0.10),
+    Tier(1 / 3, "largest relative error at most 0.125 (2^-3)", lambda m: m["error"] <= 0.125),
+]
+
+
+def design_measures(design: dict) -> dict:
+    """The format of ``design`` and its largest relative rounding error over :data:`DESIGN_RANGE`.
+
+    Round to nearest with qlib's reference codec (ties to even, the format's overflow rule: an
+    ``"ieee"`` format overflows to infinity, whose relative error is infinite). ``ValueError``
+    (from qlib) names what the configuration gets wrong.
+    """
+    fmt = ref_float.FloatFormat("design", design["exponent_bits"], design["mantissa_bits"], design["bias"],
+                                design["special"])
+    xs = np.geomspace(*DESIGN_RANGE, 20001)
+    x_hat = ref_float.decode_floats(ref_float.encode_floats(xs, fmt), fmt)
+    relative = np.abs(x_hat - xs) / xs
+    worst = int(np.argmax(relative))
+    return {"format": fmt, "error": float(relative[worst]), "at": float(xs[worst])}
+
+
+def check_fp8_design(design):
+    """Task 7: the grader builds the student's 8-bit float format and measures it with qlib's codec, in tiers."""
+    task = "Task 7"
+    design = config_of(task, design, DESIGN_FIELDS, what="format")
+    if design["exponent_bits"] + design["mantissa_bits"] != 7:
+        fail(f"{task}: 1 sign bit + {design['exponent_bits']} exponent bits + {design['mantissa_bits']} mantissa bits "
+             f"is {1 + design['exponent_bits'] + design['mantissa_bits']} bits; an 8-bit float needs "
+             "exponent_bits + mantissa_bits = 7.")
+    try:
+        measured = design_measures(design)
+    except ValueError as err:
+        fail(f"{task}: {err}.")
+    fmt = measured["format"]
+    report = (f"E{fmt.exponent_bits}M{fmt.mantissa_bits}, bias {fmt.bias}, {fmt.special!r}: largest finite value "
+              f"{fmt.max_value:g}, smallest normal {fmt.min_normal:g}; largest relative error {measured['error']:.4f} "
+              f"(at |x| = {measured['at']:.4g})")
+    return tiered(task, measured, DESIGN_TIERS, report=report)
+
+
+#: Question 3: energy of one operation (qlib.cost.ENERGY_45NM, Horowitz 2014, 45 nm), in pJ.
+def _energy(name: str) -> float:
+    from qlib.cost import ENERGY_45NM
+
+    return ENERGY_45NM[name].value
+
+
+def check_fp32_over_int8_energy(answer):
+    """Question 3: weights in SRAM, one multiply-add per weight: FP32 costs (5 + 3.7 + 0.9) / (5/4 + 0.2 + 0.03)."""
+    read, read8 = _energy("sram_read_32bit"), _energy("sram_read_32bit") * 8 / 32
+    mac32, mac8 = _energy("fp32_mult") + _energy("fp32_add"), _energy("int8_mult") + _energy("int8_add")
+    check_number("Question 3", answer, (read + mac32) / (read8 + mac8), rel_tol=0.01, mistakes=[
+        (mac32 / mac8, "That compares the arithmetic only: every weight is also read from the SRAM once."),
+        (read / read8, "That compares the memory reads only: every weight also takes a multiply and an add."),
+        ((read + mac32) / (read + mac8), "One 32-bit read brings four INT8 weights: count the read energy per "
+                                         "weight, not per read."),
+        ((read + _energy("fp32_mult")) / (read8 + _energy("int8_mult")),
+         "A multiply-add is a multiplication and an addition: count both."),
+        ((read + mac32) / (read8 + _energy("int8_mult") + _energy("int32_add")),
+         "The question counts the add in the weights' format, an 8-bit add, as the chapter does."),
+        ((read8 + mac8) / (read + mac32), "The question asks how many times more FP32 costs: FP32 over INT8, a "
+                                          "number above 1."),
+        ((read + mac32) / (read * 8 + mac8), "An INT8 weight is 8 bits (one byte), a quarter of a 32-bit read, "
+                                             "not 8 bytes."),
+    ], hint="Per weight: the energy of reading its bits from SRAM plus one multiplication and one addition, in "
+            "FP32 and in INT8; then divide.")
+
+
+def check_tokens_per_second_bound(answer):
+    """Question 4: 3e9 weights in MXFP4 (4 + 8/32 bits) at 60 GB/s: at most bandwidth / bytes tokens per second."""
+    from qlib.cost import tokens_per_second_upper_bound
+
+    n, bandwidth = 3e9, 60e9
+    check_number("Question 4", answer, tokens_per_second_upper_bound(n, 4 + 8 / 32, bandwidth), rel_tol=0.01,
+                 unit="tokens per second", mistakes=[
+        (bandwidth / (n * 4 / 8), "MXFP4 stores more than its 4-bit elements: each block of 32 also stores its "
+                                  "8-bit scale."),
+        (bandwidth / (n * (4 + 8) / 8), "The 8-bit scale is shared by a block of 32 elements: it adds 8/32 of a "
+                                        "bit per weight, not 8."),
+        (bandwidth / (n * (4 + 32 / 32) / 8), "An MX scale is an 8-bit E8M0 code, not a 32-bit float."),
+        (bandwidth / (n * 4.25), "The bandwidth is in bytes per second: divide the bits of the weights by 8 to get "
+                                 "their bytes."),
+        (bandwidth * 8 / (n * 4.25 / 8), "The bandwidth is already in bytes per second (1 GB = 10^9 bytes): "
+                                         "compare it with the bytes of the weights."),
+        (bandwidth / (n * 2), "MXFP4 weights are not 16 bits: count 4-bit elements and the share of the scales."),
+    ], hint="Generating one token reads every weight once: divide the bandwidth (bytes per second) by the bytes of "
+            "the weights, N * bits per weight / 8.")
