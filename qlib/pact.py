@@ -63,12 +63,12 @@ class PACTFakeQuantize(torch.autograd.Function):
         return grad_x, grad_alpha, None
 
 
-@reference
-def pact_fake_quantize(x, alpha, bits: int) -> torch.Tensor:
-    """``round(clip(x, 0, alpha) * (1/scale)) * scale`` with ``scale = alpha / (2**bits - 1)``.
+def check_pact_arguments(x, alpha, bits: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """PACT's arguments checked (also CG-PACT's, :func:`qlib.sat.cg_pact_fake_quantize`): ``(x, alpha, bits)``.
 
-    Round half to even, float32. Gradients: 1 to ``x`` where ``0 <= x < alpha``; 1 to
-    ``alpha`` where ``x >= alpha`` (summed over the tensor).
+    ``x`` as a float32 tensor; ``alpha`` a float32 tensor of one positive finite value whose scale
+    ``alpha / (2**bits - 1)`` has a finite reciprocal; ``bits`` from 1 to 24 (float32 holds every
+    integer up to 2**24). Anything else is an error that names the argument.
     """
     bits = check_bits(bits)
     if bits > 24:
@@ -87,7 +87,17 @@ def pact_fake_quantize(x, alpha, bits: int) -> torch.Tensor:
         raise ValueError(f"alpha must be a positive finite number, got {float(a.reshape(()))}: "
                          "a clipping level at or below 0 would zero every activation")
     _scale_tensor(a / (2**bits - 1))  # the scale must have a finite reciprocal
-    return PACTFakeQuantize.apply(x, alpha, bits)
+    return x, alpha, bits
+
+
+@reference
+def pact_fake_quantize(x, alpha, bits: int) -> torch.Tensor:
+    """``round(clip(x, 0, alpha) * (1/scale)) * scale`` with ``scale = alpha / (2**bits - 1)``.
+
+    Round half to even, float32. Gradients: 1 to ``x`` where ``0 <= x < alpha``; 1 to
+    ``alpha`` where ``x >= alpha`` (summed over the tensor). Arguments: :func:`check_pact_arguments`.
+    """
+    return PACTFakeQuantize.apply(*check_pact_arguments(x, alpha, bits))
 
 
 def pact_penalty(model: nn.Module, weight: float) -> torch.Tensor:

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from qlib.dorefa import DoReFaActivationQuantizer, _checked_bits, _float32, dorefa_weight
-from qlib.pact import PACTQuantizer
+from qlib.pact import PACTQuantizer, check_pact_arguments
 from qlib.folding import batchnorm_pairs
 from qlib.qat import QATConv2d, QATLinear
 
@@ -119,21 +119,11 @@ def cg_pact_fake_quantize(x, alpha, bits: int) -> torch.Tensor:
     """PACT's ``round(clip(x, 0, alpha) * (1/S)) * S``, ``S = alpha / (2**bits - 1)``, with CG-PACT's gradients.
 
     Round half to even, float32; the forward output equals :func:`qlib.pact.pact_fake_quantize`
-    bit for bit. Gradients: see the module (``alpha`` gets ``(y_q - x) / alpha`` from every value
-    inside the range, 1 from every clipped value).
+    bit for bit, and its arguments are checked alike (:func:`qlib.pact.check_pact_arguments`).
+    Gradients: see the module (``alpha`` gets ``(y_q - x) / alpha`` from every value inside the
+    range, 1 from every clipped value).
     """
-    bits = _checked_bits(bits)
-    x = _float32(x, "x")
-    if not isinstance(alpha, torch.Tensor):
-        alpha = torch.tensor(float(alpha), dtype=torch.float32)
-    if alpha.numel() != 1:
-        raise ValueError(f"alpha must hold one value (one clipping level per tensor), got shape {tuple(alpha.shape)}")
-    if alpha.dtype != torch.float32:
-        raise TypeError(f"alpha must be float32, got {alpha.dtype}")
-    a = float(alpha.detach().reshape(()))
-    if not (math.isfinite(a) and a > 0):
-        raise ValueError(f"alpha must be a positive finite number, got {a}")
-    return CGPACTFakeQuantize.apply(x, alpha, bits)
+    return CGPACTFakeQuantize.apply(*check_pact_arguments(x, alpha, bits))
 
 
 class CGPACTQuantizer(PACTQuantizer):
