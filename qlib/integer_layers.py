@@ -211,6 +211,15 @@ def _requantize(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, z_y: i
     return (_mbqm(acc, m0, shift) + z_y).clamp(lo, hi)
 
 
+def _layer_arguments(q_bias, x_zero_point, weight_zero_point, m0, shift, y_zero_point, qmin, qmax, relu,
+                     c_out: int) -> tuple:
+    """The checked per-layer arguments of both integer layers: ``(q_bias, Z_X, Z_W, M0, shift, Z_Y, lo, hi)``."""
+    z_x = _check_input_zero_point(x_zero_point)
+    z_y, lo, hi = _output_range(y_zero_point, qmin, qmax, relu)
+    m0, shift = _rescale_args(m0, shift, c_out)
+    return _bias_tensor(q_bias, c_out), z_x, _weight_zero_point(weight_zero_point, c_out), m0, shift, z_y, lo, hi
+
+
 # --- fully connected and convolution ------------------------------------------------------------
 
 @reference
@@ -237,11 +246,8 @@ def quantized_linear(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero
     c_out, c_in = q_weight.shape
     if q_x.shape[1] != c_in:
         raise ValueError(f"q_x has {q_x.shape[1]} features per row but q_weight expects {c_in}")
-    z_x = _check_input_zero_point(x_zero_point)
-    z_y, lo, hi = _output_range(y_zero_point, qmin, qmax, relu)
-    m0, shift = _rescale_args(m0, shift, c_out)
-    z_w = _weight_zero_point(weight_zero_point, c_out)
-    q_bias = _bias_tensor(q_bias, c_out)
+    q_bias, z_x, z_w, m0, shift, z_y, lo, hi = _layer_arguments(q_bias, x_zero_point, weight_zero_point, m0, shift,
+                                                               y_zero_point, qmin, qmax, relu, c_out)
     fast = integer_kernels.quantized_linear_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, hi)
     if fast is not None:                                   # 8-bit operands: the same integers, faster
         return fast
@@ -293,11 +299,8 @@ def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point: int, m0, shift, y_zero
                          f"in {groups} group(s), i.e. {c_in // groups} per group")
     if h + 2 * ph < kh or w + 2 * pw < kw:
         raise ValueError(f"the kernel {kh}x{kw} is larger than the padded input {h + 2 * ph}x{w + 2 * pw}")
-    z_x = _check_input_zero_point(x_zero_point)
-    z_y, lo, hi = _output_range(y_zero_point, qmin, qmax, relu)
-    m0, shift = _rescale_args(m0, shift, c_out)
-    z_w = _weight_zero_point(weight_zero_point, c_out)
-    q_bias = _bias_tensor(q_bias, c_out)
+    q_bias, z_x, z_w, m0, shift, z_y, lo, hi = _layer_arguments(q_bias, x_zero_point, weight_zero_point, m0, shift,
+                                                               y_zero_point, qmin, qmax, relu, c_out)
     fast = integer_kernels.quantized_conv2d_int8(q_x, q_weight, q_bias, z_x, z_w, m0, shift, z_y, lo, hi,
                                                  (sh, sw), (ph, pw), groups)
     if fast is not None:                                   # 8-bit operands, one group: the same integers, faster
