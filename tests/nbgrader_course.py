@@ -113,34 +113,30 @@ def submit(course: Path, lab: str, student: str, nb: nbformat.NotebookNode) -> N
     nbformat.write(nb, path)
 
 
-def scores(course: Path, lab: str) -> dict[str, dict[str, float]]:
-    """student -> {grade_id: score} from the gradebook after autograding."""
+def _grades_by_student(course: Path, lab: str, value) -> dict:
+    """student -> {grade_id: value(grade)} for every graded submission of ``lab`` in the gradebook."""
     from nbgrader.api import Gradebook
 
-    out: dict[str, dict[str, float]] = {}
+    out = {}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         for student in gb.students:
             try:
                 sub = gb.find_submission_notebook(lab, lab, student.id)
             except Exception:
                 continue
-            out[student.id] = {g.name: g.score for g in sub.grades}
+            out[student.id] = {g.name: value(g) for g in sub.grades}
     return out
+
+
+def scores(course: Path, lab: str) -> dict[str, dict[str, float]]:
+    """student -> {grade_id: score} from the gradebook after autograding."""
+    return _grades_by_student(course, lab, lambda grade: grade.score)
 
 
 def waiting_for_a_person(course: Path, lab: str) -> dict[str, set[str]]:
     """student -> the grade ids nbgrader marks ``needs_manual_grade`` after autograding."""
-    from nbgrader.api import Gradebook
-
-    out: dict[str, set[str]] = {}
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        for student in gb.students:
-            try:
-                sub = gb.find_submission_notebook(lab, lab, student.id)
-            except Exception:
-                continue
-            out[student.id] = {g.name for g in sub.grades if g.needs_manual_grade}
-    return out
+    flags = _grades_by_student(course, lab, lambda grade: grade.needs_manual_grade)
+    return {student: {gid for gid, waiting in grades.items() if waiting} for student, grades in flags.items()}
 
 
 def autograde(course: Path, lab: str, submissions: dict[str, nbformat.NotebookNode], workers: int = 2,
