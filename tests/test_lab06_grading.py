@@ -4,12 +4,15 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import Cheat, LabGradingTests, Target, Wrong
+from tests.lab_grading import Cheat, Choice, LabGradingTests, Target, Wrong
 
 LAB = "lab06_integer_inference"
 POINTS = {"test_quantize_multiplier": 3, "test_saturating_rounding_doubling_high_mul": 2,
           "test_rounding_divide_by_pot": 2, "test_requantize": 3, "test_quantized_linear": 4,
-          "test_quantized_conv2d": 6}
+          "test_quantized_conv2d": 6, "test_layer_multiplier": 2, "test_precomputed_terms": 1,
+          "test_folded_bias": 2, "test_max_products": 1, "test_fast_quantized_conv2d": 3, "test_which_bug": 1,
+          "test_bn_folded_q_bias": 2}
+WRITTEN = {"roundings_differ": 2}
 
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
 
@@ -64,6 +67,24 @@ def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poin
                            qmin, qmax, relu, weight_zero_point)
     return q_y.reshape(n, oh, ow, c_out).permute(0, 3, 1, 2)
 '''),
+    "m0_truncated": Wrong("layer_multiplier", "test_layer_multiplier", "do not cut it off",
+                          "m0_of_layer = 1374389534\nshift_of_layer = 9\n"),
+    "shift_with_the_wrong_sign": Wrong("layer_multiplier", "test_layer_multiplier", "needs a positive shift",
+                                       "m0_of_layer = 1374389535\nshift_of_layer = -9\n"),
+    "input_sum_taken_for_a_constant": Wrong("precomputed_terms", "test_precomputed_terms",
+                                            "changes with every input row", 'precomputed_terms = "c"\n'),
+    "folded_bias_without_the_constant_term": Wrong("folded_bias", "test_folded_bias", "A term is missing",
+                                                   "folded_bias = 5000 - 128 * (-300)\n"),
+    "products_bounded_by_255": Wrong("max_products", "test_max_products", "how large can",
+                                     "max_products = (2**31 - 1) // (127 * 255)\n"),
+    "colleague_left_unfixed": Wrong("fast_quantized_conv2d", "test_fast_quantized_conv2d", "at the border",
+                                    "fast_quantized_conv2d = colleague_conv2d\n"),
+    "bug_blamed_on_the_output_zero_point": Wrong("which_bug", "test_which_bug", "after its two roundings",
+                                                 'which_bug = "d"\n'),
+    "batch_norm_divided_by_the_variance": Wrong("bn_folded_q_bias", "test_bn_folded_q_bias",
+                                                "square root of the variance",
+                                                "a = 1.2 / 0.09  # gamma / variance\n"
+                                                "bn_folded_q_bias = round((a * (0.3 - 0.8) - 0.4) / 0.0002)\n"),
     "hard_coded_visible_cases": Wrong("quantize_multiplier", "test_quantize_multiplier", "A hidden check failed", '''
 def quantize_multiplier(multiplier):
     table = {0.3: (1288490189, 1), 0.5: (2**30, 0), 0.0119: (1635523546, 6), 1.5: (3 * 2**29, -1),
@@ -148,6 +169,35 @@ def quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poin
 ''',
 }
 
+# --- the same answers written otherwise: other spellings, other types, another fix -----------------------
+
+OTHER_SPELLINGS = {
+    "layer_multiplier": "import numpy\nm0_of_layer = numpy.int64(1374389535)\nshift_of_layer = 9.0\n",
+    "precomputed_terms": 'precomputed_terms = " (B) "\n',
+    "folded_bias": "folded_bias = torch.tensor(59784)\n",
+    "max_products": "max_products = 132104.0\n",
+    # the fix written the other way round: pad the centred input with 0, add Z_X back
+    "fast_quantized_conv2d": '''
+def fast_quantized_conv2d(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_point, qmin, qmax,
+                          stride=1, padding=0, relu=False):
+    x = torch.as_tensor(q_x).to(torch.int64)
+    w = torch.as_tensor(q_weight).to(torch.int64).reshape(q_weight.shape[0], -1)
+    n, (c_out, c_in, kh, kw) = x.shape[0], q_weight.shape
+    folded_bias = -x_zero_point * w.sum(dim=1)
+    if q_bias is not None:
+        folded_bias = folded_bias + torch.as_tensor(q_bias).to(torch.int64)
+    x = torch.nn.functional.pad(x - x_zero_point, (padding,) * 4) + x_zero_point
+    patches = x.unfold(2, kh, stride).unfold(3, kw, stride)
+    oh, ow = patches.shape[2], patches.shape[3]
+    cols = patches.permute(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, -1)
+    low = max(qmin, y_zero_point) if relu else qmin
+    q_y = requantize(cols @ w.T + folded_bias, m0, shift, y_zero_point, low, qmax)
+    return q_y.reshape(n, oh, ow, c_out).permute(0, 3, 1, 2)
+''',
+    "which_bug": 'which_bug = "B)"\n',
+    "bn_folded_q_bias": "bn_folded_q_bias = -12000.0\n",
+}
+
 # --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
 CHEATS = {
@@ -163,10 +213,12 @@ def quantized_linear(q_x, q_weight, q_bias, x_zero_point, m0, shift, y_zero_poin
 
 
 class TestLab06Grading(LabGradingTests):
-    LAB, POINTS, N_STUBS = LAB, POINTS, 6
-    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, DIFFERENT, "hard_coded_visible_cases"
+    LAB, POINTS, N_STUBS, WRITTEN = LAB, POINTS, 13, WRITTEN
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, {**DIFFERENT, **OTHER_SPELLINGS}, "hard_coded_visible_cases"
+    CHOICE = Choice("precomputed_terms", "test_precomputed_terms", "precomputed_terms")
     CHEAT_TARGET = Target("quantize_multiplier", "test_quantize_multiplier", "qlib.requantize.quantize_multiplier")
     CHEATS = CHEATS
     ANSWER_LINES = ("m0 = math.floor(f * 2**31 + 0.5)", "threshold = (mask >> 1) + (x < 0)",
-                    "patches.permute(0, 2, 3, 1, 4, 5)")
+                    "patches.permute(0, 2, 3, 1, 4, 5)", 'precomputed_terms = "b"', "m0_of_layer = 1374389535",
+                    'which_bug = "b"', "**Rubric (2 points).** 1 point: names the differences in rounding")
     CELL_SECONDS = 10  # the slowest cell of a correct submission takes under 3 s

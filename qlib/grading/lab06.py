@@ -10,6 +10,11 @@ values come from :mod:`qlib.requantize` and :mod:`qlib.integer_layers`,
 computed before the student's function runs; while it runs, those references
 are blocked. A later task that calls an earlier one gets a correct stand-in
 for it, so one mistake costs one question.
+
+The questions (a multiplier, the folded bias, an accumulator bound, the bug's letter, a batch norm
+folded into an int32 bias) are graded by :mod:`qlib.grading.answers`, without hidden cases. Task 7
+(the colleague's folded convolution, fixed) is checked like Task 6, on layers whose padding and
+input zero point expose the planted bug.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import torch
 
 from qlib import integer_layers as ref_layers
 from qlib import requantize as ref
+from qlib.grading.answers import answer_of, check_choice
 from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import (
     as_integers,
@@ -45,6 +51,8 @@ EARLIER_TASKS = {
     "quantized_linear": ("saturating_rounding_doubling_high_mul", "rounding_divide_by_pot", "requantize"),
     "quantized_conv2d": ("saturating_rounding_doubling_high_mul", "rounding_divide_by_pot", "requantize",
                          "quantized_linear"),
+    "fast_quantized_conv2d": ("saturating_rounding_doubling_high_mul", "rounding_divide_by_pot", "requantize",
+                              "quantized_linear", "quantized_conv2d"),
 }
 #: The correct versions that stand in for them.
 STAND_INS = {
@@ -52,6 +60,7 @@ STAND_INS = {
     "rounding_divide_by_pot": ref.rounding_divide_by_pot,
     "requantize": ref.requantize,
     "quantized_linear": ref_layers.quantized_linear,
+    "quantized_conv2d": ref_layers.quantized_conv2d,
 }
 _run = task_runner(REFERENCES, EARLIER_TASKS, STAND_INS)
 
@@ -391,7 +400,7 @@ def _linear_variants(args: dict) -> dict:
     a = _clone(args)
     variants = {}
     no_zx = dict(a, x_zero_point=0)
-    variants["subtract the input zero point: acc = sum (q_W - Z_W)(q_X - Z_X) + q_b."] = no_zx
+    variants["the input zero point is missing: the real input is S_X (q_X - Z_X), not S_X q_X."] = no_zx
     if a["relu"]:
         variants["a fused ReLU clamps at the output zero point Z_Y (the integer for real 0), not at 0."] = dict(
             a, relu=False, qmin=max(a["qmin"], 0))
@@ -399,7 +408,8 @@ def _linear_variants(args: dict) -> dict:
     if a["q_bias"] is not None:
         variants["add the bias q_bias to the accumulator."] = dict(a, q_bias=None)
     if a["weight_zero_point"]:
-        variants["subtract the weight zero point too: (q_W - Z_W)."] = dict(a, weight_zero_point=0)
+        variants["the weight zero point is missing: the real weight is S_W (q_W - Z_W), with one Z_W per output "
+                 "channel."] = dict(a, weight_zero_point=0)
     out = {}
     for hint, v in variants.items():
         try:
@@ -449,8 +459,10 @@ def check_quantized_linear(quantized_linear, seed=None):
             hint = WRAP_HINT
         else:
             hint = _hint_from(got, _linear_variants(args),
-                              "acc = (q_X - Z_X) @ (q_W - Z_W)^T + q_b, then requantize(acc, m0, shift, Z_Y, "
-                              "qmin', qmax) with qmin' = max(qmin, Z_Y) under a fused ReLU.")
+                              "acc must satisfy y = S_W S_X acc: substitute x = S_X (q_X - Z_X), "
+                              "W = S_W (q_W - Z_W) and b = S_W S_X q_b into y = W x + b. Then "
+                              "requantize(acc, m0, shift, Z_Y, qmin', qmax), qmin' = max(qmin, Z_Y) under a "
+                              "fused ReLU.")
         if seed is None:
             shown = ", ".join(f"{k}={fmt(np.asarray(v)) if isinstance(v, torch.Tensor) else v}"
                               for k, v in args.items())
@@ -541,3 +553,213 @@ def check_quantized_conv2d(quantized_conv2d, seed=None):
                  f"got {got[index]}.\nHint: {hint}")
         fail(f"{HIDDEN} for {task} on a layer with {kind}. Hint: {hint}")
     passed(task, len(cases), hidden=seed is not None)
+
+
+# --- Questions whose answer is one integer ------------------------------------------------------------
+
+def check_integer(task: str, answer, expected: int, mistakes=(), hint: str = "") -> None:
+    """Grade a whole number: equal to ``expected``; a wrong value that a known mistake gives gets its hint.
+
+    Like :func:`qlib.grading.answers.check_number` with no tolerance, but the message shows the
+    answer in full (an m0 of ten digits, not 1.37439e+09). ``mistakes``: ``(value, hint)`` pairs; an
+    answer matches a mistake within 1e-6 or, if it is a whole number, as the mistake rounded.
+    """
+    value = answer_of(task, answer)
+    if isinstance(value, (torch.Tensor, np.ndarray)) and np.asarray(value).size == 1:
+        value = np.asarray(value).reshape(()).tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        fail(f"{task}: the answer is {value!r} ({type(value).__name__}); give one whole number.")
+    shown = str(int(value)) if value == int(value) else repr(value)
+    if value == expected:
+        print(f"{task}: correct")
+        return
+    for wrong, why in mistakes:
+        if math.isclose(value, wrong, rel_tol=0.0, abs_tol=1e-6) or value == int(value) == round(wrong):
+            fail(f"{task}: {shown} is not right. {why}")
+    if value != int(value):
+        fail(f"{task}: {shown} is not a whole number. {hint}")
+    fail(f"{task}: {shown} is not right. {hint}")
+
+
+# --- Question 1: the multiplier of a layer, by hand -------------------------------------------------
+
+#: The scales of Question 1's layer: M = S_W S_X / S_Y = 0.00125 = 0.64 * 2^-9.
+QUESTION1_SCALES = {"S_X": 0.05, "S_W": 0.004, "S_Y": 0.16}
+
+
+def check_layer_multiplier(m0_of_layer, shift_of_layer):
+    """Question 1: (m0, shift) of M = S_W S_X / S_Y, worked out by hand (Task 1's rules)."""
+    s = QUESTION1_SCALES
+    multiplier = s["S_W"] * s["S_X"] / s["S_Y"]
+    m0, shift = (int(v) for v in ref.quantize_multiplier(multiplier))
+    f, e = math.frexp(multiplier)
+    check_integer("Question 1 (shift)", shift_of_layer, shift, mistakes=[
+        (-shift, "The sign: M is below 0.5, so M = m0 * 2^-31 * 2^-shift needs a positive shift (a right shift)."),
+        (shift + 1, "Write M = f * 2^e with the mantissa f in [0.5, 1), as math.frexp does, not in [1, 2)."),
+        (shift - 1, "Write M = f * 2^e with the mantissa f in [0.5, 1), as math.frexp does: f * 2^e must equal M."),
+    ], hint="Compute M = S_W S_X / S_Y, then the power of two that brings it into [0.5, 1).")
+    check_integer("Question 1 (m0)", m0_of_layer, m0, mistakes=[
+        (math.floor(f * 2**31), "f * 2^31 is not a whole number: round it to the nearest integer, do not cut it off."),
+        (f * 2**31, "m0 is an integer: round f * 2^31."),
+        (round(multiplier * 2**31), "That is M * 2^31: first write M = f * 2^e with f in [0.5, 1); m0 holds f."),
+        (round(f * 2**32), "m0 = round(f * 2^31), a Q0.31 number in [2^30, 2^31)."),
+    ], hint="m0 = round(f * 2^31) for the mantissa f in [0.5, 1) of M = f * 2^e.")
+
+
+# --- Question 2 and 3: the zero points folded into the bias ------------------------------------------
+
+def check_precomputed_terms(precomputed_terms):
+    """Question 2: of the four sums, Z_X sum_k q_W and K Z_W Z_X are constants of the layer."""
+    check_choice("Question 2", precomputed_terms, "b", hints={
+        "a": "sum_k q_W q_X multiplies the weights with the input: it is the work of the layer, done for every "
+             "input.",
+        "c": "sum_k q_X[n, k] adds up the input: it changes with every input row, so it cannot be computed "
+             "before the input arrives.",
+        "d": "A term is a constant of the layer only if it holds no q_X at all: check each of the four.",
+    })
+
+
+#: Question 3's output channel: K products, the weights' sum, the zero points and the int32 bias.
+QUESTION3_LAYER = {"K": 64, "sum_q_w": -300, "Z_W": 2, "Z_X": 128, "q_b": 5000}
+
+
+def check_folded_bias(folded_bias):
+    """Question 3: q_b - Z_X sum q_W + K Z_W Z_X for one output channel."""
+    c = QUESTION3_LAYER
+    zx_term, zz_term = c["Z_X"] * c["sum_q_w"], c["K"] * c["Z_W"] * c["Z_X"]
+    expected = c["q_b"] - zx_term + zz_term
+    check_integer("Question 3", folded_bias, expected, mistakes=[
+        (c["q_b"] - zx_term, "A term is missing: expand (q_W - Z_W)(q_X - Z_X) into four sums; with Z_W != 0 "
+                             "two of them hold no q_X."),
+        (c["q_b"] + zx_term + zz_term, "Check the sign of the term with Z_X and the weights' sum: the weights' sum "
+                                       "here is negative."),
+        (c["q_b"] - zx_term - zz_term, "Check the sign of the constant term: the product of the two minus signs."),
+        (c["q_b"] + zx_term - zz_term, "Check the signs of both folded terms: expand (q_W - Z_W)(q_X - Z_X) "
+                                       "term by term."),
+        (c["q_b"], "The bias alone: the zero-point terms that hold no q_X join it."),
+    ], hint="Expand sum_k (q_W - Z_W)(q_X - Z_X) and add q_b; keep the terms that do not depend on the input.")
+
+
+# --- Question 4: how many products an int32 accumulator holds -------------------------------------
+
+def check_max_products(max_products):
+    """Question 4: largest K with K * 127 * 128 <= 2^31 - 1 (|q_W| <= 127, |q_X - Z_X| <= 128)."""
+    worst = 127 * 128
+    expected = (2**31 - 1) // worst
+    check_integer("Question 4", max_products, expected, mistakes=[
+        (expected + 1, "With that many products the worst case already passes the int32 range: give the largest K "
+                       "that stays inside it."),
+        ((2**31 - 1) // (127 * 255), "The accumulator sums (q_X - Z_X) q_W: with Z_X = 128, how large can "
+                                     "|q_X - Z_X| be?"),
+        ((2**31 - 1) // (127 * 127), "q_X - Z_X ranges over [-128, 127]: its largest magnitude is 128."),
+        (2**31 // (128 * 128), "The weights are symmetric int8: |q_W| <= 127."),
+        ((2**31 - 1) / worst, "A number of products is a whole number."),
+        (2**31 / worst, "A number of products is a whole number."),
+    ], hint="Bound |q_W (q_X - Z_X)| for one product, then divide the int32 range by it.")
+
+
+# --- Task 7: the folded convolution, debugged -------------------------------------------------------
+
+FAST_CONV_POSITIONAL = CONV_POSITIONAL
+FAST_CONV_KINDS = ["int64 inputs and one multiplier", "a fused ReLU", "one multiplier per output channel",
+                   "a uint8 input tensor", "no bias (q_bias=None)"]
+
+
+def _fast_conv_case(gen, kind: str) -> dict:
+    args = _layer_case(gen, kind, conv=True)
+    del args["weight_zero_point"]
+    args["padding"] = int(gen.integers(1, 3))  # the border is where the zero point matters
+    args["x_zero_point"] = int(gen.integers(1, 256))
+    return args
+
+
+def check_fast_quantized_conv2d(fast_quantized_conv2d, seed=None):
+    """Task 7: the convolution with Z_X folded into the bias, fixed (symmetric weights, groups=1)."""
+    task = "fast_quantized_conv2d"
+    if seed is None:
+        gen = np.random.default_rng(61)
+        q_x = torch.from_numpy(gen.integers(0, 256, (1, 2, 5, 5)))
+        q_w = torch.from_numpy(gen.integers(-127, 128, (3, 2, 3, 3))).to(torch.int8)
+        m0, shift = (int(v) for v in ref.quantize_multiplier(0.003))
+        base = dict(q_x=q_x, q_weight=q_w, q_bias=torch.tensor([500, -500, 0], dtype=torch.int32),
+                    x_zero_point=100, m0=m0, shift=shift, y_zero_point=128, qmin=0, qmax=255, stride=2,
+                    padding=0, relu=False)
+        cases = [("visible", base), ("visible", dict(base, stride=1, padding=1, relu=True))]
+    else:
+        gen = np.random.default_rng(seed)
+        cases = [(kind, _fast_conv_case(gen, kind)) for _ in range(3) for kind in FAST_CONV_KINDS]
+    for kind, args in cases:
+        expected = ref_layers.quantized_conv2d(**_clone(args)).numpy()
+        positional, keywords = _positional(_clone(args), FAST_CONV_POSITIONAL)
+        got = as_integers(_run(task, fast_quantized_conv2d, *positional, **keywords), "q_y", task)
+        check_shape(got, expected.shape, "q_y (N, C_out, OH, OW)", task)
+        if np.array_equal(got, expected):
+            continue
+        differ = got != expected
+        p = args["padding"]
+        inside = np.zeros(expected.shape[2:], dtype=bool)
+        if p:
+            # output positions whose window lies inside the input: rows i with i*s - p >= 0 and i*s - p + k <= H
+            k, s = args["q_weight"].shape[2], args["stride"]
+            h, w = args["q_x"].shape[2:]
+            rows = [(i * s - p >= 0) and (i * s - p + k <= h) for i in range(expected.shape[2])]
+            cols = [(j * s - p >= 0) and (j * s - p + k <= w) for j in range(expected.shape[3])]
+            inside = np.outer(rows, cols)
+        if p and not differ[..., inside].any():
+            hint = ("every output whose window lies inside the image is right; the wrong ones are all at the "
+                    "border, where the window covers padding.")
+        elif _wraps_small_ints(fast_quantized_conv2d, task, args, expected):
+            hint = WRAP_HINT
+        else:
+            hint = ("compare it with your quantized_conv2d from Task 6 on the same layer: the folded form must give "
+                    "the same integers.")
+        if seed is None:
+            index = tuple(int(i) for i in np.argwhere(differ)[0])
+            fail(f"{task} on an input of shape {tuple(args['q_x'].shape)} with q_weight of shape "
+                 f"{tuple(args['q_weight'].shape)}, stride={args['stride']}, padding={p}, relu={args['relu']}, "
+                 f"x_zero_point={args['x_zero_point']}: {int(differ.sum())} of {got.size} outputs differ; the "
+                 f"first at (n, c_out, i, j) = {index}: expected {expected[index]}, got {got[index]}.\nHint: {hint}")
+        fail(f"{HIDDEN} for {task} on a layer with {kind}. Hint: {hint}")
+    passed(task, len(cases), hidden=seed is not None)
+
+
+def check_which_bug(which_bug):
+    """Question 5: the colleague's convolution pads with the integer 0 where the patches keep Z_X."""
+    check_choice("Question 5", which_bug, "b", hints={
+        "a": "Read the first lines of the function: the inputs are widened to int64 before any arithmetic.",
+        "c": "Expand sum q_W (q_X - Z_X): the folded term's sign is right, and without padding the function "
+             "agrees with your Task 6.",
+        "d": "requantize adds the output zero point after its two roundings, inside the function you wrote in "
+             "Task 4.",
+    })
+
+
+# --- Question 6: batch-norm folding and the converted bias -------------------------------------------
+
+#: Question 6's output channel: the convolution's bias, its batch norm (eps = 0), the scales of the folded layer.
+QUESTION6_CHANNEL = {"b": 0.3, "gamma": 1.2, "beta": -0.4, "mu": 0.8, "var": 0.09, "S_X": 0.02, "S_W": 0.01}
+
+
+def check_bn_folded_q_bias(bn_folded_q_bias):
+    """Question 6: q_b = round((a (b - mu) + beta) / (S_X S_W)), a = gamma / sqrt(var)."""
+    c = QUESTION6_CHANNEL
+    scale = c["S_X"] * c["S_W"]
+    a = c["gamma"] / math.sqrt(c["var"])
+    folded = a * (c["b"] - c["mu"]) + c["beta"]
+    expected = round(folded / scale)
+    check_integer("Question 6", bn_folded_q_bias, expected, mistakes=[
+        (folded, "That is the folded bias as a real number; the converted layer stores it as an int32 at the "
+                 "scale of the accumulator."),
+        ((c["b"] - c["mu"] + c["beta"]) / scale, "The batch norm's factor a multiplies the whole affine map, "
+                                                 "the bias included."),
+        ((c["gamma"] / c["var"] * (c["b"] - c["mu"]) + c["beta"]) / scale,
+         "The batch norm divides by the standard deviation, the square root of the variance."),
+        ((a * c["b"] + c["beta"]) / scale, "The running mean is subtracted too."),
+        ((a * (c["b"] - c["mu"])) / scale, "The shift beta is added after the scaling."),
+        ((a * c["b"] - c["mu"] + c["beta"]) / scale, "The mean is subtracted before the scaling by a."),
+        (folded / c["S_X"], "The accumulator's scale is S_W S_X, the product of both scales."),
+        (folded / c["S_W"], "The accumulator's scale is S_W S_X, the product of both scales."),
+    ], hint="Fold the batch norm into the bias (chapter 6, batch-norm folding), then divide by the scale of "
+            "the accumulator and round.")
