@@ -60,6 +60,11 @@ def test_a_number_outside_the_tolerance_fails_with_the_hint_of_its_mistake():
     assert "step by step" in failure(check_number, "Q2", 3, 12)
 
 
+def test_a_wrong_number_is_shown_as_written():
+    assert "1374389536 is not right" in failure(check_number, "Q2", 1374389536, 1374389535, rel_tol=0.0)
+    assert "0.1234568 is not right" in failure(check_number, "Q2", 0.123456789, 1.0)
+
+
 def test_the_absolute_tolerance_is_used_near_zero():
     check_number("Q2", 1e-9, 0.0, abs_tol=1e-6)
     assert "is not right" in failure(check_number, "Q2", 1e-3, 0.0, abs_tol=1e-6)

@@ -121,12 +121,26 @@ def write_autograded_notebook(course: Path) -> None:
     nbformat.write(nbformat.v4.new_notebook(cells=[answer, test]), path)
 
 
+RUBRIC = "**Rubric (2 points).** 1 point: says the range is widened to contain 0. 1 point: says why."
+
+
+def write_source_notebook(course: Path) -> None:
+    """The instructor's source notebook, whose written answer holds a model answer and its rubric."""
+    answer = nbformat.v4.new_markdown_cell(f"The range must contain 0 because ...\n\n{RUBRIC}")
+    answer.metadata["nbgrader"] = {"grade": True, "solution": True, "locked": False, "grade_id": "explain",
+                                   "points": 2}
+    path = course / "solutions" / LAB / f"{LAB}.ipynb"
+    path.parent.mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(cells=[answer]), path)
+
+
 @pytest.fixture(scope="module")
 def course(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("course")
     fill_gradebook(root)
     write_records(root)
     write_autograded_notebook(root)
+    write_source_notebook(root)
     return root
 
 
@@ -207,6 +221,8 @@ def test_slowest_submissions_and_manual_answers(soup):
     assert slowest[0][1:3] == ["130.0", "104.0"]
     manual = [tuple(text(td) for td in tr.find_all("td")) for tr in soup.select("tr.manual")]
     assert manual == [("ada", "explain"), ("ben", "explain")]  # eli crashed: listed with the crashes instead
+    # the rubric to grade them by, from the source notebook, without the model answer
+    assert [text(div) for div in soup.select("div.rubric")] == [f"explain {RUBRIC}"]
 
 
 def test_page_is_self_contained(page, soup):

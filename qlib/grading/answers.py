@@ -103,8 +103,13 @@ def check_number(task: str, answer, expected: float, rel_tol: float = 1e-3, abs_
         return
     for wrong, why in mistakes:
         if math.isclose(value, wrong, rel_tol=rel_tol, abs_tol=abs_tol):
-            fail(f"{task}: {value:g} is not right. {why}")
-    fail(f"{task}: {value:g} is not right. {hint}")
+            fail(f"{task}: {_shown(value)} is not right. {why}")
+    fail(f"{task}: {_shown(value)} is not right. {hint}")
+
+
+def _shown(value: float) -> str:
+    """A number as the student wrote it: a whole number in full (1374389535), else 7 significant digits."""
+    return str(int(value)) if value.is_integer() and abs(value) < 2**63 else f"{value:.7g}"
 
 
 # --- a configuration ---------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ answers the questions an instructor has after grading:
   so one mistake made on different values counts once);
 * what went wrong in grading: time per submission, and every submission that
   crashed, timed out or killed its kernel;
-* what is left for a person: answers nbgrader marks ``needs_manual_grade``.
+* what is left for a person: answers nbgrader marks ``needs_manual_grade``, with each written
+  answer's rubric from the instructor's source notebook.
 
 Sources, read only: nbgrader's gradebook (scores, roster, submission times),
 the grading records (:mod:`qlib.grading.records`: outcome, seconds, each
@@ -320,6 +321,23 @@ def manual_answers(lab: Lab) -> list[tuple[str, str]]:
     return [(s.student, g) for s in sorted(lab.graded, key=lambda s: s.student) for g in s.manual]
 
 
+def rubrics(course: Path, lab: Lab, grade_ids) -> dict[str, str]:
+    """grade_id -> the rubric of each written answer in ``grade_ids``, from the instructor's source notebook.
+
+    A written answer's source cell holds a model answer and a paragraph that starts ``**Rubric``;
+    the rubric runs from there to the end of the cell. Empty when the source notebook is not there.
+    """
+    path = course / "solutions" / lab.name / f"{lab.name}.ipynb"
+    if not path.exists():
+        return {}
+    found = {}
+    for cell in nbformat.read(path, as_version=4).cells:
+        grade_id = nbgrader_metadata(cell).get("grade_id")
+        if grade_id in grade_ids and "**Rubric" in cell.source:
+            found[grade_id] = cell.source[cell.source.index("**Rubric"):].strip()
+    return found
+
+
 # --- figures -------------------------------------------------------------------------------------------
 
 INK, ACCENT, PASS, FAIL, MUTED = "#1f2933", "#3b6ea8", "#4c9a6a", "#c8553d", "#9aa5b1"
@@ -411,6 +429,7 @@ def context(lab: Lab, course: Path, pass_mark: float) -> dict:
         "time_chart": grading_time_chart(records) if records else None,
         "slowest": slowest(lab), "median_seconds": statistics.median(r.seconds for r in records) if records else None,
         "incidents": incidents(lab), "manual": manual_answers(lab),
+        "rubrics": rubrics(course, lab, {cell for _, cell in manual_answers(lab)}),
         "records_dir": f"{RECORDS_DIRECTORY}/{lab.name}",
     }
 
