@@ -265,19 +265,14 @@ def pruning_sweep(sparsities=(0.5, 0.7, 0.8, 0.9, 0.95, 0.97), index_bits: int =
     One row per sparsity, as in :func:`deep_compression`, plus ``accuracy_before_retraining``.
     Layers are stored sparse (``index_bits`` per relative index) unless dense is smaller.
     """
-    fp32_bits = model_storage_bits(load_pretrained("cnn"))["total"]
-    with _one_thread():
-        rows = []
-        for s in sparsities:
-            model = load_pretrained("cnn")
-            masks = prune_model(model, s)
-            before = accuracy(model, load_digits("test"))
-            _train(model, model.parameters(), retrain_epochs, PRUNE_LR, _masked_step(model, masks))
-            sizes = model_storage_bits(model, _sparse_fp32_sizes(model, masks, dict.fromkeys(masks, index_bits)))
-            rows.append(_row(f"pruned {s:.0%}", model, sizes, fp32_bits) | {"accuracy_before_retraining": before})
-            if verbose:
-                print(f"pruning {s:.2f}: accuracy {rows[-1]['accuracy']:.4f}, {rows[-1]['ratio']:.1f}x", flush=True)
-        return rows
+    def prune_and_retrain(model: nn.Module, s: float) -> tuple[str, dict, dict]:
+        masks = prune_model(model, s)
+        before = accuracy(model, load_digits("test"))
+        _train(model, model.parameters(), retrain_epochs, PRUNE_LR, _masked_step(model, masks))
+        sizes = model_storage_bits(model, _sparse_fp32_sizes(model, masks, dict.fromkeys(masks, index_bits)))
+        return f"pruned {s:.0%}", sizes, {"accuracy_before_retraining": before}
+
+    return _sweep(sparsities, prune_and_retrain, verbose)
 
 
 def quantization_sweep(bit_widths=(1, 2, 3, 4, 5, 6, 8), retrain_epochs: int = CODEBOOK_EPOCHS,
@@ -287,19 +282,27 @@ def quantization_sweep(bit_widths=(1, 2, 3, 4, 5, 6, 8), retrain_epochs: int = C
     One row per bit width, as in :func:`deep_compression`, plus ``bits`` and
     ``accuracy_before_retraining``.
     """
+    def cluster_and_retrain(model: nn.Module, bits: int) -> tuple[str, dict, dict]:
+        cq = CodebookQuantizer(model, bits)
+        before = accuracy(model, load_digits("test"))
+        _train(model, cq.parameters() + _not_layer_weights(model), retrain_epochs, CODEBOOK_LR, cq.step)
+        sizes = model_storage_bits(model, _codebook_sizes(cq, {}))
+        return f"{bits}-bit k-means", sizes, {"bits": bits, "accuracy_before_retraining": before}
+
+    return _sweep(bit_widths, cluster_and_retrain, verbose)
+
+
+def _sweep(values, compress, verbose: bool) -> list[dict]:
+    """One row per value: a fresh pretrained CNN, ``compress(model, value) -> (stage, sizes, extra)``, its row."""
     fp32_bits = model_storage_bits(load_pretrained("cnn"))["total"]
     with _one_thread():
         rows = []
-        for bits in bit_widths:
+        for value in values:
             model = load_pretrained("cnn")
-            cq = CodebookQuantizer(model, bits)
-            before = accuracy(model, load_digits("test"))
-            _train(model, cq.parameters() + _not_layer_weights(model), retrain_epochs, CODEBOOK_LR, cq.step)
-            sizes = model_storage_bits(model, _codebook_sizes(cq, {}))
-            rows.append(_row(f"{bits}-bit k-means", model, sizes, fp32_bits)
-                        | {"bits": bits, "accuracy_before_retraining": before})
+            stage, sizes, extra = compress(model, value)
+            rows.append(_row(stage, model, sizes, fp32_bits) | extra)
             if verbose:
-                print(f"k-means {bits} bits: accuracy {rows[-1]['accuracy']:.4f}, {rows[-1]['ratio']:.1f}x", flush=True)
+                print(f"{stage}: accuracy {rows[-1]['accuracy']:.4f}, {rows[-1]['ratio']:.1f}x", flush=True)
         return rows
 
 
