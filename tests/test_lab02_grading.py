@@ -4,11 +4,22 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import LabGradingTests, Target, Wrong
+from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong
 
 LAB = "lab02_kmeans_huffman"
 POINTS = {"test_kmeans_quantize": 5, "test_codebook_gradient": 2, "test_huffman_code_lengths": 4,
-          "test_canonical_code": 2, "test_huffman_coding": 4, "test_layer_storage_bits": 3}
+          "test_canonical_code": 2, "test_huffman_coding": 4, "test_layer_storage_bits": 3,
+          "test_index_bits_for_gap": 2, "test_why_huffman_helps": 2, "test_design": 5,
+          "test_what_retraining_changes": 2}
+WRITTEN = {"design_reasoning": 3}
+
+
+def design(conv1, conv2, fc1, fc2):
+    """The source of an answer to Task 7: (sparsity, bits, index_bits) per layer."""
+    layers = {"conv1": conv1, "conv2": conv2, "fc1": fc1, "fc2": fc2}
+    return "design = " + repr({name: {"sparsity": s, "bits": b, "index_bits": i}
+                                for name, (s, b, i) in layers.items()}) + "\n"
+
 
 WRONG = {
     "empty_cluster_becomes_nan": Wrong("kmeans_quantize", "test_kmeans_quantize", "keep its previous centroid", '''
@@ -74,6 +85,20 @@ def layer_storage_bits(n_weights, bits, n_clusters=None, mask=None, index_bits=N
     sizes["total"] = sum(sizes.values())
     return sizes
 '''),
+    "paper_index_convention": Wrong("index_bits_for_gap", "test_index_bits_for_gap", "reserves one of them",
+                                    "index_bits_for_gap = 5\n"),
+    "gap_not_bits": Wrong("index_bits_for_gap", "test_index_bits_for_gap", "width of the field",
+                          "index_bits_for_gap = 32\n"),
+    "huffman_merges_centroids": Wrong("why_huffman_helps", "test_why_huffman_helps", "lossless",
+                                      'why_huffman_helps = "a"\n'),
+    "retraining_moves_indices": Wrong("what_retraining_changes", "test_what_retraining_changes",
+                                      "indices are fixed", 'what_retraining_changes = "a"\n'),
+    "design_over_cap": Wrong("design", "test_design", "over the cap of 5,000 bytes",
+                             design((0.0, 4, None), (0.5, 3, 2), (0.95, 2, 5), (0.0, 3, None))),
+    "design_dense_with_index": Wrong("design", "test_design", "set its index_bits to None",
+                                     design((0.0, 4, 3), (0.5, 3, 2), (0.95, 2, 6), (0.0, 3, None))),
+    "design_pruned_without_index": Wrong("design", "test_design", "it needs index_bits",
+                                         design((0.0, 4, None), (0.5, 3, None), (0.95, 2, 6), (0.0, 3, None))),
     "ignores_max_iter": Wrong("kmeans_quantize", "test_kmeans_quantize",
                               "A hidden check failed for kmeans_quantize", '''
 def kmeans_quantize(x, centroids, max_iter=100):
@@ -145,10 +170,66 @@ def huffman_decode(packed, n_bits, lengths, n_symbols):
 }
 
 
-class TestLab02Grading(LabGradingTests):
-    LAB, POINTS, N_STUBS = LAB, POINTS, 7
-    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, DIFFERENT, "ignores_max_iter"
+# The answers to the questions and Task 7 written otherwise: other types, another design as good.
+OTHER_SPELLINGS = {
+    "index_bits_for_gap": "import numpy\nindex_bits_for_gap = numpy.float64(6.0)\n",
+    "why_huffman_helps": 'why_huffman_helps = " (B) "\n',
+    "what_retraining_changes": 'what_retraining_changes = "B."\n',
+    # conv1 at 3 bits, sparsities written as ints and floats: 4,926 bytes, 98.89% of the test digits
+    "design": "design = dict(conv1=dict(sparsity=0, bits=3, index_bits=None),\n"
+              "              conv2=dict(sparsity=0.50, bits=3, index_bits=2),\n"
+              "              fc1=dict(bits=2, sparsity=0.95, index_bits=6),\n"
+              "              fc2=dict(index_bits=None, sparsity=0, bits=3))\n",
+}
+
+# --- designs that fall short of the target: the tier they reach ---------------------------------------
+
+PARTIAL = {
+    # fc1 pruned to 0.97 and conv2 to 0.7: 4,174 bytes, 94.72%
+    "fc1_pruned_too_far": Partial({"design": design((0.0, 4, None), (0.7, 3, 3), (0.97, 4, 7), (0.0, 3, None))},
+                                  "test_design", 2.5),
+    # the chapter's plan, made for a pipeline that retrains: 4,158 bytes, 74.17%
+    "chapter_plan_without_retraining": Partial({"design": design((0.3, 4, 3), (0.8, 4, 4), (0.97, 4, 6),
+                                                                 (0.6, 4, 4))}, "test_design", 1.25),
+}
+
+# --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
+
+CHEATS = {
+    "design_smuggles_code": Cheat({"design": """
+class Sparsity(float):
+    def __le__(self, other):
+        return True
+
+    def __gt__(self, other):
+        return False
+
+
+design = {"conv1": {"sparsity": 0.0, "bits": 4, "index_bits": None},
+          "conv2": {"sparsity": Sparsity(0.5), "bits": 3, "index_bits": 2},
+          "fc1": {"sparsity": 0.95, "bits": 2, "index_bits": lambda: 6},
+          "fc2": {"sparsity": 0.0, "bits": 3, "index_bits": None}}
+"""}, "test_design", "must be one of None, 1, 2"),
+    "design_is_not_a_dict": Cheat({"design": """
+class Design:
+    def __getitem__(self, key):
+        return {"sparsity": 0.0, "bits": 8, "index_bits": None}
+
+
+design = Design()
+"""}, "test_design", "must be a dict"),
+}
+
+
+class TestLab02Grading(LabGradingTests, DesignTargetTests):
+    LAB, POINTS, N_STUBS, WRITTEN = LAB, POINTS, 11, WRITTEN
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, {**DIFFERENT, **OTHER_SPELLINGS}, "ignores_max_iter"
+    CHOICE = Choice("why_huffman_helps", "test_why_huffman_helps", "why_huffman_helps")
+    PARTIAL = PARTIAL
     CHEAT_TARGET = Target("codebook_gradient", "test_codebook_gradient", "qlib.kmeans.codebook_gradient")
+    CHEATS = CHEATS
     ANSWER_LINES = ("codebook[k] = members.mean()", "fillers = int(((gaps - 1) // (2**index_bits - 1)).sum())",
-                    "heapq.heappush(heap, (c1 + c2, tie_break, group1 + group2))")
-    CELL_SECONDS = 10  # the slowest cell of a correct submission takes under 3 s
+                    "heapq.heappush(heap, (c1 + c2, tie_break, group1 + group2))",
+                    'what_retraining_changes = "b"', "index_bits_for_gap = 6",
+                    "**Rubric (3 points).** 1 point: names `fc1` as the layer pruned most")
+    CELL_SECONDS = 60  # the slowest cell of a correct submission (retraining the chapter's plan) takes about 15 s

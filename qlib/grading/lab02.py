@@ -5,6 +5,11 @@ hidden cases (``seed``) name the kind of input and the likely mistake, never
 the input. Where several answers are equally right (Huffman codes with tied
 counts), the checks test the property that defines a right answer (optimal
 total length, Kraft sum), not one particular tie-break.
+
+The questions (a number, two letters) and Task 7 (a design under a storage cap) are graded with
+:mod:`qlib.grading.answers`. Task 7's design is rebuilt here with qlib's references (magnitude
+pruning, K-means on the kept weights, the storage count), without retraining, and its test accuracy
+earns points in tiers.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import torch
 from qlib import huffman as ref_huffman
 from qlib import kmeans as ref_kmeans
 from qlib import storage as ref_storage
+from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, tiered
 from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import as_array, as_integers, as_pair, fail, fmt, time_limit  # noqa: F401
 
@@ -281,3 +287,139 @@ def check_layer_storage_bits(layer_storage_bits, seed=None):
                 fail(f"{HIDDEN} for {task} ({'pruned' if 'mask' in case else 'dense'} layer): the {key} entry "
                      f"differs. Hint: {hints[key]}")
     passed(task, len(cases), hidden=seed is not None)
+
+
+# --- Questions: reasoning about the experiment -----------------------------------------------------
+
+def check_index_bits_for_gap(answer):
+    """Question 1: the smallest index_bits whose field stores a gap of 32 without a filler (course convention)."""
+    gap = 32
+    expected = next(b for b in range(1, 17) if gap <= 2**b - 1)  # code 0 is the filler: gaps 1 .. 2**b - 1
+    check_number("Question 1", answer, expected, rel_tol=0.0, abs_tol=1e-9, unit="bits", mistakes=[
+        (expected - 1, "A b-bit field holds 2^b numbers, and the course's convention reserves one of them (0) "
+                       "for the filler: list the gaps a kept weight can still store with that many bits."),
+        (gap, "The question asks for the width of the field in bits, not for the gap."),
+        (gap - 1, "The question asks for the width of the field in bits, not for the gap."),
+    ], hint="A kept weight stores its gap in the field; find the largest gap a b-bit field can store in the "
+            "course's convention (Task 6), then the smallest b for which that reaches 32.")
+
+
+def check_why_huffman_helps(answer):
+    """Question 2: Huffman gains because the clusters are used very unevenly."""
+    check_choice("Question 2", answer, "b", hints={
+        "a": "Huffman coding is lossless: decoding gives back every index exactly, so no centroid is merged "
+             "or dropped.",
+        "c": "A Huffman code gives each symbol its own codeword whatever its neighbours are; it does not look "
+             "at runs of equal indices.",
+        "d": "Look at the bar chart of the experiment: are the 16 clusters used equally often?",
+    })
+
+
+def check_what_retraining_changes(answer):
+    """Question 3: codebook retraining moves the centroids only; indices, zeros and storage stay."""
+    check_choice("Question 3", answer, "b", hints={
+        "a": "The indices are fixed when the layer is clustered; only the codebooks are given to the optimizer.",
+        "c": "Each weight is overwritten by its centroid after every step (write_weights): count the distinct "
+             "values a layer holds.",
+        "d": "The pruned weights are multiplied by their mask at every step, so they stay exactly 0.",
+    })
+
+
+# --- Task 7: prune and cluster the digits CNN under a storage cap ----------------------------------
+
+#: The cap of Task 7, in bytes (1 kB = 1000 bytes), for every stored bit of the model.
+DESIGN_CAP_BYTES = 5000
+DESIGN_LAYERS = ("conv1", "conv2", "fc1", "fc2")
+#: Task 7's configuration: one entry per layer, each a dict with these keys.
+DESIGN_FIELDS = {name: Field(dict) for name in DESIGN_LAYERS}
+LAYER_FIELDS = {
+    "sparsity": Field((int, float), low=0.0, high=0.99),
+    "bits": Field(int, choices=(1, 2, 3, 4, 5, 6, 7, 8)),
+    "index_bits": Field(object, choices=(None, 1, 2, 3, 4, 5, 6, 7, 8)),
+}
+#: The reference design (conv1 and fc2 dense, conv2 pruned to 0.5, fc1 to 0.95 at 2 bits) takes 4,976 bytes
+#: and classifies 99.44% of the test digits without retraining (FP32: 99.17%).
+DESIGN_TIERS = [
+    Tier(1.0, "test accuracy at least 97.5% (within 2 points of the reference design)",
+         lambda m: m["accuracy"] >= 0.975),
+    Tier(0.75, "test accuracy at least 95%", lambda m: m["accuracy"] >= 0.95),
+    Tier(0.5, "test accuracy at least 90%", lambda m: m["accuracy"] >= 0.90),
+    Tier(0.25, "test accuracy at least 70%", lambda m: m["accuracy"] >= 0.70),
+]
+
+
+def design_of(design, task: str = "Task 7") -> dict:
+    """``design`` checked key by key: ``{layer: {"sparsity", "bits", "index_bits"}}`` for the four layers."""
+    design = config_of(task, design, DESIGN_FIELDS, what="design")
+    plan = {}
+    for name in DESIGN_LAYERS:
+        layer = config_of(task, design[name], LAYER_FIELDS, what=f"design[{name!r}]")
+        if layer["sparsity"] == 0 and layer["index_bits"] is not None:
+            fail(f"{task}: design[{name!r}] keeps every weight (sparsity 0): a dense layer stores no relative "
+                 f"index, so set its index_bits to None.")
+        if layer["sparsity"] > 0 and layer["index_bits"] is None:
+            fail(f"{task}: design[{name!r}] is pruned (sparsity {layer['sparsity']:g}): it needs index_bits, the "
+                 f"width of its relative-index field (1 to 8).")
+        plan[name] = {"sparsity": float(layer["sparsity"]), "bits": layer["bits"], "index_bits": layer["index_bits"]}
+    return plan
+
+
+def build_design(design):
+    """The pretrained digits CNN pruned and clustered as ``design`` says, with qlib's references.
+
+    Returns ``(model, cq)``: ``cq`` is the :class:`qlib.kmeans.CodebookQuantizer` whose codebooks,
+    indices and masks now hold the model's layer weights (``2**bits`` linearly initialised
+    centroids per layer, fitted to its kept weights only).
+    """
+    from qlib.kmeans import CodebookQuantizer
+    from qlib.models import load_pretrained
+    from qlib.pruning import prune_model
+
+    plan = design_of(design)
+    model = load_pretrained("cnn")
+    masks = prune_model(model, {n: p["sparsity"] for n, p in plan.items() if p["sparsity"] > 0})
+    cq = CodebookQuantizer(model, {n: p["bits"] for n, p in plan.items()}, masks=masks)
+    return model, cq
+
+
+def design_bytes(model, cq, design) -> float:
+    """Bytes of every stored bit: fixed-width cluster indices, codebooks, relative indices, the rest at FP32."""
+    plan = design_of(design)
+    sizes = {}
+    for name, layer in cq.layers.items():
+        mask = cq.masks[name]
+        sparse = (None, None) if mask is None else (mask.reshape(-1).numpy(), plan[name]["index_bits"])
+        bits = plan[name]["bits"]
+        sizes[name] = ref_storage.layer_storage_bits.unguarded(layer.weight.numel(), bits, 2**bits, *sparse,
+                                                               None, None)
+    return ref_storage.model_storage_bits(model, sizes)["total"] / 8
+
+
+def design_measures(design) -> dict:
+    """Size in bytes and test accuracy of ``design`` (no retraining), measured with qlib's references."""
+    from qlib.data import load_digits
+    from qlib.models import accuracy
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same sums in the same order on every machine
+    try:
+        with torch.no_grad():
+            model, cq = build_design(design)
+            return {"bytes": design_bytes(model, cq, design), "accuracy": accuracy(model, load_digits("test"))}
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def check_design(design):
+    """Task 7: the grader prunes, clusters and counts the student's design itself, then grades it in tiers."""
+    task = "Task 7"
+    plan = design_of(design, task)
+    try:
+        measured = design_measures(plan)
+    except ValueError as err:
+        fail(f"{task}: {err}.")
+    if measured["bytes"] > DESIGN_CAP_BYTES:
+        fail(f"{task}: this design takes {measured['bytes']:,.0f} bytes, over the cap of {DESIGN_CAP_BYTES:,} bytes. "
+             f"Task 6 tells you what each part of a layer costs: find the layer whose bits dominate.")
+    return tiered(task, measured, DESIGN_TIERS,
+                  report=f"{measured['bytes']:,.0f} bytes, test accuracy {measured['accuracy']:.2%}")
