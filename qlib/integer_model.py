@@ -39,6 +39,7 @@ model runs under it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -61,6 +62,8 @@ OBSERVERS = {"minmax": MinMaxObserver, "moving_average": MovingAverageMinMaxObse
 #: The batch norms of the digits CNN and the convolutions they fold into.
 #: Shape of one digits image.
 IMAGE_SHAPE = (1, 8, 8)
+#: The layers of the digits CNN that hold weights, in order.
+DIGITS_CNN_LAYERS = ("conv1", "conv2", "fc1", "fc2")
 
 
 # --- the pieces of an integer model -------------------------------------------------------------
@@ -357,36 +360,51 @@ def _integer_layer(name: str, layer: nn.Module, input_qp: ActivationQParams, out
                         m0, shift, input_qp, output_qp, relu, **extra)
 
 
-def convert(observed: ObservedDigitsCNN, weight_bits: int = 8, linear: Callable | None = None,
+def _layer_weight_bits(weight_bits) -> dict[str, int]:
+    """layer -> weight bits, from one width for every layer or a dict naming each of the four layers."""
+    if isinstance(weight_bits, Mapping):
+        if sorted(weight_bits) != sorted(DIGITS_CNN_LAYERS):
+            raise ValueError(f"weight_bits must name every layer, {', '.join(DIGITS_CNN_LAYERS)}; "
+                             f"got {', '.join(map(str, weight_bits))}")
+        bits = {name: check_bits(weight_bits[name]) for name in DIGITS_CNN_LAYERS}
+    else:
+        bits = dict.fromkeys(DIGITS_CNN_LAYERS, check_bits(weight_bits))
+    for name, b in bits.items():
+        if not 2 <= b <= 16:
+            raise ValueError(f"weight_bits must be between 2 and 16, got {b} for {name}")
+    return bits
+
+
+def convert(observed: ObservedDigitsCNN, weight_bits: int | Mapping[str, int] = 8, linear: Callable | None = None,
             conv2d: Callable | None = None, max_pool2d: Callable | None = None) -> IntegerModel:
     """The integer-only model of a calibrated :class:`ObservedDigitsCNN` (see the module for the formulas).
 
-    Weights: ``weight_bits``-bit signed narrow range, symmetric, one scale per output channel.
-    Raises ``RuntimeError`` if the model has not been calibrated.
+    Weights: ``weight_bits``-bit signed narrow range, symmetric, one scale per output channel;
+    ``weight_bits`` is one width for every layer, or a dict giving each layer of
+    :data:`DIGITS_CNN_LAYERS` its own (mixed precision). Raises ``RuntimeError`` if the model
+    has not been calibrated.
     """
     if not isinstance(observed, ObservedDigitsCNN):
         raise TypeError("convert takes the model returned by prepare() and calibrate()")
     if not observed.calibrated:
         raise RuntimeError("the model has not been calibrated: run calibrate(observed, images) before convert(), "
                            "so that every activation has a range")
-    weight_bits = check_bits(weight_bits)
-    if not 2 <= weight_bits <= 16:
-        raise ValueError(f"weight_bits must be between 2 and 16, got {weight_bits}")
+    bits = _layer_weight_bits(weight_bits)
     qp = {name: _activation_qparams(o) for name, o in observed.observers.items()}
     m = observed.folded
     steps = [
-        _integer_layer("conv1", m.conv1, qp["input"], qp["conv1"], True, weight_bits),
-        _integer_layer("conv2", m.conv2, qp["conv1"], qp["conv2"], True, weight_bits),
+        _integer_layer("conv1", m.conv1, qp["input"], qp["conv1"], True, bits["conv1"]),
+        _integer_layer("conv2", m.conv2, qp["conv1"], qp["conv2"], True, bits["conv2"]),
         IntegerMaxPool(2),
         Flatten(),
-        _integer_layer("fc1", m.fc1, qp["conv2"], qp["fc1"], True, weight_bits),
-        _integer_layer("fc2", m.fc2, qp["fc1"], qp["fc2"], False, weight_bits),
+        _integer_layer("fc1", m.fc1, qp["conv2"], qp["fc1"], True, bits["fc1"]),
+        _integer_layer("fc2", m.fc2, qp["fc1"], qp["fc2"], False, bits["fc2"]),
     ]
     return IntegerModel(steps, qp["input"], IMAGE_SHAPE, linear, conv2d, max_pool2d)
 
 
 def convert_digits_cnn(model: nn.Module, calibration_images, observer="minmax", activation_bits: int = 8,
-                       weight_bits: int = 8, signed_activations: bool = False, batch_size: int = 64,
+                       weight_bits: int | Mapping[str, int] = 8, signed_activations: bool = False, batch_size: int = 64,
                        averaging_constant: float | None = None, **kernels) -> IntegerModel:
     """:func:`prepare`, :func:`calibrate` and :func:`convert` in one call.
 

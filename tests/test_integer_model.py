@@ -351,3 +351,22 @@ def test_lower_bit_widths_convert_and_run(data):
     assert model.input_qparams.qmax == 63 and int(model.layers[0].q_weight.abs().max()) == 31
     acc = (model.predict(test.images) == test.labels).double().mean().item()
     assert acc > 0.9
+
+
+def test_each_layer_can_have_its_own_weight_bits(data):
+    train, test = data
+    observed = calibrate(prepare(load_pretrained("cnn")), train.images)
+    mixed = convert(observed, {"conv1": 8, "conv2": 3, "fc1": 4, "fc2": 6})
+    # every output channel's largest weight uses its layer's top code, 2^(b-1) - 1
+    for layer, top in zip(mixed.layers, (127, 3, 7, 31)):
+        codes = layer.q_weight.flatten(1).abs().amax(dim=1)
+        assert torch.equal(codes, torch.full_like(codes, top)), layer.name
+    # a layer's integers are those of the model converted with its bit width everywhere
+    uniform = {bits: convert(observed, bits) for bits in (3, 4)}
+    assert torch.equal(mixed.layers[1].q_weight, uniform[3].layers[1].q_weight)
+    assert torch.equal(mixed.layers[2].q_weight, uniform[4].layers[2].q_weight)
+    assert (mixed.predict(test.images) == test.labels).double().mean().item() > 0.9
+    with pytest.raises(ValueError, match="must name every layer, conv1, conv2, fc1, fc2; got conv1"):
+        convert(observed, {"conv1": 8})
+    with pytest.raises(ValueError, match="between 2 and 16, got 1 for fc2"):
+        convert(observed, {"conv1": 8, "conv2": 8, "fc1": 8, "fc2": 1})
