@@ -4,11 +4,16 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import Cheat, LabGradingTests, Target, Wrong
+from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong
 
 LAB = "lab07_qat"
-POINTS = {"test_ste_forward": 2, "test_ste_backward": 3, "test_lsq_forward": 2, "test_lsq_backward": 4,
-          "test_quantized_forward": 3, "test_qat_finetune": 4}
+POINTS = {"test_ste_forward": 2, "test_ste_backward": 3, "test_pact_alpha_gradient": 2, "test_lsq_forward": 2,
+          "test_lsq_backward": 5, "test_quantized_forward": 3, "test_qat_finetune": 4, "test_zero_share_minmax": 2,
+          "test_zero_share_initial": 2, "test_design": 4}
+WRITTEN = {"lsq_step_where": 3}
+
+DESIGN = '{"method": "lsq", "granularity": "tensor", "optimizer": "sgd", "lr": 0.03, "epochs": %d, "batch_size": 64}'
+
 
 WRAPPER = '''
 
@@ -103,6 +108,39 @@ def qat_finetune(model, train_set, bits, input_max, epochs, lr, seed):
         print(f"epoch {epoch + 1}: loss {loss.item():.4f}")
     return model
 '''),
+    "lsq_step_gradient_rounding_held_fixed": Wrong("LSQFakeQuant", "test_lsq_backward",
+                                                   "you held round(v / step) constant", '''
+class LSQFakeQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v, step, qmin, qmax, grad_scale):
+        q = torch.round(v / step)
+        ctx.save_for_backward(v, step, q)
+        ctx.qmin, ctx.qmax, ctx.grad_scale = qmin, qmax, grad_scale
+        return torch.clamp(q, qmin, qmax) * step
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        v, step, q = ctx.saved_tensors
+        below, above = q < ctx.qmin, q > ctx.qmax
+        inside = ~(below | above)
+        d = torch.where(inside, q, torch.where(below, float(ctx.qmin), float(ctx.qmax)))
+        grad_step = (grad_output * d).sum() * ctx.grad_scale
+        return grad_output * inside, grad_step.reshape(step.shape), None, None, None
+'''),
+    "pact_alpha_from_every_value": Wrong("pact_alpha_gradient", "test_pact_alpha_gradient", "PACT's paper drops",
+                                         'pact_alpha_gradient = "a"\n'),
+    "zero_share_per_tensor": Wrong("zero_share_minmax", "test_zero_share_minmax",
+                                   "one min-max scale for the whole tensor", '''
+w_fc1 = model.fc1.weight.detach()
+zero_share_minmax = (torch.round(w_fc1 / w_fc1.abs().max()) == 0).double().mean().item()
+'''),
+    "zero_share_as_percent": Wrong("zero_share_initial", "test_zero_share_initial", "not a percentage",
+                                   "zero_share_initial = 100 * (torch.round(w / init_step) == 0).double().mean().item()\n"),
+    "zero_share_learned_step": Wrong("zero_share_initial", "test_zero_share_initial", "the step the experiment learned",
+                                     "zero_share_initial = (torch.round(w / step.detach()) == 0).double().mean().item()\n"),
+    "design_over_budget": Wrong("design", "test_design", "over the budget of 72", f"design = {DESIGN % 4}\n"),
+    "design_diverges": Wrong("design", "test_design", "training diverged",
+                             f"design = {DESIGN.replace('0.03', '1.0') % 3}\n"),
 }
 
 # --- correct answers written differently: full marks ---------------------------------------------------
@@ -184,6 +222,14 @@ def qat_finetune(model, train_set, bits, input_max, epochs, lr, seed):
         print("epoch", epoch + 1, "loss", sum(losses) / len(losses))
     return trained
 ''',
+    "pact_alpha_gradient": 'pact_alpha_gradient = " (B) "\n',
+    "zero_share_minmax": '''
+import numpy
+w_np = model.fc1.weight.detach().numpy()
+zero_share_minmax = numpy.float64((numpy.abs(w_np) <= numpy.abs(w_np).max(axis=1, keepdims=True) / 2).mean())
+''',
+    "zero_share_initial": "zero_share_initial = (torch.round(w / (2 * w.abs().mean())) == 0).float().mean()\n",  # a tensor
+    "design": 'design = dict(method="lsq", granularity="tensor", optimizer="adam", lr=3e-3, epochs=3, batch_size=64)\n',
 }
 
 # --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
@@ -199,11 +245,45 @@ def qat_finetune(model, train_set, bits, input_max, epochs, lr, seed):
 }
 
 
-class TestLab07Grading(LabGradingTests):
-    LAB, POINTS, N_STUBS = LAB, POINTS, 6
+# --- designs that fall short of the target: the tier they reach ---------------------------------------
+
+STE = '{"method": "ste", "granularity": "channel", "optimizer": "adam", "lr": %s, "epochs": 3, "batch_size": 64}'
+PARTIAL = {
+    "design_ste_tuned": Partial({"design": f"design = {STE % '3e-3'}\n"}, "test_design", 3),  # mean 0.939
+    "design_ste_defaults": Partial({"design": f"design = {STE % '1e-3'}\n"}, "test_design", 2),  # mean 0.911
+}
+
+CHEATS["design_smuggles_code"] = Cheat({"design": """
+class Method(str):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = str.__hash__
+
+
+design = {"method": Method("lsq"), "granularity": "tensor", "optimizer": "sgd", "lr": lambda: 0.03, "epochs": 3,
+          "batch_size": 64}
+"""}, "test_design", "must be float or int")
+CHEATS["design_is_not_a_dict"] = Cheat({"design": """
+class Design:
+    def __getitem__(self, key):
+        return {"method": "lsq", "granularity": "tensor", "optimizer": "sgd", "lr": 0.03, "epochs": 100,
+                "batch_size": 16}[key]
+
+
+design = Design()
+"""}, "test_design", "must be a dict")
+
+class TestLab07Grading(LabGradingTests, DesignTargetTests):
+    LAB, POINTS, N_STUBS, WRITTEN = LAB, POINTS, 10, WRITTEN
     WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, DIFFERENT, "hard_coded_visible_cases"
     CHEAT_TARGET = Target("quantized_forward", "test_quantized_forward",
                           "qlib.grading.lab07.reference_quantized_forward")
+    CHOICE = Choice("pact_alpha_gradient", "test_pact_alpha_gradient", "pact_alpha_gradient")
+    PARTIAL = PARTIAL
     CHEATS = CHEATS
-    ANSWER_LINES = ("ctx.save_for_backward((q >= qmin)", "optimizer.step()")
-    CELL_SECONDS = 10  # the slowest cell of a correct submission takes under 3 s
+    ANSWER_LINES = ("ctx.save_for_backward((q >= qmin)", "optimizer.step()",
+                    "d = torch.where(inside, q - v / step", 'pact_alpha_gradient = "b"',
+                    '"method": "lsq", "granularity": "tensor", "optimizer": "sgd", "lr": 0.03',
+                    "**Rubric (3 points).** 1 point: the numbers")
+    CELL_SECONDS = 60  # the slowest cells of a correct submission (the experiment, Task 5) take 5-15 s

@@ -12,6 +12,13 @@ While a student's function runs, qlib's references and PyTorch's own fake
 quantization operators (which compute these very answers) are unavailable.
 The fine-tuning task is graded by the test accuracy that the grader itself
 measures on the returned weights, quantized the way the lab prescribes.
+
+The questions (PACT's gradient for alpha; the share of fc1's weights that a 2-bit
+grid rounds to 0) are computed here from the folded model, never from the
+student's functions. Task 5 takes QAT settings (a dict) and fine-tunes the
+pretrained CNN at W2/A2 with qlib's reference QAT (:func:`qlib.qat.prepare_qat`,
+:func:`qlib.qat_training.train_qat`), two seeds on one thread, within a budget of
+optimizer steps; the mean test accuracy earns points in tiers.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ from torch import nn
 from qlib import lsq as ref_lsq
 from qlib import ste as ref_ste
 from qlib._reference import reference
+from qlib.grading.answers import Field, Tier, answer_of, check_choice, check_number, config_of, tiered
 from qlib.grading.checks_common import HIDDEN, passed, task_runner, tie_or_near_tie
 from qlib.grading.harness import as_array, fail, fmt, run_submission, time_limit  # noqa: F401 (time_limit: the lab)
 
@@ -351,11 +359,16 @@ def _step_gradient_variants(v, step, qmin, qmax, g, upstream):
     right = np.where(inside, q - vs, clamp_part)
     return {
         "the gradient scale is missing: multiply the step's gradient by grad_scale.": float((up * right).sum()),
-        "the sign is flipped: inside the range d v_hat / d step = round(v / step) - v / step.":
+        "the sign is flipped inside the range: differentiate round(v / step) * step with respect to step, the "
+        "rounding passed straight through, and check the sign of each of the two terms.":
             float((up * np.where(inside, vs - q, clamp_part)).sum() * g),
-        "outside the range the gradient is qmin (below) or qmax (above), not round(v/step) - v/step.":
+        "inside the range you held round(v / step) constant: with the straight-through estimator the rounding "
+        "passes the derivative of v / step with respect to step on; it is not 0.":
+            float((up * np.where(inside, q, clamp_part)).sum() * g),
+        "outside the range v_hat does not depend on v at all: it is the last level (an integer) times step. "
+        "Differentiate that with respect to step.":
             float((up * (np.clip(q, qmin, qmax) - vs)).sum() * g),
-        "below the range the gradient is qmin and above it qmax: they are swapped.":
+        "below and above the range are swapped: which level does a value below the range land on?":
             float((up * np.where(inside, q - vs, np.where(q < qmin, qmax, qmin))).sum() * g),
         "inside/outside is decided on v / step before rounding; decide it on the rounded value q, as PyTorch does.":
             float((up * np.where((vs >= qmin) & (vs <= qmax), q - vs, np.where(vs < qmin, qmin, qmax))).sum() * g),
@@ -430,8 +443,9 @@ def check_lsq_backward(LSQFakeQuant, seed=None):
         if abs(gs - e_gs) > 1e-5 * scale_of_terms + 1e-7:
             hint = next((h for h, val in _step_gradient_variants(v, step, qmin, qmax, g, upstream).items()
                          if abs(gs - val) <= 1e-5 * scale_of_terms + 1e-7),
-                        "d v_hat / d step is round(v/step) - v/step inside the range, qmin below it and qmax "
-                        "above it; multiply by grad_output, sum, and multiply by grad_scale.")
+                        "derive d v_hat / d step in each of the three cases (q below, inside and above [qmin, qmax]) "
+                        "from v_hat = clamp(q, qmin, qmax) * step, with the straight-through estimator for the "
+                        "rounding; multiply by grad_output, sum over the elements, and multiply by grad_scale.")
             if seed is None:
                 fail(f"{task} with {where}:\nexpected gradient for step {e_gs:.6g}, got {gs:.6g}.\nHint: {hint}")
             fail(f"{HIDDEN} for the gradient of step on {kind}. Hint: {hint}")
@@ -568,3 +582,171 @@ def check_qat_finetune(qat_finetune, seed=None):
             print(f"{task}: quantized test accuracy {acc:.4f} (at least {threshold:.2f} needed; {ptq:.4f} before "
                   "fine-tuning)")
     passed(task, len(runs), hidden=seed is not None)
+
+
+# --- Questions: PACT's gradient for alpha, and the zeros of a 2-bit grid ----------------------------
+
+def check_pact_alpha_gradient(answer):
+    """Question 1: PACT's alpha gets the upstream gradient of the clipped values only (x >= alpha)."""
+    check_choice("Question 1", answer, "b", hints={
+        "a": "If every level moving with alpha counted, the values inside the range would send alpha a gradient "
+             "too. PACT's paper drops the dependence of the scale on alpha: which part of the forward pass is left "
+             "to differentiate?",
+        "c": "That is the term that the scale's dependence on alpha would add; PACT drops that dependence. What "
+             "does the clip alone give?",
+        "d": "With the straight-through estimator the rounding passes gradients on; and the clip is not flat "
+             "everywhere in alpha.",
+    })
+
+
+def _fc1_weight() -> torch.Tensor:
+    """The weight of fc1 in the folded digits CNN (the lab's ``model.fc1.weight``)."""
+    return _folded_cnn().fc1.weight.detach()
+
+
+def _zero_share(w: torch.Tensor, step) -> float:
+    return float((torch.round(w / step) == 0).double().mean())
+
+
+def _learned_fc1_step(w: torch.Tensor) -> float:
+    """The step the lab's experiment learns for fc1 at 2 bits (200 SGD steps, lr 20, from the min-max step)."""
+    qmin, qmax = -2, 1
+    g = 1 / math.sqrt(w.numel() * qmax)
+    step = torch.tensor(w.abs().max().item(), requires_grad=True)
+    opt = torch.optim.SGD([step], lr=20.0)
+    for _ in range(200):
+        err = ((ref_lsq.lsq_fake_quantize(w, step, qmin, qmax, g) - w) ** 2).mean()
+        opt.zero_grad()
+        err.backward()
+        opt.step()
+    return step.item()
+
+
+def _share_mistakes(w: torch.Tensor, right: float) -> list[tuple[float, str]]:
+    """Wrong shares that a known mistake gives, each with its hint (none close to ``right``)."""
+    again = " Reread which scale the question asks for."
+    mean_abs = w.abs().mean()
+    mistakes = [
+        (1 - right, "That is the share of weights that do NOT round to 0."),
+        (_zero_share(w, w.abs().amax(dim=1, keepdim=True)),
+         "That is the share with the min-max scale of each output channel (max|W_c| / 1)." + again),
+        (_zero_share(w, w.abs().max()), "That is the share with one min-max scale for the whole tensor (max|W| / 1)."
+         + again),
+        (_zero_share(w, 2 * mean_abs), "That is the share with LSQ's initial step, before any training." + again),
+        (_zero_share(w, _learned_fc1_step(w)), "That is the share with the step the experiment learned." + again),
+        (_zero_share(w, mean_abs), "LSQ's initial step is not the mean magnitude itself: reread its formula in "
+                                   "Task 2."),
+        (_zero_share(w, 2 * mean_abs / math.sqrt(2)), "For signed 2-bit weights Q_P is the largest positive "
+                                                      "integer, not Q_N."),
+    ]
+    return [(v, why) for v, why in mistakes if abs(v - right) > 0.02]
+
+
+def _a_fraction(task: str, answer):
+    """The answer as data, refused with a hint if it looks like a percentage (a number above 1)."""
+    value = answer_of(task, answer)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 1 < value <= 100:
+        fail(f"{task}: {value:g} is not right. Give a fraction between 0 and 1, not a percentage.")
+    return value
+
+
+def check_zero_share_minmax(answer):
+    """Question 2: share of the fc1 weights that round to 0 at 2 bits, min-max scale per output channel."""
+    answer = _a_fraction("Question 2", answer)
+    w = _fc1_weight()
+    right = _zero_share(w, w.abs().amax(dim=1, keepdim=True))
+    check_number("Question 2", answer, right, rel_tol=0.0, abs_tol=0.003, mistakes=_share_mistakes(w, right),
+                 hint="Quantize model.fc1.weight as Task 3 does at 2 bits (one scale per output channel, "
+                      "max|W_c| / q_max) and count the weights whose integer is 0.")
+
+
+def check_zero_share_initial(answer):
+    """Question 3: share of the fc1 weights that round to 0 with LSQ's initial step, one step for the tensor."""
+    answer = _a_fraction("Question 3", answer)
+    w = _fc1_weight()
+    right = _zero_share(w, 2 * w.abs().mean() / math.sqrt(1))
+    check_number("Question 3", answer, right, rel_tol=0.0, abs_tol=0.003, mistakes=_share_mistakes(w, right),
+                 hint="Compute LSQ's initial step for the whole fc1 weight at 2 bits (Task 2 gives its formula) and "
+                      "count the weights w with round(w / step) == 0.")
+
+
+# --- Task 5: QAT settings for W2/A2 within a budget of optimizer steps -----------------------------
+
+#: Task 5: weights and activations both at this many bits.
+DESIGN_BITS = 2
+#: Task 5's budget: optimizer steps (epochs x batches per epoch) of one fine-tuning run.
+DESIGN_STEPS = 72
+#: The seeds of the runs whose mean test accuracy is graded.
+DESIGN_SEEDS = (0, 1)
+#: Task 5's configuration: key -> allowed values.
+DESIGN_FIELDS = {
+    "method": Field(str, choices=("ste", "lsq", "pact")),
+    "granularity": Field(str, choices=("tensor", "channel")),
+    "optimizer": Field(str, choices=("adam", "sgd")),
+    "lr": Field((float, int), low=1e-5, high=1.0),
+    "epochs": Field(int, low=1, high=DESIGN_STEPS),
+    "batch_size": Field(int, choices=(16, 32, 64, 128)),
+}
+#: Mean test accuracy over DESIGN_SEEDS, measured on one thread. The reference design (LSQ, one step per
+#: tensor, SGD lr 0.03, 3 epochs of 64) reaches 0.971; LSQ with Adam lr 0.003 0.968; STE with Adam lr 0.003
+#: 0.939, with qlib's default STE settings (Adam lr 0.001) 0.911; post-training quantization 0.644.
+DESIGN_TIERS = [
+    Tier(1.0, "mean test accuracy at least 0.96 (about 4 images below the reference design)",
+         lambda m: m["accuracy"] >= 0.96),
+    Tier(0.75, "mean test accuracy at least 0.93", lambda m: m["accuracy"] >= 0.93),
+    Tier(0.5, "mean test accuracy at least 0.90", lambda m: m["accuracy"] >= 0.90),
+    Tier(0.25, "mean test accuracy at least 0.80 (post-training quantization reaches 0.64)",
+         lambda m: m["accuracy"] >= 0.80),
+]
+
+
+def design_steps(design: dict, n_train: int) -> int:
+    """Optimizer steps of one run: epochs x ceil(n_train / batch_size)."""
+    return design["epochs"] * -(-n_train // design["batch_size"])
+
+
+def design_measures(design: dict) -> dict:
+    """Test accuracy of the pretrained digits CNN fine-tuned at W2/A2 with ``design``, by qlib's reference QAT.
+
+    :func:`qlib.qat.prepare_qat` then :func:`qlib.qat_training.train_qat`, once per seed of
+    :data:`DESIGN_SEEDS`, on one thread (restored afterwards) so that the result does not depend on the
+    machine's cores. ``ValueError`` (from qlib) when training pushes a step or clipping value to 0 or below.
+    """
+    from qlib.data import load_digits
+    from qlib.models import load_pretrained
+    from qlib.qat import prepare_qat
+    from qlib.qat_training import train_qat
+
+    train, test = load_digits("train"), load_digits("test")
+    model = load_pretrained("cnn")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        accs = []
+        for seed in DESIGN_SEEDS:
+            qat = prepare_qat(model, DESIGN_BITS, DESIGN_BITS, design["method"], design["granularity"])
+            accs.append(train_qat(qat, train, test, epochs=design["epochs"], lr=float(design["lr"]), seed=seed,
+                                  batch_size=design["batch_size"], optimizer=design["optimizer"], log=None))
+    finally:
+        torch.set_num_threads(threads)
+    return {"accuracy": sum(accs) / len(accs), "runs": accs}
+
+
+def check_design(design):
+    """Task 5: the grader fine-tunes with the student's settings itself and grades the accuracy in tiers."""
+    from qlib.data import load_digits
+
+    task = "Task 5"
+    design = config_of(task, design, DESIGN_FIELDS, what="design")
+    steps = design_steps(design, len(load_digits("train")))
+    if steps > DESIGN_STEPS:
+        fail(f"{task}: {design['epochs']} epochs of batches of {design['batch_size']} make {steps} optimizer "
+             f"steps, over the budget of {DESIGN_STEPS}.")
+    try:
+        measured = design_measures(design)
+    except ValueError as err:
+        fail(f"{task}: training diverged ({err}): the learning rate is too large for this optimizer and method.")
+    runs = ", ".join(f"{a:.4f}" for a in measured["runs"])
+    return tiered(task, measured, DESIGN_TIERS, report=f"{steps} optimizer steps; test accuracy at W2/A2 "
+                                                       f"{runs} (seeds {', '.join(map(str, DESIGN_SEEDS))}), mean "
+                                                       f"{measured['accuracy']:.4f}")
