@@ -461,10 +461,10 @@ _run = task_runner(REFERENCES, EARLIER_TASKS, STAND_INS)
 
 
 def _folded_cnn():
-    from qlib.folding import fold_batchnorms
+    from qlib.folding import fold_every_batchnorm
     from qlib.models import load_pretrained
 
-    return fold_batchnorms(load_pretrained("cnn"), [("conv1", "bn1"), ("conv2", "bn2")])
+    return fold_every_batchnorm(load_pretrained("cnn"))
 
 
 def _weight_grads(logits, model):
