@@ -189,3 +189,24 @@ def test_a_written_answer_is_unanswered_until_changed_and_then_waits_for_a_perso
     assert determine_grade(written(sealed.rebuild(source, released))) == (0, 2.0)  # unanswered: 0, no person
     written(released).source = "MX blocks of 32 are better here, because ..."
     assert determine_grade(written(sealed.rebuild(source, released))) == (None, 2.0)  # answered: a person grades
+
+
+def test_a_design_is_measured_once_and_each_caller_gets_its_own_copy():
+    calls = []
+
+    @answers.measured_once
+    def measure(design):
+        calls.append(dict(design))
+        if design["bits"] == 0:
+            raise ValueError("no bits")
+        return {"error": 0.5 * design["bits"], "runs": [1, 2]}
+
+    first = measure({"bits": 4, "granularity": "mx"})
+    first["runs"].append(3)  # a caller changing its result changes nobody else's
+    assert measure({"granularity": "mx", "bits": 4}) == {"error": 2.0, "runs": [1, 2]}
+    assert measure({"bits": 2, "granularity": "mx"}) == {"error": 1.0, "runs": [1, 2]}
+    assert len(calls) == 2
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            measure({"bits": 0, "granularity": "mx"})
+    assert len(calls) == 4  # a failed measurement is tried again

@@ -11,6 +11,8 @@ A lab's reasoning questions are answered in code cells (``q1_answer = "b"``, ``b
   known mistake gets that mistake's hint;
 * :func:`config_of` checks a configuration (a dict) against its :class:`Field` s, so a design task
   can rebuild the model from it with qlib's references and measure it itself;
+* :func:`measured_once`: a design's measurement, computed once per distinct design in a grading
+  process (it is deterministic, and most of a class submits a few designs);
 * :class:`Credit` and :func:`tiered`: partial credit. A check that returns ``Credit(f)`` as its test
   cell's last expression earns the fraction ``f`` of the cell's points (the sealed grader turns it
   into nbgrader's partial-credit output, :func:`credit_output`).
@@ -19,6 +21,9 @@ Messages never reveal the correct choice or value: they say what kind of mistake
 """
 from __future__ import annotations
 
+import copy
+import functools
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -164,6 +169,25 @@ def config_of(task: str, answer, fields: Mapping[str, Field], what: str = "confi
         if problem:
             fail(f"{task}: {what}[{key!r}] = {config[key]!r}: {problem}.")
     return dict(config)
+
+
+def measured_once(measure: Callable[[dict], dict]) -> Callable[[dict], dict]:
+    """``measure(design)``, remembered for each distinct design (a checked configuration of plain data).
+
+    A design's measurement is deterministic (fixed seeds, one thread), so grading the same design
+    again gives the same numbers: it is computed once per grading process, and each caller gets its
+    own copy. A measurement that raises is not remembered.
+    """
+    remembered: dict[str, dict] = {}
+
+    @functools.wraps(measure)
+    def once(design: dict) -> dict:
+        key = json.dumps(design, sort_keys=True, default=repr)
+        if key not in remembered:
+            remembered[key] = measure(design)
+        return copy.deepcopy(remembered[key])
+
+    return once
 
 
 # --- partial credit ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 
 from qlib import granularity as ref
 from qlib import scale_storage as ref_storage
-from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, tiered
+from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_once, tiered
 from qlib.grading.checks_common import HIDDEN, near_tie_but_not_exact, passed, task_runner
 from qlib.grading.harness import (
     as_array,
@@ -433,6 +433,7 @@ def lab_outlier_matrix(rows: int = 64, cols: int = 256) -> torch.Tensor:
     return w
 
 
+@measured_once
 def design_measures(design: dict) -> dict:
     """Effective bits per weight and mean row error of ``design`` on the lab's ``W``, with qlib's quantizers.
 

@@ -34,7 +34,7 @@ from torch import nn
 from qlib import lsq as ref_lsq
 from qlib import ste as ref_ste
 from qlib._reference import reference
-from qlib.grading.answers import Field, Tier, answer_of, check_choice, check_number, config_of, tiered
+from qlib.grading.answers import Field, Tier, answer_of, check_choice, check_number, config_of, measured_once, tiered
 from qlib.grading.checks_common import HIDDEN, passed, task_runner, tie_or_near_tie
 from qlib.grading.harness import as_array, fail, fmt, run_submission, time_limit  # noqa: F401 (time_limit: the lab)
 
@@ -705,6 +705,7 @@ def design_steps(design: dict, n_train: int) -> int:
     return design["epochs"] * -(-n_train // design["batch_size"])
 
 
+@measured_once
 def design_measures(design: dict) -> dict:
     """Test accuracy of the pretrained digits CNN fine-tuned at W2/A2 with ``design``, by qlib's reference QAT.
 
