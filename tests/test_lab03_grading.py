@@ -4,12 +4,14 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import Cheat, LabGradingTests, Target, Wrong
+from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong
 
 LAB = "lab03_linear_quantization"
-POINTS = {"test_integer_range": 2, "test_asymmetric_qparams": 3, "test_symmetric_qparams": 2,
+POINTS = {"test_integer_range": 2, "test_asymmetric_qparams": 4, "test_symmetric_qparams": 2,
           "test_quantize": 4, "test_dequantize": 2, "test_quantize_per_channel": 4,
-          "test_fake_quantize_weights": 3}
+          "test_fake_quantize_weights": 3, "test_why_zero_is_exact": 1, "test_breaking_bits": 1,
+          "test_zero_rows_of_fc1": 2, "test_rounding_bound": 1, "test_clipped_error": 1, "test_clip_threshold": 4}
+WRITTEN = {"why_per_tensor_breaks": 2}
 
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
 
@@ -64,6 +66,26 @@ def integer_range(bits, signed=True, narrow=False):
     qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if signed else (0, 2 ** bits)
     return qmin + int(narrow), qmax
 '''),
+    "scale_over_levels_not_steps": Wrong("asymmetric_qparams", "test_asymmetric_qparams", "qmax - qmin steps", '''
+def asymmetric_qparams(rmin, rmax, qmin, qmax):
+    rmin, rmax = min(rmin, 0.0), max(rmax, 0.0)
+    scale = max((rmax - rmin) / (qmax - qmin + 1), torch.finfo(torch.float32).eps)
+    return scale, min(max(round(qmin - rmin / scale), qmin), qmax)
+'''),
+    "zero_exact_so_scale_is_positive": Wrong("why_zero_is_exact", "test_why_zero_is_exact",
+                                             "which value it produces most often", 'why_zero_is_exact = "a"\n'),
+    "breaks_at_three_bits": Wrong("breaking_bits", "test_breaking_bits", "within about a point of FP32",
+                                  "breaking_bits = 3\n"),
+    "rows_with_a_nonzero_code": Wrong("zero_rows_of_fc1", "test_zero_rows_of_fc1", "keep at least one nonzero code",
+                                      "zero_rows_of_fc1 = 44\n"),
+    "rows_below_a_whole_step": Wrong("zero_rows_of_fc1", "test_zero_rows_of_fc1", "below half a step",
+                                     "zero_rows_of_fc1 = 63\n"),
+    "rounding_bound_a_whole_step": Wrong("rounding_bound", "test_rounding_bound", "a whole step",
+                                         "rounding_bound = 14.7 / 7\n"),
+    "clipped_to_qmin": Wrong("clipped_error", "test_clipped_error", "most NEGATIVE code",
+                             "clipped_error = 14.7 - 8 * 0.5\n"),
+    "no_clipping_at_all": Wrong("clip_threshold", "test_clip_threshold", "target is not reached",
+                                "clip_threshold = 14.7\n"),
     "hard_coded_visible_cases": Wrong("dequantize", "test_dequantize", "A hidden check failed", '''
 def dequantize(q, scale, zero_point):
     if scale == 1.0667:
@@ -142,6 +164,26 @@ def fake_quantize_weights(model, bits, granularity):
 ''',
 }
 
+# --- the same answers written otherwise: other spellings, other types, another threshold as good ------
+
+OTHER_SPELLINGS = {
+    "why_zero_is_exact": "why_zero_is_exact = ' (B) '\n",
+    "breaking_bits": "import numpy\nbreaking_bits = numpy.int64(2)\n",
+    "zero_rows_of_fc1": "zero_rows_of_fc1 = torch.tensor(20)\n",
+    "rounding_bound": "rounding_bound = torch.tensor(14.7 / 14)\n",
+    "clipped_error": "clipped_error = 11.2 + 1e-6\n",
+    "clip_threshold": "clip_threshold = np.float32(5.5)  # MSE 0.0921\n",
+}
+
+# --- thresholds that fall short of the target: the tier they reach -----------------------------------
+
+PARTIAL = {
+    "threshold_a_little_low": Partial({"clip_threshold": "clip_threshold = 4.2  # MSE 0.104\n"},
+                                      "test_clip_threshold", 3),
+    "threshold_barely_clips": Partial({"clip_threshold": "clip_threshold = 13  # MSE 0.26\n"},
+                                      "test_clip_threshold", 1),
+}
+
 # --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
 CHEATS = {
@@ -157,12 +199,29 @@ ref = __import__("ql" + "ib").linear
 def quantize(x, scale, zero_point, qmin, qmax):
     return ref.quantize(x, scale, zero_point, qmin, qmax)
 """}, "test_quantize", "reference answer"),
+    "threshold_smuggles_code": Cheat({"clip_threshold": "clip_threshold = lambda: 5.3\n"},
+                                     "test_clip_threshold", "must be int or float"),
+    "threshold_that_lies": Cheat({"clip_threshold": """
+class Threshold(float):
+    def __le__(self, other):
+        return True
+
+    __lt__ = __ge__ = __gt__ = __eq__ = __le__
+    __hash__ = float.__hash__
+
+
+clip_threshold = Threshold(14.7)
+"""}, "test_clip_threshold", "target is not reached"),
 }
 
 
-class TestLab03Grading(LabGradingTests):
-    LAB, POINTS, N_STUBS = LAB, POINTS, 7
-    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, NUMPY_ANSWERS, "hard_coded_visible_cases"
+class TestLab03Grading(LabGradingTests, DesignTargetTests):
+    LAB, POINTS, N_STUBS, WRITTEN = LAB, POINTS, 13, WRITTEN
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, {**NUMPY_ANSWERS, **OTHER_SPELLINGS}, "hard_coded_visible_cases"
+    CHOICE = Choice("why_zero_is_exact", "test_why_zero_is_exact", "why_zero_is_exact")
+    PARTIAL = PARTIAL
     CHEAT_TARGET = Target("asymmetric_qparams", "test_asymmetric_qparams", "qlib.linear.asymmetric_qparams")
     CHEATS = CHEATS
-    ANSWER_LINES = ("2 ** (bits - 1) - 1",)
+    ANSWER_LINES = ("2 ** (bits - 1) - 1", "scale = max((rmax - rmin) / (qmax - qmin)", 'why_zero_is_exact = "b"',
+                    "zero_rows_of_fc1 = int(", "clip_threshold = min(candidates",
+                    "**Rubric (2 points).** 1 point: the per-tensor scale is set by the largest weight")

@@ -18,6 +18,7 @@ import torch
 from qlib import granularity as ref_granularity
 from qlib import linear as ref
 from qlib import weights as ref_weights
+from qlib.grading.answers import Field, Tier, answer_of, check_choice, check_number, tiered
 from qlib.grading.checks_common import HIDDEN, near_tie_but_not_exact, passed, task_runner
 from qlib.grading.harness import (
     as_array,
@@ -120,22 +121,27 @@ def _qparams_got(fn, task, rmin, rmax, qmin, qmax):
 
 
 def _asymmetric_hint(rmin, rmax, qmin, qmax, scale, zp) -> str:
+    """The likely mistake, said in terms of the requirements of Task 2, never as the formula itself."""
     s_ref, z_ref = (float(v) for v in ref.asymmetric_qparams(rmin, rmax, qmin, qmax))
     lo, hi = min(rmin, 0.0), max(rmax, 0.0)
     if not np.isclose(scale, s_ref, rtol=1e-5):
         if np.isclose(scale, (hi - lo) / (qmax - qmin + 1), rtol=1e-5):
-            return "the scale divides by qmax - qmin + 1; the range has qmax - qmin steps."
+            return ("the scale is a little too small: from qmin to qmax there are qmax - qmin steps, "
+                    "not qmax - qmin + 1.")
         if np.isclose(scale, (rmax - rmin) / (qmax - qmin), rtol=1e-5):
             return "widen the range to contain 0 first (rmin = min(rmin, 0), rmax = max(rmax, 0))."
-        return "scale = (rmax - rmin) / (qmax - qmin), after widening the range to contain 0."
+        return ("derive the scale again from the two requirements: dequantizing qmin gives rmin and "
+                "dequantizing qmax gives rmax (after widening the range to contain 0); subtract one from the other.")
     raw = qmin - lo / s_ref
     if zp == -z_ref or zp == int(np.round(qmin + lo / s_ref)):
-        return "the zero point has the wrong sign: Z = round(qmin - rmin / scale)."
+        return ("the zero point has the wrong sign: check that dequantizing qmin with your scale and zero point "
+                "gives rmin.")
     if zp == int(np.floor(raw)) or zp == int(np.ceil(raw)):
         return "the zero point is off by one: round to the nearest integer (half to even), do not floor or truncate."
     if not qmin <= zp <= qmax:
-        return f"the zero point {zp} lies outside [qmin, qmax]: widen the range to contain 0 so that it cannot."
-    return "zero_point = round(qmin - rmin / scale), rounded half to even."
+        return f"the zero point {zp} lies outside [qmin, qmax]: widen the range to contain 0, and clamp it."
+    return ("derive the zero point again from the requirement that dequantizing qmin gives rmin, "
+            "then round it half to even.")
 
 
 def check_asymmetric_qparams(asymmetric_qparams, seed=None):
@@ -364,9 +370,9 @@ def check_quantize_per_channel(quantize_per_channel, seed=None):
         if bad_zp.any():
             if seed is None:
                 fail(f"{task} ({where}): expected zero points {fmt(z_ref)}, got {fmt(zp)}. "
-                     "Hint: use the zero point formula of your Task 2 or Task 3 function.")
+                     "Hint: use the zero point of your Task 2 or Task 3 function.")
             fail(f"{HIDDEN} for quantize_per_channel ({scheme}): the zero points differ. "
-                 "Hint: symmetric means zero_point 0; asymmetric uses your Task 2 formula.")
+                 "Hint: symmetric means zero_point 0; asymmetric uses your Task 2 function.")
         v = np.moveaxis(np.moveaxis(x, axis, -1).astype(np.float64) / s_ref, -1, axis)
         ok = (q == q_ref) | (near_tie_but_not_exact(v) & (np.abs(q - q_ref) <= 1))
         if not ok.all():
@@ -435,3 +441,159 @@ def check_fake_quantize_weights(fake_quantize_weights, seed=None):
         if abs(acc_got - acc_exp) > 2.5 / len(test):
             fail(f"{task} ({where}): test accuracy {acc_got:.4f}, expected {acc_exp:.4f}.")
     passed(task, len(cases), hidden=seed is not None)
+
+
+# --- Question 1: why real 0 is exact ----------------------------------------------------------------
+
+def check_why_zero_is_exact(answer):
+    """Question 1: zero padding and ReLU make exact zeros common; an inexact 0 would bias them all alike."""
+    check_choice("Question 1", answer, "b", hints={
+        "a": "The scale is kept positive by its minimum (eps), whatever happens to 0; the question is about "
+             "the values a network produces, and which value it produces most often.",
+        "c": "An asymmetric range is not symmetric at all ([-2, 1] at 2 bits), and real ranges are often "
+             "lopsided: think about which real value appears far more often than any other in a network.",
+        "d": "Ties are broken by the rounding rule, with or without an integer at 0. Think about which real "
+             "value a convolution's padding and a ReLU produce, and how often.",
+    })
+
+
+# --- Questions 2 and 3: reading the experiment ------------------------------------------------------
+
+#: Test accuracy of the digits CNN (FP32 0.992) with weights fake-quantized per tensor at 8, 6, 4, 3, 2
+#: bits: 0.992, 0.994, 0.994, 0.989, 0.447 (per channel at 2 bits: 0.736), from qlib.weights.
+BREAKING_BITS = 2
+
+
+def check_breaking_bits(answer):
+    """Question 2: per tensor holds to 3 bits (within a point of FP32) and collapses at 2."""
+    check_number("Question 2", answer, BREAKING_BITS, rel_tol=0.0, abs_tol=1e-9, mistakes=[
+        (3, "At that bit width the per-tensor model is still within about a point of FP32: look again at the "
+            "table the experiment printed."),
+        (4, "At that bit width both granularities match FP32 within an image or two: look again at the table."),
+        (8, "The question asks for the bit width where per tensor breaks, not the widest one tried."),
+    ], hint="Read the per-tensor column of the experiment's table against the FP32 accuracy; the answer is one "
+            "of the bit widths tried (8, 6, 4, 3, 2).")
+
+
+def _zero_rows_of_fc1(bits: int, qmin=None, qmax=None, scale=None) -> int:
+    """How many rows of the digits CNN's fc1 weight quantize to all zeros with one symmetric scale."""
+    from qlib.models import load_pretrained
+
+    w = load_pretrained("cnn").fc1.weight.detach()
+    lo, hi = ref.integer_range(bits)
+    qmin = lo if qmin is None else qmin
+    qmax = hi if qmax is None else qmax
+    if scale is None:
+        scale = w.abs().max().item() / qmax
+    q = torch.clamp(torch.round(w / scale), qmin, qmax)
+    return int((q == 0).all(dim=1).sum())
+
+
+def check_zero_rows_of_fc1(answer):
+    """Question 3: at 2 bits per tensor, 20 of fc1's 64 rows round to all zeros (their largest |w| < S/2)."""
+    from qlib.models import load_pretrained
+
+    w = load_pretrained("cnn").fc1.weight.detach()
+    expected = _zero_rows_of_fc1(BREAKING_BITS)
+    qmin, qmax = ref.integer_range(BREAKING_BITS)
+    absmax = w.abs().max().item()
+    mistakes = [
+        (w.shape[0] - expected, "That counts the rows that keep at least one nonzero code; the question asks "
+                                "for the rows whose every code is 0."),
+        (_zero_rows_of_fc1(3), "That is the count at 3 bits; the question asks at the bit width of Question 2."),
+        (0, "With one scale per row (per channel) no row vanishes; the question asks per tensor, with one "
+            "scale for the whole weight."),
+        (int((w.abs().amax(dim=1) < absmax / qmax).sum()), "That counts the rows whose largest |w| is below a "
+                                                           "whole step: a value rounds to 0 only below half a step."),
+        (_zero_rows_of_fc1(BREAKING_BITS, scale=absmax / ((qmax - qmin) / 2)),
+         "A symmetric scale maps the largest |w| to qmax, not to (qmax - qmin) / 2."),
+    ]
+    mistakes = [(v, h) for v, h in mistakes if v != expected]
+    check_number("Question 3", answer, expected, rel_tol=0.0, abs_tol=1e-9, mistakes=mistakes,
+                 hint="One symmetric scale for the whole of fc1.weight: quantize it with your functions and count "
+                      "the rows in which every code is 0.")
+
+
+# --- Questions 5 and 6, Task 8: rounding against clipping -------------------------------------------
+
+#: The four outliers of ``x_clip``; the largest, 14.7, is both max|x| and the value of Question 6.
+CLIP_OUTLIERS = (14.7, -12.3, 11.2, -9.8)
+#: Question 6's threshold and Task 8's bit width.
+CLIP_T, CLIP_BITS = 3.5, 4
+
+
+def clipping_tensor() -> torch.Tensor:
+    """The lab's ``x_clip``: 4096 Laplace(0, 1) values (fixed seed) whose first four are outliers."""
+    gen = torch.Generator().manual_seed(3)
+    n = 4096
+    magnitude = torch.empty(n).exponential_(1.0, generator=gen)
+    sign = 2 * torch.randint(0, 2, (n,), generator=gen) - 1
+    x = (magnitude * sign).to(torch.float32)
+    x[:len(CLIP_OUTLIERS)] = torch.tensor(CLIP_OUTLIERS)
+    return x
+
+
+def clipping_mse(threshold: float) -> float:
+    """MSE of ``x_clip`` fake-quantized to 4-bit signed integers, symmetric, scale from ``[-T, T]`` (qlib)."""
+    x = clipping_tensor()
+    qmin, qmax = ref.integer_range(CLIP_BITS)
+    scale, zero_point = ref.symmetric_qparams(-float(threshold), float(threshold), qmin, qmax)
+    x_hat = ref.dequantize(ref.quantize(x, scale, zero_point, qmin, qmax), scale, zero_point)
+    return float(((x.double() - x_hat.double()) ** 2).mean())
+
+
+def check_rounding_bound(answer):
+    """Question 5: at T = max|x| = 14.7 and 4 bits, half a step: 14.7 / 7 / 2 = 1.05."""
+    qmin, qmax = ref.integer_range(CLIP_BITS)
+    absmax = max(abs(v) for v in CLIP_OUTLIERS)
+    step = absmax / qmax
+    check_number("Question 5", answer, step / 2, rel_tol=5e-3, mistakes=[
+        (step, "That is a whole step: a value inside the range moves to the NEAREST step, so how far can it move?"),
+        (absmax / (qmax - qmin) / 2, "A symmetric scale maps max|x| to qmax, not the whole range to qmax - qmin "
+                                     "steps."),
+        (absmax / 2 ** CLIP_BITS / 2, "A symmetric scale maps max|x| to qmax of the signed 4-bit range."),
+        (absmax / -qmin / 2, "A symmetric scale maps max|x| to qmax, not to |qmin|."),
+    ], hint="Compute the scale of a symmetric 4-bit quantizer for this tensor; a value inside the range moves to "
+            "the nearest step.")
+
+
+def check_clipped_error(answer):
+    """Question 6: at T = 3.5 the value 14.7 is clamped to qmax * scale = 3.5: error 11.2."""
+    qmin, qmax = ref.integer_range(CLIP_BITS)
+    top = max(CLIP_OUTLIERS)
+    scale = CLIP_T / qmax
+    expected = top - qmax * scale
+    check_number("Question 6", answer, expected, rel_tol=5e-3, mistakes=[
+        (-expected, "The question asks for x - x_hat; the value is above the range, so x_hat is below it."),
+        (top - (-qmin) * scale, "A positive value is clamped to the largest code, qmax, and qmin is the most "
+                                "NEGATIVE code: which one applies to 14.7?"),
+        (scale / 2, "That is the rounding error of a value inside the range; 14.7 lies far beyond it."),
+        (top - CLIP_T / (qmax - qmin) * qmax, "The scale comes from symmetric_qparams(-T, T, qmin, qmax): T maps "
+                                              "to qmax."),
+    ], hint="Quantize 14.7 with the scale of T = 3.5: the code is clamped; dequantize it and subtract.")
+
+
+#: Task 8's tiers of MSE. The best threshold (about 5.3) gives MSE 0.0918; no clipping (T = 14.7) gives 0.324.
+CLIP_TIERS = [
+    Tier(1.0, "MSE at most 0.097 (within about 5% of the best threshold)", lambda m: m["mse"] <= 0.097),
+    Tier(0.75, "MSE at most 0.115", lambda m: m["mse"] <= 0.115),
+    Tier(0.5, "MSE at most 0.16", lambda m: m["mse"] <= 0.16),
+    Tier(0.25, "MSE at most 0.30 (better than no clipping, 0.32)", lambda m: m["mse"] <= 0.30),
+]
+#: Task 8's answer: one positive number.
+CLIP_FIELD = Field((int, float), low=0.01, high=1000.0)
+
+
+def check_clip_threshold(answer):
+    """Task 8: the grader quantizes ``x_clip`` at the student's threshold itself and grades the MSE in tiers."""
+    task = "Task 8"
+    value = answer_of(task, answer)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 or isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    problem = CLIP_FIELD.problem(value)
+    if problem:
+        fail(f"{task}: clip_threshold = {value!r}: {problem}. Set it to one number, the threshold T.")
+    mse = clipping_mse(float(value))
+    return tiered(task, {"mse": mse}, CLIP_TIERS, report=f"threshold {float(value):g}: MSE {mse:.4f}")
