@@ -4,10 +4,12 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import Cheat, LabGradingTests, Target, Wrong
+from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong
 
 LAB = "lab08_binary_mixed"
-POINTS = {"test_binarize": 4, "test_ternarize": 6, "test_quantization_sensitivity": 5}
+POINTS = {"test_binarize": 4, "test_ternarize": 6, "test_ternary_conv2_bits": 2, "test_what_the_scale_minimizes": 2,
+          "test_quantization_sensitivity": 5, "test_allocation": 4, "test_why_the_first_layer": 2}
+WRITTEN = {"explain_the_allocation": 2}
 
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
 
@@ -55,6 +57,28 @@ def quantization_sensitivity(model, data, bit_widths, fake_quant):
                 result[name].append(accuracy(quantized, data))
     return result
 '''),
+    "ternary_without_scales": Wrong("ternary_conv2_bits", "test_ternary_conv2_bits", "also stores its scale",
+                                    "ternary_conv2_bits = 2 * 32 * 16 * 3 * 3\n"),
+    "ternary_log2_3_bits": Wrong("ternary_conv2_bits", "test_ternary_conv2_bits", "whole number of bits",
+                                 "import math\nternary_conv2_bits = math.log2(3) * 4608 + 32 * 32\n"),
+    "ternary_in_bytes": Wrong("ternary_conv2_bits", "test_ternary_conv2_bits", "not bytes",
+                              "ternary_conv2_bits = (2 * 4608 + 32 * 32) // 8\n"),
+    "scale_minimizes_the_largest_error": Wrong("what_the_scale_minimizes", "test_what_the_scale_minimizes",
+                                               "halfway between", 'what_the_scale_minimizes = "b"\n'),
+    "scale_makes_the_largest_weight_exact": Wrong("what_the_scale_minimizes", "test_what_the_scale_minimizes",
+                                                  "S = max|w|", 'what_the_scale_minimizes = "d"\n'),
+    "allocation_forgets_the_scales": Wrong("allocation", "test_allocation", "Without the scales it would fit",
+                                           'allocation = {"conv1": 4, "conv2": 3, "fc1": 1, "fc2": 1}\n'),
+    "allocation_uniform_ternary": Wrong("allocation", "test_allocation", "over the budget of 48,000",
+                                        'allocation = dict.fromkeys(["conv1", "conv2", "fc1", "fc2"], 2)\n'),
+    "allocation_five_bits": Wrong("allocation", "test_allocation", "must be one of 1, 2, 3, 4, 6, 8",
+                                  'allocation = {"conv1": 5, "conv2": 2, "fc1": 1, "fc2": 2}\n'),
+    "allocation_misses_a_layer": Wrong("allocation", "test_allocation", "misses 'fc2'",
+                                       'allocation = {"conv1": 4, "conv2": 2, "fc1": 1}\n'),
+    "allocation_binarizes_conv1": Wrong("allocation", "test_allocation", "target is not reached",
+                                        'allocation = {"conv1": 1, "conv2": 1, "fc1": 1, "fc2": 6}\n'),
+    "first_layer_holds_most_weights": Wrong("why_the_first_layer", "test_why_the_first_layer", "86%",
+                                            'why_the_first_layer = "a"\n'),
     "hard_coded_visible_cases": Wrong("ternarize", "test_ternarize", "A hidden check failed", '''
 def ternarize(w, granularity="channel"):
     if tuple(w.shape) == (6,):
@@ -119,6 +143,27 @@ def quantization_sensitivity(model, data, bit_widths, fake_quant):
 ''',
 }
 
+# --- the same answers written otherwise: other spellings, other types, another allocation as good ------
+
+OTHER_SPELLINGS = {
+    "ternary_conv2_bits": "import numpy\nternary_conv2_bits = numpy.float32(10240.0)\n",
+    "what_the_scale_minimizes": 'what_the_scale_minimizes = " (A) "\n',
+    "why_the_first_layer": "why_the_first_layer = 'C.'\n",
+    # as good on the training images (1 image lost), 144 bits smaller: 97.2% on the test images
+    "allocation": 'allocation = dict(fc2=2, fc1=1, conv2=2, conv1=3)\n',
+}
+
+# --- allocations that fall short of the target: the tier they reach -----------------------------------
+
+PARTIAL = {
+    "fc2_binary": Partial({"allocation": 'allocation = {"conv1": 6, "conv2": 2, "fc1": 1, "fc2": 1}\n'},
+                          "test_allocation", 3),            # 95.6%
+    "conv2_binary": Partial({"allocation": 'allocation = {"conv1": 4, "conv2": 1, "fc1": 1, "fc2": 1}\n'},
+                            "test_allocation", 2),          # 92.5%
+    "conv2_binary_fc2_4": Partial({"allocation": 'allocation = {"conv1": 3, "conv2": 1, "fc1": 1, "fc2": 4}\n'},
+                                  "test_allocation", 1),    # 88.1%
+}
+
 # --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
 CHEATS = {
@@ -130,17 +175,42 @@ binary = importlib.import_module("ql" + "ib.binary")
 def binarize(w, granularity="channel"):
     return binary.binarize(w, granularity)
 """}, "test_binarize", "reference answer"),
+    "allocation_smuggles_code": Cheat({"allocation": """
+class Bits(int):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = int.__hash__
+
+
+allocation = {"conv1": Bits(8), "conv2": Bits(8), "fc1": Bits(8), "fc2": lambda: 8}
+"""}, "test_allocation", "must be one of 1, 2, 3, 4, 6, 8"),
+    "allocation_is_not_a_dict": Cheat({"allocation": """
+class Allocation:
+    def __getitem__(self, key):
+        return 8
+
+    def items(self):
+        return [("conv1", 8), ("conv2", 8), ("fc1", 8), ("fc2", 8)]
+
+
+allocation = Allocation()
+"""}, "test_allocation", "must be a dict"),
 }
 
 
-class TestLab08Grading(LabGradingTests):
-    LAB, POINTS, N_STUBS = LAB, POINTS, 3
-    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, DIFFERENT, "hard_coded_visible_cases"
+class TestLab08Grading(LabGradingTests, DesignTargetTests):
+    LAB, POINTS, N_STUBS, WRITTEN = LAB, POINTS, 7, WRITTEN
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, {**DIFFERENT, **OTHER_SPELLINGS}, "hard_coded_visible_cases"
+    CHOICE = Choice("what_the_scale_minimizes", "test_what_the_scale_minimizes", "what_the_scale_minimizes")
+    PARTIAL = PARTIAL
     CHEAT_TARGET = Target("binarize", "test_binarize", "qlib.binary.binarize")
     CHEATS = CHEATS
     ANSWER_LINES = ("torch.where(w >= 0, 1, -1).to(torch.int8)", "kept.sum(dim=1)",
-                    "reference - accuracy(quantized, data)")
-    CELL_SECONDS = 10  # the slowest cell of a correct submission takes under 3 s
+                    "reference - accuracy(quantized, data)", 'allocation = {"conv1": 4, "conv2": 2, "fc1": 1, "fc2": 2}',
+                    'what_the_scale_minimizes = "a"',
+                    "**Rubric (2 points).** 1 point: names `conv1` as the most sensitive and `fc1` as the least")
+    CELL_SECONDS = 30  # the slowest cell of a correct submission, the experiment's scan on 1,437 training images, takes ~6 s
 
     def test_a_hidden_failure_does_not_even_show_the_shape_of_the_input(self, graded):
         assert "(16, 1, 3, 3)" not in graded.output("hard_coded_visible_cases", "test_ternarize")

@@ -11,8 +11,15 @@ alpha and delta to a relative 1e-5 (a mean summed in another order, or in float6
 too). Hidden ternary inputs keep every weight clear of the threshold, except the cases built so
 that a weight sits on it exactly. Sensitivity drops may differ by one image (a batch size other
 than the reference's can flip one argmax).
+
+The questions and the design task have no hidden cases: their checks take no ``seed``. The design
+(Task 4, a bit width per layer under a size budget) is rebuilt and measured here, in the grader,
+with :func:`qlib.mixed_precision.fake_quantize_any_width` and
+:func:`qlib.mixed_precision.model_size_bits`, never with the student's functions.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -20,6 +27,7 @@ import torch
 from qlib import binary as ref_binary
 from qlib import mixed_precision as ref_mixed
 from qlib import ternary as ref_ternary
+from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, tiered
 from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import as_array, as_integers, check_shape, fail, fmt, time_limit  # noqa: F401
 
@@ -353,3 +361,102 @@ def check_quantization_sensitivity(quantization_sensitivity, seed=None):
                 fail(f"{prefix}: layer {layer}: expected drops {fmt(np.asarray(exp))}, got {fmt(g)}. Hint: {hint}")
             fail(f"{prefix}: the drops of layer {layer} differ. Hint: {hint}")
     passed(task, len(cases), hidden=seed is not None)
+
+
+# --- Questions 1 and 2: what binary and ternary weights cost and what their scale minimizes ----------
+
+#: Question 1's layer: conv2 of the digits CNN, [out, in, kh, kw].
+CONV2_SHAPE = (32, 16, 3, 3)
+
+
+def check_ternary_conv2_bits(answer):
+    """Question 1: conv2 ternary in 2-bit fields with one float32 scale per output channel: 2 n + 32 c bits."""
+    c, n = CONV2_SHAPE[0], math.prod(CONV2_SHAPE)
+    check_number("Question 1", answer, 2 * n + 32 * c, rel_tol=0.0, abs_tol=0.5, unit="bits", mistakes=[
+        (2 * n, "That counts the codes only: each output channel also stores its scale S, a float32."),
+        (2 * n + 32, "One scale for the whole tensor? The scales here are per output channel."),
+        (math.log2(3) * n + 32 * c, "log2(3) bits per weight is the information in a ternary digit, but a "
+                                    "fixed-width field holds a whole number of bits."),
+        (1.6 * n + 32 * c, "That is the packed layout (five digits per byte); the question asks for 2-bit fields."),
+        (n + 32 * c, "One bit per weight is a binary layer; three values need more than one bit."),
+        (2 * n + 2 * 32 * c, "Inference stores t and S only: the threshold delta is not kept."),
+        (32 * n, "That is the FP32 size of the weights."),
+        (2 * n / 8 + 32 * c / 8, "The answer is in bits, not bytes."),
+    ], hint="Count the weights of conv2 and its output channels; each weight takes a 2-bit field and each "
+            "output channel one float32 scale.")
+
+
+def check_what_the_scale_minimizes(answer):
+    """Question 2: S = mean|w| minimizes the squared error ||w - S sign(w)||^2 of the channel."""
+    check_choice("Question 2", answer, "a", hints={
+        "b": "The largest error max_i |w_i - S sign(w_i)| is smallest when S sits halfway between the smallest "
+             "and the largest |w|, which is not mean|w| in general. Write the error as a function of S.",
+        "c": "Take w = (3, -1, -1, -1): mean|w| = 1.5, and S sign(w) has mean -0.75 while w has mean 0.",
+        "d": "Making the largest weight exact needs S = max|w|; mean|w| is smaller than that whenever the "
+             "|w| differ.",
+    })
+
+
+# --- Task 4: a bit width per layer under a size budget ---------------------------------------------------
+
+#: Task 4's budget: bits of the weights and their scales (biases and batch norm stay FP32, not counted).
+BUDGET_BITS = 48_000
+#: The layers of the digits CNN, each of which gets a bit width.
+DESIGN_LAYERS = ("conv1", "conv2", "fc1", "fc2")
+DESIGN_FIELDS = {name: Field(int, choices=ref_mixed.BIT_WIDTHS) for name in DESIGN_LAYERS}
+#: The reference allocation, 4 / 2 / 1 / 2 bits (least training-accuracy drop within the budget, the
+#: budget used as fully as possible), reaches 97.8% on the 360 test images (FP32: 99.2%); 3 / 2 / 1 / 2,
+#: as good on the training images, reaches 97.2%.
+DESIGN_TIERS = [
+    Tier(1.0, "test accuracy at least 97.0% (within a point of the reference allocation)",
+         lambda m: m["accuracy"] >= 0.970),
+    Tier(0.75, "test accuracy at least 95.0%", lambda m: m["accuracy"] >= 0.950),
+    Tier(0.5, "test accuracy at least 90.0%", lambda m: m["accuracy"] >= 0.900),
+    Tier(0.25, "test accuracy at least 80.0% (all-binary weights reach 63%)", lambda m: m["accuracy"] >= 0.800),
+]
+
+
+def design_measures(allocation: dict) -> dict:
+    """Size (weights and scales, in bits) and test accuracy of the digits CNN at ``allocation``, with qlib's references."""
+    import copy
+
+    from qlib.data import load_digits
+    from qlib.models import accuracy, load_pretrained
+
+    model = load_pretrained("cnn")
+    sizes = ref_mixed.model_size_bits(model, allocation)
+    quantized = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, bits in allocation.items():
+            weight = quantized.get_submodule(name).weight
+            weight.copy_(ref_mixed.fake_quantize_any_width(weight.detach().clone(), bits))
+    return {"size": sizes["weights"] + sizes["scales"], "weights": sizes["weights"],
+            "accuracy": accuracy(quantized, load_digits("test"))}
+
+
+def check_allocation(allocation):
+    """Task 4: the grader quantizes the CNN at the student's bit widths itself, checks the size, grades in tiers."""
+    task = "Task 4"
+    allocation = config_of(task, allocation, DESIGN_FIELDS, what="allocation")
+    measured = design_measures(allocation)
+    if measured["size"] > BUDGET_BITS:
+        also = (" Without the scales it would fit: every layer also stores one float32 scale per output channel."
+                if measured["weights"] <= BUDGET_BITS else "")
+        fail(f"{task}: this allocation takes {measured['size']:,} bits for the weights and their scales, over the "
+             f"budget of {BUDGET_BITS:,}.{also} A layer at b bits takes b bits per weight plus 32 per output "
+             "channel.")
+    return tiered(task, measured, DESIGN_TIERS, report=f"{measured['size']:,} bits of weights and scales, test "
+                                                        f"accuracy {100 * measured['accuracy']:.1f}%")
+
+
+# --- Question 3: why the first layer keeps more bits --------------------------------------------------
+
+def check_why_the_first_layer(answer):
+    """Question 3: conv1 has 9 weights per output channel, feeds every later layer, and its bits are cheap."""
+    check_choice("Question 3", answer, "c", hints={
+        "a": "Count them: fc1 holds 86% of the weights of the CNN, conv1 well under 1%.",
+        "b": "conv1 has 9 weights per output channel, fc1 512: compare the weights per channel in the "
+             "experiment's table.",
+        "d": "XNOR-Net binarizes convolutions too (Chapter 8), and the experiment above binarized conv1: it ran, "
+             "only with a large drop.",
+    })
