@@ -417,7 +417,7 @@ DESIGN_TIERS = [
 
 
 def design_measures(allocation: dict) -> dict:
-    """Size (weights and scales, in bits) and test accuracy of the digits CNN at ``allocation``, with qlib's references."""
+    """Size (weights and scales, in bits) and test accuracy of the CNN at ``allocation``, with qlib's references."""
     import copy
 
     from qlib.data import load_digits
