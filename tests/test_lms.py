@@ -40,6 +40,13 @@ def points_of_lab() -> dict[str, float]:
             for c in cells if c.metadata.get("nbgrader", {}).get("grade")}
 
 
+def points_of_reference() -> dict[str, float]:
+    """grade_id -> what the reference answers earn: every autograded point, 0 for a written answer left blank."""
+    cells = {c.metadata["nbgrader"]["grade_id"]: c for c in course.read_notebook(SOURCE).cells
+             if c.metadata.get("nbgrader", {}).get("grade")}
+    return {g: 0.0 if c.cell_type == "markdown" else p for (g, c), p in zip(cells.items(), points_of_lab().values())}
+
+
 def marked_notebook(mark: str) -> str:
     """A notebook whose one cell says ``mark``: which copy was collected is read back from it."""
     return nbformat.writes(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(mark)]))
@@ -234,7 +241,8 @@ def test_canvas_export(graded, tmp_path):
     assert possible[0].strip() == "Points Possible"
     assert [float(p) for p in possible[5:-2]] == [sum(points.values()), *points.values()]
     by_id = {r[1]: r[5:] for r in rows}
-    assert by_id["1001"] == [f"{sum(points.values()):g}", *[f"{p:g}" for p in points.values()],
+    earned = points_of_reference()  # the written answer, left blank, is a 0 until a person grades it
+    assert by_id["1001"] == [f"{sum(earned.values()):g}", *[f"{p:g}" for p in earned.values()],
                              "2024-03-04T14:15:00Z", "graded"]
     assert by_id["1002"] == ["0"] * (1 + len(points)) + ["", "graded"]  # a zero
     assert by_id["1003"] == [""] * (1 + len(points)) + ["", "missing"]  # no score: not a zero
@@ -253,7 +261,7 @@ def test_moodle_export(graded, tmp_path):
                       *[f"{LAB}: {g} ({p:g} pts)" for g, p in points.items()],
                       f"{LAB}: submitted at (UTC)", f"{LAB}: status"]
     by_email = {r[2]: r[3:] for r in rows}
-    assert by_email["jdoe@uni.example"][0] == f"{sum(points.values()):g}"
+    assert by_email["jdoe@uni.example"][0] == f"{sum(points_of_reference().values()):g}"
     assert by_email["jdoe@uni.example"][-2:] == ["2024-03-04T14:15:00Z", "graded"]
     assert by_email["bsmith@uni.example"] == ["0"] * (1 + len(points)) + ["", "graded"]
     assert by_email["alee@uni.example"] == ["-"] * (1 + len(points)) + ["", "missing"]  # Moodle's "no grade"
@@ -281,13 +289,14 @@ def test_feedback_after_a_regrade_is_the_new_grade(graded, tmp_path):
     c = tmp_path / "course"
     shutil.copytree(graded, c)
     feedback = c / "feedback" / "bsmith" / LAB / f"{LAB}.html"
-    assert "Score: 0.0 / 20.0" in feedback.read_text()
+    total, earned = sum(points_of_lab().values()), sum(points_of_reference().values())
+    assert f"Score: 0.0 / {total}" in feedback.read_text()
     released = course.read_notebook(course.notebook_path(c, "labs", LAB))
     course.submit(c, LAB, "bsmith", course.fill(released, course.solution_code(course.read_notebook(SOURCE))))
     course.nbgrader("autograde", LAB, "--force", "--student", "bsmith", cwd=c)
 
     course.nbgrader("generate_feedback", LAB, cwd=c)  # nbgrader alone keeps the old feedback
-    assert "Score: 0.0 / 20.0" in feedback.read_text()
+    assert f"Score: 0.0 / {total}" in feedback.read_text()
     assert run_command(["feedback", LAB, "--student", "bsmith", "--course", str(c)]) == 0
-    assert "Score: 20.0 / 20.0" in feedback.read_text()
+    assert f"Score: {earned} / {total}" in feedback.read_text()
     assert (feedback.parent / "mathjax" / "tex-svg.js").is_file()

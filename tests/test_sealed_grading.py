@@ -21,7 +21,7 @@ import pytest
 
 from qlib.grading import sandbox
 from tests import nbgrader_course as course
-from tests.test_lab03_grading import POINTS
+from tests.test_lab03_grading import POINTS, WRITTEN
 
 LAB = "lab03_linear_quantization"
 WRONG_QUANTIZE = "\ndef quantize(x, scale, zero_point, qmin, qmax):\n    return x\n"
@@ -285,7 +285,7 @@ def attacked(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_attack_earns_nothing_and_costs_only_its_task(attacked, name):
     task = ATTACKS[name][1]
-    assert attacked["scores"][name] == {**POINTS, task: 0}, attacked["scores"][name]
+    assert attacked["scores"][name] == {**POINTS, **dict.fromkeys(WRITTEN, 0), task: 0}, attacked["scores"][name]
 
 
 def test_course_files_and_other_students_are_untouched(attacked):

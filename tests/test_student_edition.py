@@ -177,7 +177,10 @@ def test_the_exported_qlib_checks_a_lab_on_its_own(edition, tmp_path):
     for task in ("asymmetric_qparams", "symmetric_qparams", "quantize", "dequantize", "quantize_per_channel",
                  "fake_quantize_weights"):
         assert f"[pass] test_{task} " in out, out
-    assert "18 of 20 points" in out and proc.returncode == 1, out
+    from tests.test_lab03_grading import POINTS
+
+    autograded = sum(POINTS.values())  # the check counts what is graded automatically; integer_range's 2 are lost
+    assert f"{autograded - 2} of {autograded} points" in out and proc.returncode == 1, out
 
 
 def test_the_command_refuses_a_folder_in_use_unless_forced(tmp_path, capsys):
