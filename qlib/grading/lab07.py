@@ -23,6 +23,7 @@ optimizer steps; the mean test accuracy earns points in tiers.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from contextlib import contextmanager
 
@@ -600,7 +601,12 @@ def check_pact_alpha_gradient(answer):
 
 
 def _fc1_weight() -> torch.Tensor:
-    """The weight of fc1 in the folded digits CNN (the lab's ``model.fc1.weight``)."""
+    """The weight of fc1 in the folded digits CNN (the lab's ``model.fc1.weight``): a fresh copy each call."""
+    return _folded_fc1_weight().clone()
+
+
+@functools.lru_cache(maxsize=None)
+def _folded_fc1_weight() -> torch.Tensor:
     return _folded_cnn().fc1.weight.detach()
 
 
@@ -608,8 +614,13 @@ def _zero_share(w: torch.Tensor, step) -> float:
     return float((torch.round(w / step) == 0).double().mean())
 
 
-def _learned_fc1_step(w: torch.Tensor) -> float:
-    """The step the lab's experiment learns for fc1 at 2 bits (200 SGD steps, lr 20, from the min-max step)."""
+@functools.lru_cache(maxsize=None)
+def _learned_fc1_step() -> float:
+    """The step the lab's experiment learns for fc1 at 2 bits (200 SGD steps, lr 20, from the min-max step).
+
+    Deterministic, so computed once per grading process.
+    """
+    w = _fc1_weight()
     qmin, qmax = -2, 1
     g = 1 / math.sqrt(w.numel() * qmax)
     step = torch.tensor(w.abs().max().item(), requires_grad=True)
@@ -633,7 +644,7 @@ def _share_mistakes(w: torch.Tensor, right: float) -> list[tuple[float, str]]:
         (_zero_share(w, w.abs().max()), "That is the share with one min-max scale for the whole tensor (max|W| / 1)."
          + again),
         (_zero_share(w, 2 * mean_abs), "That is the share with LSQ's initial step, before any training." + again),
-        (_zero_share(w, _learned_fc1_step(w)), "That is the share with the step the experiment learned." + again),
+        (_zero_share(w, _learned_fc1_step()), "That is the share with the step the experiment learned." + again),
         (_zero_share(w, mean_abs), "LSQ's initial step is not the mean magnitude itself: reread its formula in "
                                    "Task 2."),
         (_zero_share(w, 2 * mean_abs / math.sqrt(2)), "For signed 2-bit weights Q_P is the largest positive "
