@@ -4,11 +4,13 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import Cheat, LabGradingTests, Target, Wrong
+from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong
 
 LAB = "lab05_calibration"
-POINTS = {"test_percentile_threshold": 3, "test_mse_threshold": 4, "test_candidate_distribution": 4,
-          "test_kl_threshold": 4, "test_round_stochastic": 5}
+POINTS = {"test_percentile_threshold": 2, "test_mse_threshold": 4, "test_candidate_distribution": 4,
+          "test_kl_threshold": 4, "test_round_stochastic": 3, "test_what_dynamic_costs": 1, "test_scale_spread": 2,
+          "test_what_adaround_learns": 2, "test_design": 4}
+WRITTEN = {"clipping_and_accuracy": 2}
 
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
 
@@ -63,6 +65,23 @@ def round_stochastic(x, generator):
 def round_stochastic(x, generator):
     return torch.round(x)
 '''),
+    "dynamic_handles_outliers": Wrong("what_dynamic_costs", "test_what_dynamic_costs", "stretches the step",
+                                      'what_dynamic_costs = "b"\n'),
+    "spread_over_calibration_images": Wrong("scale_spread", "test_scale_spread", "over the calibration images", '''
+per_image = layer_inputs(fold_every_batchnorm(model), calibration_images)["fc1"].flatten(1).amax(dim=1)
+scale_spread = float(per_image.max() / per_image.min())
+'''),
+    "spread_of_a_single_scale": Wrong("scale_spread", "test_scale_spread", "not a ratio",
+                                      "scale_spread = float(layer_inputs(fold_every_batchnorm(model), "
+                                      "test_set.images)['fc1'].max()) / 15\n"),
+    "adaround_keeps_nearest": Wrong("what_adaround_learns", "test_what_adaround_learns", "not where it must end",
+                                    'what_adaround_learns = "a"\n'),
+    "design_minmax_everywhere": Wrong("design", "test_design", "target is not reached",
+                                      'design = {"conv1": "minmax", "conv2": "minmax", "fc1": "minmax", '
+                                      '"fc2": "minmax", "percentile": 99.9}\n'),
+    "design_unknown_calibrator": Wrong("design", "test_design", "must be one of",
+                                       'design = {"conv1": "entropy", "conv2": "kl", "fc1": "kl", "fc2": "kl", '
+                                       '"percentile": 99.0}\n'),
     "hard_coded_visible_cases": Wrong("percentile_threshold", "test_percentile_threshold", "A hidden check failed", '''
 def percentile_threshold(x, percentile):
     return {90.0: 3.6, 50.0: 1.5, 99.9: 1.0}.get(percentile, float(x.abs().max()))
@@ -120,6 +139,25 @@ def round_stochastic(x, generator):
 ''',
 }
 
+# --- the same answers written otherwise: other spellings, other types, another design as good ---------
+
+OTHER_SPELLINGS = {
+    "what_dynamic_costs": 'what_dynamic_costs = " (C) "\n',
+    "scale_spread": "import numpy\nscale_spread = numpy.float32(2.36)\n",
+    "what_adaround_learns": "what_adaround_learns = 'B.'\n",
+    "design": 'design = dict(conv1="kl", conv2="kl", fc1="kl", fc2="kl", percentile=99)\n',  # 99.4 %
+}
+
+# --- designs that fall short of the target: the tier they reach ---------------------------------------
+
+PARTIAL = {
+    "percentile_999_everywhere": Partial({"design": 'design = {"conv1": "percentile", "conv2": "percentile", '
+                                                    '"fc1": "percentile", "fc2": "percentile", "percentile": 99.9}\n'},
+                                         "test_design", 3),
+    "minmax_at_the_image": Partial({"design": 'design = {"conv1": "minmax", "conv2": "kl", "fc1": "kl", "fc2": "kl", '
+                                              '"percentile": 99.0}\n'}, "test_design", 2),
+}
+
 # --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
 CHEATS = {
@@ -129,12 +167,25 @@ ref = __import__("ql" + "ib.calibration", fromlist=["x"])
 def mse_threshold(x, qmin, qmax, n_candidates=100):
     return ref.mse_threshold(x, qmin, qmax, n_candidates)
 """}, "test_mse_threshold", "reference answer"),
+    "design_smuggles_code": Cheat({"design": """
+class Calibrator(str):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = str.__hash__
+
+
+design = {"conv1": Calibrator("percentile"), "conv2": "kl", "fc1": "kl", "fc2": "kl", "percentile": lambda: 99.0}
+"""}, "test_design", "must be int or float"),
 }
 
 
-class TestLab05Grading(LabGradingTests):
-    LAB, POINTS, N_STUBS = LAB, POINTS, 5
-    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, DIFFERENT, "hard_coded_visible_cases"
+class TestLab05Grading(LabGradingTests, DesignTargetTests):
+    LAB, POINTS, N_STUBS, WRITTEN = LAB, POINTS, 9, WRITTEN
+    WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, {**DIFFERENT, **OTHER_SPELLINGS}, "hard_coded_visible_cases"
+    CHOICE = Choice("what_adaround_learns", "test_what_adaround_learns", "what_adaround_learns")
+    PARTIAL = PARTIAL
     CHEAT_TARGET = Target("round_stochastic", "test_round_stochastic", "qlib.stochastic_rounding.round_stochastic")
     CHEATS = CHEATS
-    ANSWER_LINES = ("p[-1] += counts[i:].sum()", "totals[group] / n_nonzero[group]", "u < (x - floor)")
+    ANSWER_LINES = ("p[-1] += counts[i:].sum()", "totals[group] / n_nonzero[group]", "u < (x - floor)",
+                    'what_adaround_learns = "b"', "**Rubric (2 points).** 1 point: names MSE as clipping hardest")

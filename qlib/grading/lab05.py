@@ -17,6 +17,12 @@ for a correct answer written differently, the checks accept it:
   two neighbouring integers, integers unchanged, P(round up) = the fraction within six
   binomial standard deviations, the same result for the same seeded generator whatever
   the global random state. Any way of drawing from the generator passes.
+
+The questions (static against dynamic calibration, AdaRound) take the student's answer,
+not a function, and have no hidden cases; Question 2's value is measured here with qlib.
+Task 6 (a calibrator per layer) is rebuilt and measured by the grader itself with qlib's
+reference calibrators (:func:`per_layer_quantizers`, :func:`design_measures`), so an
+earlier mistake never costs twice; its points come in tiers of test accuracy.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import numpy as np
 import torch
 
 from qlib import calibration as ref
+from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, tiered
 from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import as_array, check_shape, fail, fmt, time_limit  # noqa: F401
 
@@ -435,3 +442,151 @@ def check_round_stochastic(round_stochastic, seed=None):
     if np.array_equal(a, c):
         fail_("generators with different seeds gave the same result.", "the rounding must depend on the generator's draws.")
     passed(task, 3 + len(fractions), hidden=seed is not None)
+
+
+# --- Questions: static against dynamic calibration, AdaRound ----------------------------------------
+
+
+def check_what_dynamic_costs(answer):
+    """Question 1: dynamic quantization needs no calibration data, but scans every tensor at run time."""
+    check_choice("Question 1", answer, "c", hints={
+        "a": "Which of the two fixes its thresholds from calibration images before deployment? That one is static.",
+        "b": "A dynamic threshold is the tensor's own max|x|: nothing is clipped, so an outlier in the batch "
+             "stretches the step of everything else in it, exactly as min-max does.",
+        "d": "The dynamic range is taken over the whole batch at that layer: change the other images and the "
+             "scale, hence the answer for one image, can change. The chapter counts such images.",
+    })
+
+
+@torch.no_grad()
+def _fc1_input_of_each_test_image(folded: bool = True) -> torch.Tensor:
+    from qlib.data import load_digits
+    from qlib.folding import fold_every_batchnorm
+    from qlib.models import load_pretrained
+    from qlib.ptq import layer_inputs
+
+    model = load_pretrained("cnn")
+    model = fold_every_batchnorm(model) if folded else model.eval()
+    return layer_inputs(model, load_digits("test").images)["fc1"].flatten(1)
+
+
+def dynamic_scale_spread() -> dict:
+    """Question 2's numbers: the 4-bit dynamic scale of fc1's input, test image by test image."""
+    from qlib.data import load_digits
+    from qlib.folding import fold_every_batchnorm
+    from qlib.models import load_pretrained
+    from qlib.ptq import layer_inputs
+
+    per_image = _fc1_input_of_each_test_image().abs().amax(dim=1).to(torch.float64)
+    calibration = layer_inputs(fold_every_batchnorm(load_pretrained("cnn")), load_digits("train").images[:256])
+    calib_per_image = calibration["fc1"].flatten(1).abs().amax(dim=1).to(torch.float64)
+    static_t = float(calib_per_image.max())
+    return {"ratio": float(per_image.max() / per_image.min()),
+            "calibration_ratio": float(calib_per_image.max() / calib_per_image.min()),
+            "static_over_smallest": static_t / float(per_image.min()),
+            "largest_over_static": float(per_image.max()) / static_t,
+            "largest_over_median": float(per_image.max() / per_image.median()),
+            "smallest_scale": float(per_image.min()) / 15, "largest_scale": float(per_image.max()) / 15}
+
+
+def check_dynamic_scale_spread(answer):
+    """Question 2: how far the dynamic 4-bit scale of fc1's input moves from one test image to another."""
+    n = dynamic_scale_spread()
+    check_number("Question 2", answer, n["ratio"], rel_tol=0.01, mistakes=[
+        (n["calibration_ratio"], "That is the spread over the calibration images; the question asks about the "
+                                 "test images, classified one at a time."),
+        (n["static_over_smallest"], "Compare the test images with each other: the static threshold plays no "
+                                    "part in dynamic quantization."),
+        (n["largest_over_static"], "Compare the test images with each other: the static threshold plays no "
+                                   "part in dynamic quantization."),
+        (n["largest_over_median"], "Take the image of smallest range, not the median one."),
+        (n["largest_scale"], "That is a scale, not a ratio of two scales."),
+        (n["smallest_scale"], "That is a scale, not a ratio of two scales."),
+    ], hint="For each test image take max|x| of its own fc1 input (on the folded model, as quantize_dynamic "
+            "sees it); the scale is that over q_max. Divide the largest scale by the smallest.")
+
+
+def check_what_adaround_learns(answer):
+    """Question 3: AdaRound chooses floor or floor + 1 for each weight, on a fixed grid."""
+    check_choice("Question 3", answer, "b", hints={
+        "a": "Rounding to nearest is where AdaRound starts from, not where it must end: the chapter's figure shows "
+             "weights it rounds the other way.",
+        "c": "AdaRound keeps the grid and moves each weight by at most one step: look at the soft weight "
+             "floor(W/S) + h(V), with h between 0 and 1.",
+        "d": "h(V) is soft only while it is trained; at the end each weight is rounded up where h(V) >= 1/2, "
+             "so the stored weights are integers times the scale.",
+    })
+
+
+# --- Task 6: a calibrator per layer, W4A4, with a stray calibration image ---------------------------
+
+#: The quantized layers of the digits CNN, in forward order.
+DESIGN_LAYERS = ("conv1", "conv2", "fc1", "fc2")
+#: Task 6's configuration: key -> allowed values.
+DESIGN_FIELDS = {**{name: Field(str, choices=("minmax", "percentile", "mse", "kl")) for name in DESIGN_LAYERS},
+                 "percentile": Field((int, float), low=90.0, high=100.0)}
+#: The reference design (percentile 99 at conv1, KL elsewhere) scores 99.7 % (float: 99.2 %).
+DESIGN_TIERS = [
+    Tier(1.0, "test accuracy at least 98.0% (within 2 points of the reference design)", lambda m: m["accuracy"] >= 0.98),
+    Tier(0.75, "test accuracy at least 95.0%", lambda m: m["accuracy"] >= 0.95),
+    Tier(0.5, "test accuracy at least 90.0%", lambda m: m["accuracy"] >= 0.90),
+    Tier(0.25, "test accuracy at least 85.0% (better than min-max everywhere, 81.1%)", lambda m: m["accuracy"] >= 0.85),
+]
+
+
+def design_calibration_images() -> torch.Tensor:
+    """The 256 calibration images of Task 6: the lab's, with the first left unnormalised (pixels 0..16)."""
+    from qlib.data import load_digits
+
+    images = load_digits("train").images[:256].clone()
+    images[0] *= 16
+    return images
+
+
+def per_layer_quantizers(model, images, bits: int, design: dict) -> dict:
+    """Layer name -> fixed input quantizer, each calibrated on ``images`` by the calibrator ``design`` names for it.
+
+    Built from qlib's public functions: :func:`qlib.ptq.calibrate_activations` on the folded float
+    model, one layer at a time, then :class:`qlib.ptq.ActivationQuantizer` with the observer's scale
+    (``"percentile"`` uses ``design["percentile"]``). Pass the result to
+    ``quantize_static(model, None, w_bits, bits, granularity, quantizers=...)``.
+    """
+    from qlib.calibration import get_calibrator
+    from qlib.folding import fold_every_batchnorm
+    from qlib.ptq import ActivationQuantizer, calibrate_activations
+
+    float_model = fold_every_batchnorm(model)
+    quantizers = {}
+    for name in DESIGN_LAYERS:
+        choice = design[name]
+        calibrator = get_calibrator("percentile", percentile=float(design["percentile"])) \
+            if choice == "percentile" else choice
+        observer = calibrate_activations(float_model, images, bits, calibrator, layers=[name])[name]
+        scale, _ = observer.qparams()
+        quantizers[name] = ActivationQuantizer(scale, observer.qmin, observer.qmax,
+                                               threshold=float(observer.threshold()))
+    return quantizers
+
+
+@torch.no_grad()
+def design_measures(design: dict) -> dict:
+    """Test accuracy and input thresholds of ``design``: W4A4, weights per channel (min-max), qlib's references."""
+    from qlib.data import load_digits
+    from qlib.models import accuracy, load_pretrained
+    from qlib.ptq import quantize_static
+
+    model = load_pretrained("cnn")
+    quantizers = per_layer_quantizers(model, design_calibration_images(), 4, design)
+    quantized = quantize_static(model, None, 4, 4, granularity="channel", quantizers=quantizers)
+    return {"accuracy": accuracy(quantized, load_digits("test")),
+            "thresholds": {name: q.threshold for name, q in quantizers.items()}}
+
+
+def check_design(design):
+    """Task 6: the grader calibrates and measures the student's per-layer choice itself, graded in tiers."""
+    task = "Task 6"
+    design = config_of(task, design, DESIGN_FIELDS, what="design")
+    measured = design_measures(design)
+    thresholds = ", ".join(f"{name} {t:.3g}" for name, t in measured["thresholds"].items())
+    return tiered(task, measured, DESIGN_TIERS,
+                  report=f"input thresholds {thresholds}; W4A4 test accuracy {100 * measured['accuracy']:.1f}%")
