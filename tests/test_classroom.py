@@ -22,11 +22,12 @@ import pytest
 
 from qlib.grading import classroom, records
 from tests import nbgrader_course as course
+from tests import test_lab03_grading as lab03
 
 LAB = "lab03_linear_quantization"
-POINTS = {"test_integer_range": 2, "test_asymmetric_qparams": 3, "test_symmetric_qparams": 2,
-          "test_quantize": 4, "test_dequantize": 2, "test_quantize_per_channel": 4,
-          "test_fake_quantize_weights": 3}
+#: What the reference answers earn: every autograded point, 0 for the written answer left blank.
+POINTS = {**lab03.POINTS, **dict.fromkeys(lab03.WRITTEN, 0)}
+TOTAL = sum(lab03.POINTS.values()) + sum(lab03.WRITTEN.values())
 
 FLOOR = '''
 def quantize(x, scale, zero_point, qmin, qmax):
@@ -113,7 +114,7 @@ def test_resumes_and_regrades_a_resubmission(klass):
     course.submit(parallel, LAB, "dan", klass["released"])
     assert course.grade_class(parallel, LAB, {}, 2, "--student", "dan", "--feedback")["dan"] == {k: 0 for k in POINTS}
     page = (parallel / "feedback" / "dan" / LAB / f"{LAB}.html").read_text()
-    assert f"{LAB} (Score: 0.0 / 20.0)" in page, "the feedback shows the regrade's score"
+    assert f"{LAB} (Score: 0.0 / {TOTAL:.1f})" in page, "the feedback shows the regrade's score"
     assert not (parallel / "feedback" / "ada").exists()  # only the regraded student's
 
 

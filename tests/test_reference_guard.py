@@ -25,7 +25,7 @@ from qlib._reference import ReferenceUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS = sorted((ROOT / "solutions").glob("*/*.ipynb"))
-LAB_MODULES = [f"qlib.grading.lab0{n}" for n in range(1, 9)]
+LAB_MODULES = [f"qlib.grading.{path.parent.name[:5]}" for path in LABS]
 
 
 def qlib_modules() -> dict[str, object]:
@@ -227,7 +227,7 @@ def test_every_lab_runs_from_its_set_up_with_every_reference_blocked(quiet_globa
     Its set-up cells call qlib's tools (the integer model, PTQ, mixed precision's weight
     quantizer, the grader's helpers) with the solution's functions: none may reach a reference.
     """
-    assert len(LABS) == 8
+    assert len(LABS) == len([p for p in (ROOT / "solutions").iterdir() if p.is_dir()]) >= 9
     for path in LABS:
         cells = lab_cells(path)
         namespace = {"__name__": "__main__"}
