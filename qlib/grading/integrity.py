@@ -201,21 +201,25 @@ def tokens(code: str) -> list[str]:
 
 
 def given_runs(cells: list[str]) -> set[tuple[str, ...]]:
-    """Every run of ``GIVEN_RUN`` consecutive tokens of the released code."""
+    """Every run of ``GIVEN_RUN`` consecutive tokens of the released code, and every released cell shorter
+    than that whole (an answer cell's bare stub)."""
     runs = set()
     for src in cells:
         t = tokens(src)
         runs.update(tuple(t[i:i + GIVEN_RUN]) for i in range(len(t) - GIVEN_RUN + 1))
+        if 0 < len(t) < GIVEN_RUN:
+            runs.add(tuple(t))
     return runs
 
 
 def own_tokens(code: str, given: set[tuple[str, ...]]) -> int:
-    """How many tokens of ``code`` lie in no run of ``GIVEN_RUN`` tokens copied from the released code."""
+    """How many tokens of ``code`` lie in no run copied from the released code (see :func:`given_runs`)."""
     t = tokens(code)
     given_at = np.zeros(len(t), dtype=bool)
-    for i in range(len(t) - GIVEN_RUN + 1):
-        if tuple(t[i:i + GIVEN_RUN]) in given:
-            given_at[i:i + GIVEN_RUN] = True
+    for n in sorted({len(run) for run in given}):
+        for i in range(len(t) - n + 1):
+            if tuple(t[i:i + n]) in given:
+                given_at[i:i + n] = True
     return int((~given_at).sum())
 
 
