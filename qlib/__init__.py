@@ -24,6 +24,7 @@ Layer 1, numerics: numbers, formats, integer arithmetic and codes, no tensor qua
 * :mod:`qlib.rounding`: rounding modes, named by their tie rule
 * :mod:`qlib.huffman`: optimal canonical Huffman codes, packed encode/decode (chapter 2)
 * :mod:`qlib.scale_storage`: the storage cost of scales and zero points in bits per weight (chapter 4)
+* :mod:`qlib.integer_storage`: the bits an integer-only model stores: weights at their widths, int32 biases, multipliers and shifts (chapter 6, the capstone)
 * :mod:`qlib.requantize`: fixed-point multiplier (M0, shift), gemmlowp/TFLite requantization (chapter 6)
 * :mod:`qlib.shift_scaling`: N2D2 fixed-point, single- and double-shift scale approximations (chapter 6)
 
