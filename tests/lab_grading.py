@@ -22,12 +22,19 @@ A lab's test module subclasses :class:`LabGradingTests` and declares its data on
   the submissions that hang on purpose (``infinite_loop``) cost seconds, not minutes.
 
 Every submission of a lab (the reference answers, the untouched release, the answers written
-differently, each mistake and each cheat) is graded in one run of the class command
+differently, the mistakes, the designs short of their targets and each cheat) is graded in one run of
+the class command
 (``python -m qlib.grading.course grade``, nbgrader's gradebook) in a temporary course. The runs of
 all the labs of a session are started in the background with the session's first test
 (:class:`GradingRuns`); the class-scoped ``graded`` fixture of ``tests/conftest.py`` waits for its
 lab's (conftest also turns ``WRONG`` and the cheats into parameters). The tests read the results by
 name (:class:`Graded`).
+
+A mistake, a design short of its target and an answer that names every choice are ordinary answers:
+each can cost its own question only. So several of them, in different cells and for different
+questions, share one submission (:func:`share_submissions`), and each is still checked on its own: its
+question earns what it should, and every question no answer of its submission touches earns full
+marks. The attacks on the grader itself (the standard cheats and each lab's own) are graded alone.
 """
 from __future__ import annotations
 
@@ -156,6 +163,17 @@ class Graded:
     scores: dict[str, dict[str, float]]  # submission -> grade id -> points
     cheats: dict[str, Cheat]  # the standard cheats and the lab's own
     manual: dict[str, set[str]]  # submission -> grade ids waiting for a person (nbgrader's needs_manual_grade)
+    answers: dict[str, Answer]  # the ordinary answers, by name
+    submission: dict[str, str]  # ordinary answer -> the submission that holds it
+
+    def scores_of(self, name: str) -> dict[str, float]:
+        """The grades of the submission that holds ``name`` (an answer, a cheat or a submission)."""
+        return self.scores[self.submission.get(name, name)]
+
+    def expected(self, name: str, full_marks: dict[str, float]) -> dict[str, float]:
+        """What the submission holding ordinary answer ``name`` should earn: full marks, but for its answers."""
+        group = [a for a, s in self.submission.items() if s == self.submission[name]]
+        return {**full_marks, **{self.answers[a].question: self.answers[a].points for a in group}}
 
     @property
     def correct(self) -> dict[str, float]:
@@ -171,12 +189,13 @@ class Graded:
 
     def output(self, name: str, grade_id: str) -> str:
         """What cell ``grade_id`` printed when submission ``name`` was graded."""
-        return course.cell_output(self.course, self.lab, name, grade_id)
+        return course.cell_output(self.course, self.lab, self.submission.get(name, name), grade_id)
 
     def feedback(self, name: str) -> str:
         """The feedback page of submission ``name`` (``nbgrader generate_feedback``), as HTML."""
-        course.nbgrader("generate_feedback", self.lab, "--student", name, "--force", cwd=self.course)
-        return next((self.course / "feedback" / name / self.lab).glob("*.html")).read_text()
+        student = self.submission.get(name, name)
+        course.nbgrader("generate_feedback", self.lab, "--student", student, "--force", cwd=self.course)
+        return next((self.course / "feedback" / student / self.lab).glob("*.html")).read_text()
 
 
 def page_text(html: str) -> str:
@@ -207,8 +226,43 @@ def cheats_of(cls, released: nbformat.NotebookNode, answers: dict[str, str]) -> 
     return {**standard_cheats(target, answers[target.cell], check), **choice, **cls.CHEATS}
 
 
+class Answer(NamedTuple):
+    """An ordinary answer (a mistake, a design short of its target, a choice): ``question`` earns ``points``."""
+
+    cells: dict[str, str]
+    question: str
+    points: float
+
+
+def answers_of(cls, cheats: dict[str, Cheat]) -> dict[str, Answer]:
+    """The lab's mistakes, its designs short of their targets and the choice cheats, as answers."""
+    answers = {name: Answer({wrong.cell: wrong.source}, wrong.question, 0) for name, wrong in cls.WRONG.items()}
+    answers |= {name: Answer(partial.cells, partial.question, partial.points) for name, partial in cls.PARTIAL.items()}
+    answers |= {name: Answer(cheats[name].cells, cheats[name].question, 0) for name in CHOICE_CHEATS if name in cheats}
+    return answers
+
+
+def share_submissions(answers: dict[str, Answer]) -> dict[str, list[str]]:
+    """Submission name -> the answers it holds: no two of one submission share a cell or a question.
+
+    First fit, in the order of the answers' names, so the grouping is the same in every run.
+    """
+    groups: list[list[str]] = []
+    for name in sorted(answers):
+        mine = answers[name]
+        group = next((g for g in groups if all(
+            mine.question != answers[other].question and not set(mine.cells) & set(answers[other].cells)
+            for other in g)), None)
+        if group is None:
+            groups.append([name])
+        else:
+            group.append(name)
+    return {f"answers_{i}": group for i, group in enumerate(groups, 1)}
+
+
 def grade_submissions(cls, folder: Path, workers: int = 2) -> Graded:
-    """Grade the reference, the untouched release, the answers written differently, each mistake and cheat.
+    """Grade the reference, the untouched release, the answers written differently, the ordinary answers
+    (several to a submission, :func:`share_submissions`) and each cheat on its own.
 
     One run of the class command with ``workers`` workers, in a new course in ``folder``.
     """
@@ -216,21 +270,23 @@ def grade_submissions(cls, folder: Path, workers: int = 2) -> Graded:
     tmp = course.make_course(folder / "c", lab)
     released = course.read_notebook(course.notebook_path(tmp, "labs", lab))
     source = course.read_notebook(course.ROOT / "solutions" / lab / f"{lab}.ipynb")
-    answers = course.solution_code(source)
-    cheats = cheats_of(cls, released, answers)
-    subs = {"reference": course.fill(released, {**answers, **course.written_answers(source)}), "untouched": released,
-            "written_differently": course.fill(released, {**answers, **cls.DIFFERENT})}
-    for name, wrong in cls.WRONG.items():
-        subs[name] = course.fill(released, {**answers, wrong.cell: wrong.source})
+    reference = course.solution_code(source)
+    cheats = cheats_of(cls, released, reference)
+    answers = answers_of(cls, cheats)
+    shared = share_submissions(answers)
+    subs = {"reference": course.fill(released, {**reference, **course.written_answers(source)}), "untouched": released,
+            "written_differently": course.fill(released, {**reference, **cls.DIFFERENT})}
+    for name, group in shared.items():
+        subs[name] = course.fill(released, {**reference, **{c: s for a in group for c, s in answers[a].cells.items()}})
     for name, cheat in cheats.items():
-        nb = course.fill(released, {**answers, **cheat.cells})
-        subs[name] = course.tamper(nb, cheat.question, cheat.tamper) if cheat.tamper else nb
-    for name, partial in cls.PARTIAL.items():
-        subs[name] = course.fill(released, {**answers, **partial.cells})
-    assert len(subs) == 3 + len(cls.WRONG) + len(cheats) + len(cls.PARTIAL), "two submissions share a name"
+        if name not in answers:
+            nb = course.fill(released, {**reference, **cheat.cells})
+            subs[name] = course.tamper(nb, cheat.question, cheat.tamper) if cheat.tamper else nb
+    assert len(subs) == 3 + len(shared) + len(set(cheats) - set(answers)), "two submissions share a name"
     limit = ("--timeout", str(cls.CELL_SECONDS)) if cls.CELL_SECONDS else ()
     scores = course.grade_class(tmp, lab, subs, workers, *limit)  # the class command: nbgrader's grades
-    return Graded(lab, tmp, released, scores, cheats, course.waiting_for_a_person(tmp, lab))
+    submission = {a: name for name, group in shared.items() for a in group}
+    return Graded(lab, tmp, released, scores, cheats, course.waiting_for_a_person(tmp, lab), answers, submission)
 
 
 class GradingRuns:
@@ -297,8 +353,9 @@ class LabGradingTests:
             assert graded.correct[grade_id] == 0
 
     def test_wrong_answer_loses_its_question_only(self, graded, wrong):
-        question = self.WRONG[wrong].question
-        assert graded.scores[wrong] == {**self.full_marks, question: 0}, graded.scores[wrong]
+        # its question earns 0; the questions no other answer of its submission touches earn full marks
+        assert graded.expected(wrong, self.full_marks)[self.WRONG[wrong].question] == 0
+        assert graded.scores_of(wrong) == graded.expected(wrong, self.full_marks), graded.scores_of(wrong)
 
 
     def test_wrong_answer_is_explained(self, graded, wrong):
@@ -308,7 +365,8 @@ class LabGradingTests:
     def test_cheat_earns_nothing_for_its_question(self, graded, cheat):
         # nothing for the question, and the rest of the notebook is still graded
         question = graded.cheats[cheat].question
-        assert graded.scores[cheat] == {**self.full_marks, question: 0}, graded.scores[cheat]
+        expected = graded.expected(cheat, self.full_marks) if cheat in graded.answers else self.full_marks
+        assert graded.scores_of(cheat) == {**expected, question: 0}, graded.scores_of(cheat)
 
     def test_cheat_is_explained(self, graded, cheat):
         text = graded.output(cheat, graded.cheats[cheat].question)
@@ -357,5 +415,6 @@ class DesignTargetTests:
 
     def test_design_short_of_its_target_earns_its_tier(self, graded, partial):
         question, points = self.PARTIAL[partial].question, self.PARTIAL[partial].points
-        assert graded.scores[partial] == {**self.full_marks, question: points}, graded.scores[partial]
+        assert graded.expected(partial, self.full_marks)[question] == points
+        assert graded.scores_of(partial) == graded.expected(partial, self.full_marks), graded.scores_of(partial)
         assert "of the points. For more:" in graded.output(partial, question)

@@ -222,6 +222,7 @@ class TestLab03Grading(LabGradingTests, DesignTargetTests):
     PARTIAL = PARTIAL
     CHEAT_TARGET = Target("asymmetric_qparams", "test_asymmetric_qparams", "qlib.linear.asymmetric_qparams")
     CHEATS = CHEATS
+    CELL_SECONDS = 10  # the slowest cell of a correct submission (a check on the model) takes about 1 s
     ANSWER_LINES = ("2 ** (bits - 1) - 1", "scale = max((rmax - rmin) / (qmax - qmin)", 'why_zero_is_exact = "b"',
                     "zero_rows_of_fc1 = int(", "clip_threshold = min(candidates",
                     "**Rubric (2 points).** 1 point: the per-tensor scale is set by the largest weight")

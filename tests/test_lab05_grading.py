@@ -187,5 +187,6 @@ class TestLab05Grading(LabGradingTests, DesignTargetTests):
     PARTIAL = PARTIAL
     CHEAT_TARGET = Target("round_stochastic", "test_round_stochastic", "qlib.stochastic_rounding.round_stochastic")
     CHEATS = CHEATS
+    CELL_SECONDS = 15  # the slowest cell of a correct submission (the experiment) takes about 3 s
     ANSWER_LINES = ("p[-1] += counts[i:].sum()", "totals[group] / n_nonzero[group]", "u < (x - floor)",
                     'what_adaround_learns = "b"', "**Rubric (2 points).** 1 point: names MSE as clipping hardest")
