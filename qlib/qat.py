@@ -46,6 +46,7 @@ learned step for ``"lsq"``; see :mod:`qlib.lsq` and chapter 8.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -229,12 +230,25 @@ def _quantizers(method: str, w_bits: int, a_bits: int | None, granularity: str, 
     return weight, act
 
 
+def _layer_bits(w_bits, names: list[str]) -> dict[str, int]:
+    """Weight bits of each QAT layer: one width for all, or a dict that names every layer exactly."""
+    if isinstance(w_bits, Mapping):
+        if sorted(map(str, w_bits)) != sorted(names):
+            missing, extra = sorted(set(names) - set(w_bits)), sorted(set(map(str, w_bits)) - set(names))
+            raise ValueError(f"w_bits must name every Linear/Conv2d layer of the model ({', '.join(names)}); "
+                             f"missing: {', '.join(missing) or 'none'}, not a layer: {', '.join(extra) or 'none'}")
+        return {name: check_bits(w_bits[name]) for name in names}
+    return dict.fromkeys(names, check_bits(w_bits))
+
+
 @reference
-def prepare_qat(model: nn.Module, w_bits: int, a_bits: int | None, method: str = "ste",
+def prepare_qat(model: nn.Module, w_bits: int | Mapping[str, int], a_bits: int | None, method: str = "ste",
                 granularity: str = "channel", observer=MovingAverageMinMaxObserver) -> nn.Module:
     """A QAT copy of ``model``: batch norms folded, every Linear/Conv2d replaced by its QAT version.
 
-    ``w_bits``: weight bits (1 = binary). ``a_bits``: bits of every layer's input, or
+    ``w_bits``: weight bits (1 = binary), one width for every layer or a dict giving each
+    Linear/Conv2d layer (by its name in ``model.named_modules()``) its own, mixed precision
+    (chapter 8). ``a_bits``: bits of every layer's input, or
     ``None`` to leave activations in float32. ``method``: ``"ste"``, ``"lsq"`` or
     ``"pact"`` (see the module). ``granularity``: ``"channel"``, one weight scale per output
     channel (axis 0), or ``"tensor"``, one per weight.
@@ -245,7 +259,6 @@ def prepare_qat(model: nn.Module, w_bits: int, a_bits: int | None, method: str =
     the model sees in training mode (:func:`calibrate_qat`). The copy is returned in
     training mode; ``model`` is not changed.
     """
-    check_bits(w_bits)
     if a_bits is not None:
         check_bits(a_bits)
     if method not in METHODS:
@@ -254,10 +267,11 @@ def prepare_qat(model: nn.Module, w_bits: int, a_bits: int | None, method: str =
     if not (isinstance(observer, type) and issubclass(observer, Observer)):
         raise TypeError(f"observer must be an Observer class from qlib.observers, got {observer!r}")
     folded = fold_every_batchnorm(model)
-    for name, layer in list(folded.named_modules()):
-        if isinstance(layer, QAT_LAYERS) or not isinstance(layer, _QAT_SOURCES):
-            continue
-        weight_q, input_q = _quantizers(method, w_bits, a_bits, granularity, observer)
+    sources = [(name, layer) for name, layer in folded.named_modules()
+               if isinstance(layer, _QAT_SOURCES) and not isinstance(layer, QAT_LAYERS)]
+    bits = _layer_bits(w_bits, [name for name, _ in sources])
+    for name, layer in sources:
+        weight_q, input_q = _quantizers(method, bits[name], a_bits, granularity, observer)
         cls = QATConv2d if isinstance(layer, nn.Conv2d) else QATLinear
         folded.set_submodule(name, cls.from_float(layer, weight_q, input_q))
     return folded.train()
@@ -303,7 +317,8 @@ def to_integer_model(qat_model: nn.Module, calibration_images, linear=None, conv
     """The integer-only model (:mod:`qlib.integer_model`, chapter 6) of a trained QAT digits CNN.
 
     ``qat_model`` comes from ``prepare_qat(DigitsCNN, w_bits, a_bits, "ste" or "pact")`` with
-    per-channel weights, after training. The integer model gets the QAT master weights
+    per-channel weights, after training; each layer keeps the weight bits it trained with
+    (``w_bits`` may give each layer its own, at least 2). The integer model gets the QAT master weights
     (batch norms already folded) and, as the ranges of its activations, exactly the input
     ranges the QAT layers learned: the image range of ``conv1``, the ReLU output of ``conv1``
     from ``conv2``'s input, that of ``conv2`` from ``fc1``'s (max pooling keeps the maximum),
@@ -324,14 +339,14 @@ def to_integer_model(qat_model: nn.Module, calibration_images, linear=None, conv
     w_quant = [layer.weight_quantizer for layer in layers.values()]
     if not all(isinstance(q, WeightFakeQuantize) and q.granularity == "channel" for q in w_quant):
         raise ValueError("only per-channel min-max weights ('ste' or 'pact' with granularity=\"channel\") convert")
-    w_bits = {q.bits for q in w_quant}
-    if len(w_bits) != 1 or min(w_bits) < 2:
-        raise ValueError(f"the integer model needs one weight bit width of at least 2, got {sorted(w_bits)}")
+    w_bits = {name: layer.weight_quantizer.bits for name, layer in layers.items()}
+    if min(w_bits.values()) < 2:
+        raise ValueError(f"the integer model needs weights of at least 2 bits, got {w_bits}")
     in_quant = {name: layer.input_quantizer for name, layer in layers.items()}
     a_bits = {getattr(q, "bits", None) for q in in_quant.values()}
     if len(a_bits) != 1 or None in a_bits:
         raise ValueError("every layer's input must be quantized with the same number of bits")
-    (a_bits,), (w_bits,) = a_bits, w_bits
+    (a_bits,) = a_bits
 
     float_model = copy.deepcopy(qat_model).eval()
     for name, layer in layers.items():

@@ -226,3 +226,39 @@ def test_low_bit_qat_model_converts_with_eight_bit_logits(digits):
     with torch.no_grad():
         agree = (integer(test.images).argmax(1) == qat.eval()(test.images).argmax(1)).double().mean().item()
     assert agree >= 0.99, agree
+
+
+MIXED_BITS = {"conv1": 4, "conv2": 3, "fc1": 2, "fc2": 8}
+
+
+def test_mixed_weight_bits_give_each_layer_its_own():
+    qat = prepare_qat(load_pretrained("cnn"), MIXED_BITS, 8, "ste")
+    for name, layer in qat_layers(qat):
+        assert layer.weight_quantizer.bits == MIXED_BITS[name]
+        with torch.no_grad():
+            w_hat = layer.weight_quantizer(layer.weight).flatten(1)
+        # b bits, symmetric narrow range: at most 2**b - 1 levels in each output channel
+        levels = max(len(torch.unique(row)) for row in w_hat)
+        assert levels <= 2 ** MIXED_BITS[name] - 1, (name, levels)
+    assert max(len(torch.unique(row)) for row in qat.fc1.weight_quantizer(qat.fc1.weight).detach()) == 3
+
+
+@pytest.mark.parametrize("bits, words", [({"conv1": 4, "conv2": 4, "fc1": 4}, "missing: fc2"),
+                                         ({**MIXED_BITS, "fc3": 4}, "not a layer: fc3"),
+                                         ({**MIXED_BITS, "fc1": 0}, "bits")])
+def test_mixed_weight_bits_must_name_every_layer(bits, words):
+    with pytest.raises(ValueError, match=words):
+        prepare_qat(load_pretrained("cnn"), bits, 8)
+
+
+def test_mixed_precision_qat_model_converts_with_each_layers_bits(digits):
+    train, test = digits
+    qat = prepare_qat(load_pretrained("cnn"), MIXED_BITS, 8, "ste")
+    train_qat(qat, train, test, epochs=1, log=None)
+    integer = to_integer_model(qat, train.images)
+    for layer in integer.layers:
+        qmax = 2 ** (MIXED_BITS[layer.name] - 1) - 1
+        assert int(layer.q_weight.abs().max()) <= qmax, layer.name
+    with torch.no_grad():
+        agree = (integer(test.images).argmax(1) == qat.eval()(test.images).argmax(1)).double().mean().item()
+    assert agree >= 0.99, agree
