@@ -1,13 +1,18 @@
-"""The syllabus on the site's first page states each lab's points as its notebook counts them."""
+"""The syllabus on the site's first page states each lab's points as its notebook counts them, and its expected
+time as scripts/lab_effort.py estimates it; the points follow the time."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import re
+import statistics
 from pathlib import Path
 
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
-ROW = re.compile(r"^\| (\d+) \|.*\[`(lab\d\d_\w+)`\].*\| (\d+)(?: \((\d+) by hand\))? \|$")
+ROW = re.compile(r"^\| (\d+) \|.*\[`(lab\d\d_\w+)`\].*\| (\d+)(?: \((\d+) by hand\))? \| about [\d.]+ h \|$")
+TIME = re.compile(r"^\|.*\[`(lab\d\d_\w+)`\].*\| about ([\d.]+) h \|$")
 
 
 def lab_points(lab: str) -> tuple[int, int]:
@@ -27,3 +32,38 @@ def test_every_lab_is_in_the_syllabus_with_its_points():
     for m in rows:
         total, by_hand = lab_points(m.group(2))
         assert (int(m.group(3)), int(m.group(4) or 0)) == (total, by_hand), f"{m.group(2)}: {total} ({by_hand} by hand)"
+
+
+def _lab_effort():
+    spec = importlib.util.spec_from_file_location("lab_effort", ROOT / "scripts" / "lab_effort.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_lab_states_its_expected_time():
+    effort = _lab_effort()
+    rows = [TIME.match(line) for line in (ROOT / "book" / "intro.md").read_text().splitlines()]
+    stated = {m.group(1): float(m.group(2)) for m in rows if m}
+    assert stated == {lab: effort.lab_effort(lab).hours for lab in effort.labs()}
+
+
+def test_points_follow_the_expected_time():
+    # every lab earns within a factor 1.5 of the course's median points per hour
+    effort = _lab_effort()
+    rates = {lab: e.points / e.minutes for lab in effort.labs() for e in [effort.lab_effort(lab)]}
+    median = statistics.median(rates.values())
+    for lab, rate in rates.items():
+        assert median / 1.5 <= rate <= median * 1.5, f"{lab}: {rate * 60:.1f} points an hour, median {median * 60:.1f}"
+
+
+def test_the_estimate_counts_each_labs_design_tasks():
+    # a design is a task whose test declares a design short of its target (tests/lab_grading.py PARTIAL)
+    from tests.lab_grading import LabGradingTests
+
+    effort = _lab_effort()
+    for lab in effort.labs():
+        module = importlib.import_module(f"tests.test_{lab[:5]}_grading")
+        cls = next(c for c in vars(module).values()
+                   if isinstance(c, type) and issubclass(c, LabGradingTests) and c is not LabGradingTests)
+        assert effort.lab_effort(lab).designs == len({p.question for p in cls.PARTIAL.values()}), lab
