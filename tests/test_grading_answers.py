@@ -70,6 +70,28 @@ def test_the_absolute_tolerance_is_used_near_zero():
     assert "is not right" in failure(check_number, "Q2", 1e-3, 0.0, abs_tol=1e-6)
 
 
+def test_a_whole_number_matches_a_mistake_it_rounds_and_is_told_when_it_is_not_whole(capsys):
+    mistakes = [(2.4, "That is the bias as a real number."), (-4499.9999999, "The factor a is missing.")]
+    for written in (-12000, -12000.0, np.int64(-12000), torch.tensor(-12000)):
+        check_number("Q6", written, -12000, rel_tol=0.0, abs_tol=1e-6, mistakes=mistakes, whole=True)
+    assert capsys.readouterr().out.count("Q6: correct") == 4
+    assert "2 is not right. That is the bias as a real number" in failure(
+        check_number, "Q6", 2, -12000, rel_tol=0.0, abs_tol=1e-6, mistakes=mistakes, whole=True)
+    assert "-4500 is not right. The factor a" in failure(
+        check_number, "Q6", -4500, -12000, rel_tol=0.0, abs_tol=1e-6, mistakes=mistakes, whole=True)
+    assert "2 is not right. Recompute" in failure(check_number, "Q6", 2, -12000, rel_tol=0.0, mistakes=mistakes)
+    assert "1374389535.4 is not a whole number" in failure(check_number, "Q1", 1374389535.4, 1374389535,
+                                                           rel_tol=0.0, abs_tol=1e-6, whole=True)
+    assert "give one whole number" in failure(check_number, "Q1", "9", 9, whole=True)
+
+
+def test_a_fraction_given_as_a_percentage_is_told_so():
+    assert "not a percentage" in failure(check_number, "Q2", 45, 0.45, fraction=True)
+    assert "not a percentage" in failure(check_number, "Q2", torch.tensor(45.0), 0.45, fraction=True)
+    assert "not a percentage" not in failure(check_number, "Q2", 0.9, 0.45, fraction=True)
+    assert "not a percentage" not in failure(check_number, "Q2", 45, 0.45)
+
+
 @pytest.mark.parametrize("bad, says", [(True, "a bool"), ("12", "a str"), ([12, 13], "a list"),
                                        (torch.zeros(2), "a Tensor"), (math.nan, "finite"), (math.inf, "finite")])
 def test_what_is_not_one_finite_number_is_refused_by_name(bad, says):
@@ -210,3 +232,26 @@ def test_a_design_is_measured_once_and_each_caller_gets_its_own_copy():
         with pytest.raises(ValueError):
             measure({"bits": 0, "granularity": "mx"})
     assert len(calls) == 4  # a failed measurement is tried again
+
+
+def test_a_design_is_measured_refused_over_its_limit_and_graded_in_tiers(capsys):
+    def measure(design):
+        if design["bits"] == 0:
+            raise ValueError("bits must be positive")
+        return {"acc": design["acc"], "bits": design["bits"]}
+
+    def over_limit(measured):
+        return f"{measured['bits']} bits per weight, over the budget of 4." if measured["bits"] > 4 else None
+
+    def grade(design, **options):
+        return answers.measured_design("D", design, measure, TIERS, lambda m: f"{m['bits']} bits, {m['acc']:.0%}",
+                                       over_limit=over_limit, **options)
+
+    assert grade({"acc": 0.95, "bits": 4}) is None
+    assert "D: 4 bits, 95%" in capsys.readouterr().out
+    assert grade({"acc": 0.85, "bits": 3}) == Credit(0.5)
+    assert "D: 5 bits per weight, over the budget of 4." in failure(grade, {"acc": 0.95, "bits": 5})
+    assert "D: bits must be positive." in failure(grade, {"acc": 0.95, "bits": 0})
+    assert "D: training diverged (bits must be positive)" in failure(grade, {"acc": 0.95, "bits": 0},
+                                                                     refused="training diverged ({error})")
+    assert grade({"acc": 0.1, "bits": 4}) == Credit(0.25)

@@ -8,11 +8,13 @@ A lab's reasoning questions are answered in code cells (``q1_answer = "b"``, ``b
 * :func:`check_choice` grades a multiple-choice answer: one letter, case and brackets ignored.
   An answer that names several letters ("abcd", ["a", "b"]) is not an answer and earns nothing;
 * :func:`check_number` grades a number within a stated tolerance; a wrong value that matches a
-  known mistake gets that mistake's hint;
+  known mistake gets that mistake's hint (options for a whole number and for a fraction);
 * :func:`config_of` checks a configuration (a dict) against its :class:`Field` s, so a design task
   can rebuild the model from it with qlib's references and measure it itself;
 * :func:`measured_once`: a design's measurement, computed once per distinct design in a grading
   process (it is deterministic, and most of a class submits a few designs);
+* :func:`measured_design`: a design task graded the one way they all are: the grader measures the
+  checked design itself (once), refuses one over the task's limit, and grades it in tiers;
 * :class:`Credit` and :func:`tiered`: partial credit. A check that returns ``Credit(f)`` as its test
   cell's last expression earns the fraction ``f`` of the cell's points (the sealed grader turns it
   into nbgrader's partial-credit output, :func:`credit_output`).
@@ -82,39 +84,51 @@ def check_choice(task: str, answer, correct: str, choices: str = "abcd",
 
 # --- a number ----------------------------------------------------------------------------------------
 
-def _number(task: str, value, unit: str) -> float:
+def _number(task: str, value, unit: str, what: str = "number") -> float:
     if isinstance(value, torch.Tensor) and value.numel() == 1 or isinstance(value, numpy.ndarray) and value.size == 1:
         value = value.reshape(()).tolist()
     elif isinstance(value, numpy.generic):
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        fail(f"{task}: the answer is a {type(value).__name__}; give one number{f' (in {unit})' if unit else ''}.")
+        fail(f"{task}: the answer is a {type(value).__name__}; give one {what}{f' (in {unit})' if unit else ''}.")
     if not math.isfinite(value):
-        fail(f"{task}: the answer is {value}; give a finite number.")
+        fail(f"{task}: the answer is {value}; give a finite {what}.")
     return float(value)
 
 
 def check_number(task: str, answer, expected: float, rel_tol: float = 1e-3, abs_tol: float = 0.0,
                  mistakes: Sequence[tuple[float, str]] = (), unit: str = "",
-                 hint: str = "Recompute it step by step, as the chapter does.") -> None:
+                 hint: str = "Recompute it step by step, as the chapter does.", whole: bool = False,
+                 fraction: bool = False) -> None:
     """Grade a number: within ``rel_tol`` (relative) or ``abs_tol`` (absolute) of ``expected``.
 
     ``mistakes``: ``(value, hint)`` pairs of wrong answers that a known mistake gives (matched
     with the same tolerance); any other wrong value gets ``hint``.
+
+    ``whole``: the answer is a whole number (an m0, a bias, a count). A whole answer also matches a
+    mistake whose value it rounds (a student rounds a wrong real value before answering), and a
+    wrong answer that is not whole is told so. ``fraction``: the answer is a fraction in [0, 1]; a
+    value in (1, 100] is refused first, as a percentage.
     """
-    value = _number(task, answer_of(task, answer), unit)
+    value = _number(task, answer_of(task, answer), unit, "whole number" if whole else "number")
+    if fraction and 1 < value <= 100:
+        fail(f"{task}: {_shown(value)} is not right. Give a fraction between 0 and 1, not a percentage.")
     if math.isclose(value, expected, rel_tol=rel_tol, abs_tol=abs_tol):
         print(f"{task}: correct")
         return
     for wrong, why in mistakes:
-        if math.isclose(value, wrong, rel_tol=rel_tol, abs_tol=abs_tol):
+        if math.isclose(value, wrong, rel_tol=rel_tol, abs_tol=abs_tol) or whole and value == round(wrong):
             fail(f"{task}: {_shown(value)} is not right. {why}")
+    if whole and not value.is_integer():
+        fail(f"{task}: {_shown(value)} is not a whole number. {hint}")
     fail(f"{task}: {_shown(value)} is not right. {hint}")
 
 
 def _shown(value: float) -> str:
-    """A number as the student wrote it: a whole number in full (1374389535), else 7 significant digits."""
-    return str(int(value)) if value.is_integer() and abs(value) < 2**63 else f"{value:.7g}"
+    """A number as written: whole in full (1374389535), from 1e7 up to one decimal, else 7 significant digits."""
+    if value.is_integer() and abs(value) < 2**63:
+        return str(int(value))
+    return f"{value:.1f}" if abs(value) >= 1e7 else f"{value:.7g}"
 
 
 # --- a configuration ---------------------------------------------------------------------------------
@@ -248,3 +262,27 @@ def tiered(task: str, measured: Mapping, tiers: Sequence[Tier], report: str = ""
                   f"For more: {tiers[rank - 1].describe}.")
             return Credit(tier.fraction)
     fail(f"{task}: the target is not reached. The lowest tier needs: {tiers[-1].describe}.")
+
+
+# --- a design task -----------------------------------------------------------------------------------
+
+def measured_design(task: str, design: dict, measure: Callable[[dict], dict], tiers: Sequence[Tier],
+                    report: Callable[[dict], str], over_limit: Callable[[dict], str | None] = lambda measured: None,
+                    refused: str = "{error}.") -> Credit | None:
+    """Grade a checked design (:func:`config_of`) the way every design task is graded: the grader measures it.
+
+    ``measure(design)`` rebuilds and measures the design with qlib's references (wrap it in
+    :func:`measured_once`); a ``ValueError`` from qlib, a design it cannot build, fails the task with
+    ``refused`` (``{error}`` stands for qlib's message). ``over_limit(measured)`` says how the design
+    breaks the task's cap or budget (None: within it), and fails the task with that. Otherwise the
+    design earns the credit of the highest of ``tiers`` it reaches (:func:`tiered`), with
+    ``report(measured)``: what was measured.
+    """
+    try:
+        measured = measure(design)
+    except ValueError as error:
+        fail(f"{task}: " + refused.format(error=error))
+    problem = over_limit(measured)
+    if problem:
+        fail(f"{task}: {problem}")
+    return tiered(task, measured, tiers, report=report(measured))

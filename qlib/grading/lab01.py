@@ -15,7 +15,7 @@ from qlib import fixed_point as ref_fixed
 from qlib import floating_point as ref_float
 from qlib import integers as ref_int
 from qlib import microscaling as ref_mx
-from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, tiered
+from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_design, measured_once
 from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import as_integers, call_catching, fail, time_limit  # noqa: F401 (used by the lab)
 
@@ -384,6 +384,7 @@ DESIGN_TIERS = [
 ]
 
 
+@measured_once
 def design_measures(design: dict) -> dict:
     """The format of ``design`` and its largest relative rounding error over :data:`DESIGN_RANGE`.
 
@@ -408,15 +409,14 @@ def check_fp8_design(design):
         fail(f"{task}: 1 sign bit + {design['exponent_bits']} exponent bits + {design['mantissa_bits']} mantissa bits "
              f"is {1 + design['exponent_bits'] + design['mantissa_bits']} bits; an 8-bit float needs "
              "exponent_bits + mantissa_bits = 7.")
-    try:
-        measured = design_measures(design)
-    except ValueError as err:
-        fail(f"{task}: {err}.")
+    return measured_design(task, design, design_measures, DESIGN_TIERS, report=_design_report)
+
+
+def _design_report(measured: dict) -> str:
     fmt = measured["format"]
-    report = (f"E{fmt.exponent_bits}M{fmt.mantissa_bits}, bias {fmt.bias}, {fmt.special!r}: largest finite value "
-              f"{fmt.max_value:g}, smallest normal {fmt.min_normal:g}; largest relative error {measured['error']:.4f} "
-              f"(at |x| = {measured['at']:.4g})")
-    return tiered(task, measured, DESIGN_TIERS, report=report)
+    return (f"E{fmt.exponent_bits}M{fmt.mantissa_bits}, bias {fmt.bias}, {fmt.special!r}: largest finite value "
+            f"{fmt.max_value:g}, smallest normal {fmt.min_normal:g}; largest relative error {measured['error']:.4f} "
+            f"(at |x| = {measured['at']:.4g})")
 
 
 #: Question 3: energy of one operation (qlib.cost.ENERGY_45NM, Horowitz 2014, 45 nm), in pJ.

@@ -19,7 +19,7 @@ import torch
 from qlib import huffman as ref_huffman
 from qlib import kmeans as ref_kmeans
 from qlib import storage as ref_storage
-from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, tiered
+from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_design, measured_once
 from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import as_array, as_integers, as_pair, fail, fmt, time_limit  # noqa: F401
 
@@ -395,6 +395,7 @@ def design_bytes(model, cq, design) -> float:
     return ref_storage.model_storage_bits(model, sizes)["total"] / 8
 
 
+@measured_once
 def design_measures(design) -> dict:
     """Size in bytes and test accuracy of ``design`` (no retraining), measured with qlib's references."""
     from qlib.data import load_digits
@@ -413,13 +414,16 @@ def design_measures(design) -> dict:
 def check_design(design):
     """Task 7: the grader prunes, clusters and counts the student's design itself, then grades it in tiers."""
     task = "Task 7"
-    plan = design_of(design, task)
-    try:
-        measured = design_measures(plan)
-    except ValueError as err:
-        fail(f"{task}: {err}.")
-    if measured["bytes"] > DESIGN_CAP_BYTES:
-        fail(f"{task}: this design takes {measured['bytes']:,.0f} bytes, over the cap of {DESIGN_CAP_BYTES:,} bytes. "
-             f"Task 6 tells you what each part of a layer costs: find the layer whose bits dominate.")
-    return tiered(task, measured, DESIGN_TIERS,
-                  report=f"{measured['bytes']:,.0f} bytes, test accuracy {measured['accuracy']:.2%}")
+    return measured_design(task, design_of(design, task), design_measures, DESIGN_TIERS, report=_design_report,
+                           over_limit=_over_the_cap)
+
+
+def _design_report(measured: dict) -> str:
+    return f"{measured['bytes']:,.0f} bytes, test accuracy {measured['accuracy']:.2%}"
+
+
+def _over_the_cap(measured: dict) -> str | None:
+    if measured["bytes"] <= DESIGN_CAP_BYTES:
+        return None
+    return (f"this design takes {measured['bytes']:,.0f} bytes, over the cap of {DESIGN_CAP_BYTES:,} bytes. "
+            f"Task 6 tells you what each part of a layer costs: find the layer whose bits dominate.")

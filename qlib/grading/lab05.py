@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from qlib import calibration as ref
-from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, tiered
+from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_design, measured_once
 from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import as_array, check_shape, fail, fmt, time_limit  # noqa: F401
 
@@ -568,6 +568,7 @@ def per_layer_quantizers(model, images, bits: int, design: dict) -> dict:
     return quantizers
 
 
+@measured_once
 @torch.no_grad()
 def design_measures(design: dict) -> dict:
     """Test accuracy and input thresholds of ``design``: W4A4, weights per channel (min-max), qlib's references."""
@@ -586,7 +587,9 @@ def check_design(design):
     """Task 6: the grader calibrates and measures the student's per-layer choice itself, graded in tiers."""
     task = "Task 6"
     design = config_of(task, design, DESIGN_FIELDS, what="design")
-    measured = design_measures(design)
+    return measured_design(task, design, design_measures, DESIGN_TIERS, report=_design_report)
+
+
+def _design_report(measured: dict) -> str:
     thresholds = ", ".join(f"{name} {t:.3g}" for name, t in measured["thresholds"].items())
-    return tiered(task, measured, DESIGN_TIERS,
-                  report=f"input thresholds {thresholds}; W4A4 test accuracy {100 * measured['accuracy']:.1f}%")
+    return f"input thresholds {thresholds}; W4A4 test accuracy {100 * measured['accuracy']:.1f}%"

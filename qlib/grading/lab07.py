@@ -35,7 +35,7 @@ from torch import nn
 from qlib import lsq as ref_lsq
 from qlib import ste as ref_ste
 from qlib._reference import reference
-from qlib.grading.answers import Field, Tier, answer_of, check_choice, check_number, config_of, measured_once, tiered
+from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_design, measured_once
 from qlib.grading.checks_common import HIDDEN, passed, task_runner, tie_or_near_tie
 from qlib.grading.harness import as_array, fail, fmt, run_submission, time_limit  # noqa: F401 (time_limit: the lab)
 
@@ -653,32 +653,22 @@ def _share_mistakes(w: torch.Tensor, right: float) -> list[tuple[float, str]]:
     return [(v, why) for v, why in mistakes if abs(v - right) > 0.02]
 
 
-def _a_fraction(task: str, answer):
-    """The answer as data, refused with a hint if it looks like a percentage (a number above 1)."""
-    value = answer_of(task, answer)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 1 < value <= 100:
-        fail(f"{task}: {value:g} is not right. Give a fraction between 0 and 1, not a percentage.")
-    return value
-
-
 def check_zero_share_minmax(answer):
     """Question 2: share of the fc1 weights that round to 0 at 2 bits, min-max scale per output channel."""
-    answer = _a_fraction("Question 2", answer)
     w = _fc1_weight()
     right = _zero_share(w, w.abs().amax(dim=1, keepdim=True))
     check_number("Question 2", answer, right, rel_tol=0.0, abs_tol=0.003, mistakes=_share_mistakes(w, right),
-                 hint="Quantize model.fc1.weight as Task 3 does at 2 bits (one scale per output channel, "
-                      "max|W_c| / q_max) and count the weights whose integer is 0.")
+                 fraction=True, hint="Quantize model.fc1.weight as Task 3 does at 2 bits (one scale per output "
+                                     "channel, max|W_c| / q_max) and count the weights whose integer is 0.")
 
 
 def check_zero_share_initial(answer):
     """Question 3: share of the fc1 weights that round to 0 with LSQ's initial step, one step for the tensor."""
-    answer = _a_fraction("Question 3", answer)
     w = _fc1_weight()
     right = _zero_share(w, 2 * w.abs().mean() / math.sqrt(1))
     check_number("Question 3", answer, right, rel_tol=0.0, abs_tol=0.003, mistakes=_share_mistakes(w, right),
-                 hint="Compute LSQ's initial step for the whole fc1 weight at 2 bits (Task 2 gives its formula) and "
-                      "count the weights w with round(w / step) == 0.")
+                 fraction=True, hint="Compute LSQ's initial step for the whole fc1 weight at 2 bits (Task 2 gives "
+                                     "its formula) and count the weights w with round(w / step) == 0.")
 
 
 # --- Task 5: QAT settings for W2/A2 within a budget of optimizer steps -----------------------------
@@ -754,11 +744,11 @@ def check_design(design):
     if steps > DESIGN_STEPS:
         fail(f"{task}: {design['epochs']} epochs of batches of {design['batch_size']} make {steps} optimizer "
              f"steps, over the budget of {DESIGN_STEPS}.")
-    try:
-        measured = design_measures(design)
-    except ValueError as err:
-        fail(f"{task}: training diverged ({err}): the learning rate is too large for this optimizer and method.")
-    runs = ", ".join(f"{a:.4f}" for a in measured["runs"])
-    return tiered(task, measured, DESIGN_TIERS, report=f"{steps} optimizer steps; test accuracy at W2/A2 "
-                                                       f"{runs} (seeds {', '.join(map(str, DESIGN_SEEDS))}), mean "
-                                                       f"{measured['accuracy']:.4f}")
+    def report(measured: dict) -> str:
+        runs = ", ".join(f"{a:.4f}" for a in measured["runs"])
+        return (f"{steps} optimizer steps; test accuracy at W2/A2 {runs} (seeds {', '.join(map(str, DESIGN_SEEDS))}), "
+                f"mean {measured['accuracy']:.4f}")
+
+    return measured_design(task, design, design_measures, DESIGN_TIERS, report=report,
+                           refused="training diverged ({error}): the learning rate is too large for this optimizer "
+                                   "and method.")

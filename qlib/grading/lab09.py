@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from qlib import integer_storage as ref
-from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, tiered
+from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_design, measured_once
 from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import as_array, fail, time_limit  # noqa: F401  (the lab's cells use grader.time_limit)
 
@@ -198,6 +198,7 @@ def design_of(design, task: str = "Task 2") -> dict:
     return design
 
 
+@measured_once
 def design_measures(design) -> dict:
     """Bits, bytes and test accuracy of ``design``, rebuilt and measured with qlib's reference functions.
 
@@ -230,10 +231,8 @@ def design_measures(design) -> dict:
 def check_design(design):
     """Task 2: the grader converts, counts and measures the student's design itself, then grades it in tiers."""
     task = "Task 2"
-    plan = design_of(design, task)
-    try:
-        measured = design_measures(plan)
-    except ValueError as err:
-        fail(f"{task}: {err}.")
-    return tiered(task, measured, DESIGN_TIERS,
-                  report=f"{measured['bytes']:,.0f} bytes, test accuracy {measured['accuracy']:.2%}")
+    return measured_design(task, design_of(design, task), design_measures, DESIGN_TIERS, report=_design_report)
+
+
+def _design_report(measured: dict) -> str:
+    return f"{measured['bytes']:,.0f} bytes, test accuracy {measured['accuracy']:.2%}"
