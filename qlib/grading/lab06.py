@@ -25,7 +25,7 @@ import torch
 
 from qlib import integer_layers as ref_layers
 from qlib import requantize as ref
-from qlib.grading.answers import answer_of, check_choice
+from qlib.grading.answers import check_choice, check_number
 from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import (
     as_integers,
@@ -396,6 +396,13 @@ def _positional(args: dict, names: tuple) -> tuple[tuple, dict]:
 LINEAR_POSITIONAL = ("q_x", "q_weight", "q_bias", "x_zero_point", "m0", "shift", "y_zero_point", "qmin", "qmax")
 
 
+def _layer_outputs(task: str, fn, reference, args: dict, positional: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(expected, got): qlib's ``reference`` layer and the student's ``fn`` on the same ``args``."""
+    expected = reference(**_clone(args)).numpy()
+    names, keywords = _positional(_clone(args), positional)
+    return expected, as_integers(_run(task, fn, *names, **keywords), "q_y", task)
+
+
 def _linear_variants(args: dict) -> dict:
     a = _clone(args)
     variants = {}
@@ -449,9 +456,7 @@ def check_quantized_linear(quantized_linear, seed=None):
         gen = np.random.default_rng(seed)
         cases = [(kind, _layer_case(gen, kind)) for _ in range(4) for kind in LAYER_KINDS]
     for kind, args in cases:
-        expected = ref_layers.quantized_linear(**_clone(args)).numpy()
-        positional, keywords = _positional(_clone(args), LINEAR_POSITIONAL)
-        got = as_integers(_run(task, quantized_linear, *positional, **keywords), "q_y", task)
+        expected, got = _layer_outputs(task, quantized_linear, ref_layers.quantized_linear, args, LINEAR_POSITIONAL)
         check_shape(got, expected.shape, "q_y (N, C_out)", task)
         if np.array_equal(got, expected):
             continue
@@ -504,6 +509,27 @@ def _conv_variants(args: dict) -> dict:
     return out
 
 
+def _visible_conv_layer(seed: int) -> dict:
+    """The visible cases' convolution, without its geometry: a 5x5 input of 2 channels, 3 kernels 3x3, uint8 out."""
+    gen = np.random.default_rng(seed)
+    q_x = torch.from_numpy(gen.integers(0, 256, (1, 2, 5, 5)))
+    q_w = torch.from_numpy(gen.integers(-127, 128, (3, 2, 3, 3))).to(torch.int8)
+    m0, shift = (int(v) for v in ref.quantize_multiplier(0.003))
+    return dict(q_x=q_x, q_weight=q_w, q_bias=torch.tensor([500, -500, 0], dtype=torch.int32),
+                x_zero_point=100, m0=m0, shift=shift, y_zero_point=128, qmin=0, qmax=255, relu=False)
+
+
+def _visible_conv_failure(task: str, args: dict, got: np.ndarray, expected: np.ndarray, hint: str) -> None:
+    """Fail a visible convolution case: its layer, how many outputs differ, and the first of them."""
+    differ = got != expected
+    index = tuple(int(i) for i in np.argwhere(differ)[0])
+    fail(f"{task} on an input of shape {tuple(args['q_x'].shape)} with q_weight of shape "
+         f"{tuple(args['q_weight'].shape)}, stride={args['stride']}, padding={args['padding']}, "
+         f"relu={args['relu']}, x_zero_point={args['x_zero_point']}: {int(differ.sum())} of "
+         f"{got.size} outputs differ; the first at (n, c_out, i, j) = {index}: expected {expected[index]}, "
+         f"got {got[index]}.\nHint: {hint}")
+
+
 CONV_KINDS = ["int64 inputs and one multiplier", "a fused ReLU", "one multiplier per output channel",
               "a uint8 input tensor", "no bias (q_bias=None)", "a weight zero point (asymmetric weights)"]
 
@@ -512,21 +538,13 @@ def check_quantized_conv2d(quantized_conv2d, seed=None):
     """Task 6: the integer-only 2-D convolution (groups=1)."""
     task = "quantized_conv2d"
     if seed is None:
-        gen = np.random.default_rng(60)
-        q_x = torch.from_numpy(gen.integers(0, 256, (1, 2, 5, 5)))
-        q_w = torch.from_numpy(gen.integers(-127, 128, (3, 2, 3, 3))).to(torch.int8)
-        m0, shift = (int(v) for v in ref.quantize_multiplier(0.003))
-        base = dict(q_x=q_x, q_weight=q_w, q_bias=torch.tensor([500, -500, 0], dtype=torch.int32),
-                    x_zero_point=100, m0=m0, shift=shift, y_zero_point=128, qmin=0, qmax=255, stride=1,
-                    padding=1, relu=False, weight_zero_point=0)
-        cases = [("visible", base), ("visible", dict(base, stride=2, padding=0, relu=True))]
+        base = dict(_visible_conv_layer(60), weight_zero_point=0)
+        cases = [("visible", dict(base, stride=1, padding=1)), ("visible", dict(base, stride=2, padding=0, relu=True))]
     else:
         gen = np.random.default_rng(seed)
         cases = [(kind, _layer_case(gen, kind, conv=True)) for _ in range(3) for kind in CONV_KINDS]
     for kind, args in cases:
-        expected = ref_layers.quantized_conv2d(**_clone(args)).numpy()
-        positional, keywords = _positional(_clone(args), CONV_POSITIONAL)
-        got = as_integers(_run(task, quantized_conv2d, *positional, **keywords), "q_y", task)
+        expected, got = _layer_outputs(task, quantized_conv2d, ref_layers.quantized_conv2d, args, CONV_POSITIONAL)
         if got.shape != expected.shape:
             k, s, p = args["q_weight"].shape[2], args["stride"], args["padding"]
             fail(f"{task} (input of shape {tuple(args['q_x'].shape)}, kernel {k}x{k}, stride {s}, padding {p}): "
@@ -545,42 +563,9 @@ def check_quantized_conv2d(quantized_conv2d, seed=None):
                               "cut the padded input into patches (in the same channel, row, column order as "
                               "q_weight.reshape(C_out, -1)) and apply your quantized_linear to them.")
         if seed is None:
-            index = tuple(int(i) for i in np.argwhere(got != expected)[0])
-            fail(f"{task} on an input of shape {tuple(args['q_x'].shape)} with q_weight of shape "
-                 f"{tuple(args['q_weight'].shape)}, stride={args['stride']}, padding={args['padding']}, "
-                 f"relu={args['relu']}, x_zero_point={args['x_zero_point']}: {int((got != expected).sum())} of "
-                 f"{got.size} outputs differ; the first at (n, c_out, i, j) = {index}: expected {expected[index]}, "
-                 f"got {got[index]}.\nHint: {hint}")
+            _visible_conv_failure(task, args, got, expected, hint)
         fail(f"{HIDDEN} for {task} on a layer with {kind}. Hint: {hint}")
     passed(task, len(cases), hidden=seed is not None)
-
-
-# --- Questions whose answer is one integer ------------------------------------------------------------
-
-def check_integer(task: str, answer, expected: int, mistakes=(), hint: str = "") -> None:
-    """Grade a whole number: equal to ``expected``; a wrong value that a known mistake gives gets its hint.
-
-    Like :func:`qlib.grading.answers.check_number` with no tolerance, but the message shows the
-    answer in full (an m0 of ten digits, not 1.37439e+09). ``mistakes``: ``(value, hint)`` pairs; an
-    answer matches a mistake within 1e-6 or, if it is a whole number, as the mistake rounded.
-    """
-    value = answer_of(task, answer)
-    if isinstance(value, (torch.Tensor, np.ndarray)) and np.asarray(value).size == 1:
-        value = np.asarray(value).reshape(()).tolist()
-    elif isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        fail(f"{task}: the answer is {value!r} ({type(value).__name__}); give one whole number.")
-    shown = str(int(value)) if value == int(value) else repr(value)
-    if value == expected:
-        print(f"{task}: correct")
-        return
-    for wrong, why in mistakes:
-        if math.isclose(value, wrong, rel_tol=0.0, abs_tol=1e-6) or value == int(value) == round(wrong):
-            fail(f"{task}: {shown} is not right. {why}")
-    if value != int(value):
-        fail(f"{task}: {shown} is not a whole number. {hint}")
-    fail(f"{task}: {shown} is not right. {hint}")
 
 
 # --- Question 1: the multiplier of a layer, by hand -------------------------------------------------
@@ -595,12 +580,12 @@ def check_layer_multiplier(m0_of_layer, shift_of_layer):
     multiplier = s["S_W"] * s["S_X"] / s["S_Y"]
     m0, shift = (int(v) for v in ref.quantize_multiplier(multiplier))
     f, e = math.frexp(multiplier)
-    check_integer("Question 1 (shift)", shift_of_layer, shift, mistakes=[
+    check_number("Question 1 (shift)", shift_of_layer, shift, rel_tol=0.0, abs_tol=1e-6, whole=True, mistakes=[
         (-shift, "The sign: M is below 0.5, so M = m0 * 2^-31 * 2^-shift needs a positive shift (a right shift)."),
         (shift + 1, "Write M = f * 2^e with the mantissa f in [0.5, 1), as math.frexp does, not in [1, 2)."),
         (shift - 1, "Write M = f * 2^e with the mantissa f in [0.5, 1), as math.frexp does: f * 2^e must equal M."),
     ], hint="Compute M = S_W S_X / S_Y, then the power of two that brings it into [0.5, 1).")
-    check_integer("Question 1 (m0)", m0_of_layer, m0, mistakes=[
+    check_number("Question 1 (m0)", m0_of_layer, m0, rel_tol=0.0, abs_tol=1e-6, whole=True, mistakes=[
         (math.floor(f * 2**31), "f * 2^31 is not a whole number: round it to the nearest integer, do not cut it off."),
         (f * 2**31, "m0 is an integer: round f * 2^31."),
         (round(multiplier * 2**31), "That is M * 2^31: first write M = f * 2^e with f in [0.5, 1); m0 holds f."),
@@ -630,7 +615,7 @@ def check_folded_bias(folded_bias):
     c = QUESTION3_LAYER
     zx_term, zz_term = c["Z_X"] * c["sum_q_w"], c["K"] * c["Z_W"] * c["Z_X"]
     expected = c["q_b"] - zx_term + zz_term
-    check_integer("Question 3", folded_bias, expected, mistakes=[
+    check_number("Question 3", folded_bias, expected, rel_tol=0.0, abs_tol=1e-6, whole=True, mistakes=[
         (c["q_b"] - zx_term, "A term is missing: expand (q_W - Z_W)(q_X - Z_X) into four sums; with Z_W != 0 "
                              "two of them hold no q_X."),
         (c["q_b"] + zx_term + zz_term, "Check the sign of the term with Z_X and the weights' sum: the weights' sum "
@@ -648,7 +633,7 @@ def check_max_products(max_products):
     """Question 4: largest K with K * 127 * 128 <= 2^31 - 1 (|q_W| <= 127, |q_X - Z_X| <= 128)."""
     worst = 127 * 128
     expected = (2**31 - 1) // worst
-    check_integer("Question 4", max_products, expected, mistakes=[
+    check_number("Question 4", max_products, expected, rel_tol=0.0, abs_tol=1e-6, whole=True, mistakes=[
         (expected + 1, "With that many products the worst case already passes the int32 range: give the largest K "
                        "that stays inside it."),
         ((2**31 - 1) // (127 * 255), "The accumulator sums (q_X - Z_X) q_W: with Z_X = 128, how large can "
@@ -679,21 +664,14 @@ def check_fast_quantized_conv2d(fast_quantized_conv2d, seed=None):
     """Task 7: the convolution with Z_X folded into the bias, fixed (symmetric weights, groups=1)."""
     task = "fast_quantized_conv2d"
     if seed is None:
-        gen = np.random.default_rng(61)
-        q_x = torch.from_numpy(gen.integers(0, 256, (1, 2, 5, 5)))
-        q_w = torch.from_numpy(gen.integers(-127, 128, (3, 2, 3, 3))).to(torch.int8)
-        m0, shift = (int(v) for v in ref.quantize_multiplier(0.003))
-        base = dict(q_x=q_x, q_weight=q_w, q_bias=torch.tensor([500, -500, 0], dtype=torch.int32),
-                    x_zero_point=100, m0=m0, shift=shift, y_zero_point=128, qmin=0, qmax=255, stride=2,
-                    padding=0, relu=False)
-        cases = [("visible", base), ("visible", dict(base, stride=1, padding=1, relu=True))]
+        base = _visible_conv_layer(61)
+        cases = [("visible", dict(base, stride=2, padding=0)), ("visible", dict(base, stride=1, padding=1, relu=True))]
     else:
         gen = np.random.default_rng(seed)
         cases = [(kind, _fast_conv_case(gen, kind)) for _ in range(3) for kind in FAST_CONV_KINDS]
     for kind, args in cases:
-        expected = ref_layers.quantized_conv2d(**_clone(args)).numpy()
-        positional, keywords = _positional(_clone(args), FAST_CONV_POSITIONAL)
-        got = as_integers(_run(task, fast_quantized_conv2d, *positional, **keywords), "q_y", task)
+        expected, got = _layer_outputs(task, fast_quantized_conv2d, ref_layers.quantized_conv2d, args,
+                                       FAST_CONV_POSITIONAL)
         check_shape(got, expected.shape, "q_y (N, C_out, OH, OW)", task)
         if np.array_equal(got, expected):
             continue
@@ -716,11 +694,7 @@ def check_fast_quantized_conv2d(fast_quantized_conv2d, seed=None):
             hint = ("compare it with your quantized_conv2d from Task 6 on the same layer: the folded form must give "
                     "the same integers.")
         if seed is None:
-            index = tuple(int(i) for i in np.argwhere(differ)[0])
-            fail(f"{task} on an input of shape {tuple(args['q_x'].shape)} with q_weight of shape "
-                 f"{tuple(args['q_weight'].shape)}, stride={args['stride']}, padding={p}, relu={args['relu']}, "
-                 f"x_zero_point={args['x_zero_point']}: {int(differ.sum())} of {got.size} outputs differ; the "
-                 f"first at (n, c_out, i, j) = {index}: expected {expected[index]}, got {got[index]}.\nHint: {hint}")
+            _visible_conv_failure(task, args, got, expected, hint)
         fail(f"{HIDDEN} for {task} on a layer with {kind}. Hint: {hint}")
     passed(task, len(cases), hidden=seed is not None)
 
@@ -749,7 +723,7 @@ def check_bn_folded_q_bias(bn_folded_q_bias):
     a = c["gamma"] / math.sqrt(c["var"])
     folded = a * (c["b"] - c["mu"]) + c["beta"]
     expected = round(folded / scale)
-    check_integer("Question 6", bn_folded_q_bias, expected, mistakes=[
+    check_number("Question 6", bn_folded_q_bias, expected, rel_tol=0.0, abs_tol=1e-6, whole=True, mistakes=[
         (folded, "That is the folded bias as a real number; the converted layer stores it as an int32 at the "
                  "scale of the accumulator."),
         ((c["b"] - c["mu"] + c["beta"]) / scale, "The batch norm's factor a multiplies the whole affine map, "
