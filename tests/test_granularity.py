@@ -46,6 +46,35 @@ def _special_channels(x, axis):
     return x
 
 
+def torch_qparams(ao, x, qmin, qmax, symmetric, axis=None):
+    """(scale, zero_point) of PyTorch's min-max observer on [qmin, qmax]: per tensor, or per channel along ``axis``.
+
+    The observer's integer type is the smallest that holds the range (quint8, qint8, else qint32).
+    """
+    dtype = torch.quint8 if qmin >= 0 else torch.qint8 if qmin >= -128 and qmax <= 127 else torch.qint32
+    if axis is None:
+        obs = ao.MinMaxObserver(dtype=dtype, quant_min=qmin, quant_max=qmax,
+                                qscheme=torch.per_tensor_symmetric if symmetric else torch.per_tensor_affine)
+    else:
+        qscheme = torch.per_channel_symmetric if symmetric else torch.per_channel_affine
+        obs = ao.PerChannelMinMaxObserver(ch_axis=axis % x.ndim, dtype=dtype, quant_min=qmin, quant_max=qmax,
+                                          qscheme=qscheme)
+    obs(x)
+    return obs.calculate_qparams()
+
+
+def torch_fake_quantize(ao, x, qmin, qmax, symmetric, axis=None, observed=None):
+    """PyTorch's fake quantization of ``x`` on [qmin, qmax] with its observer's scale and zero point.
+
+    ``observed``: the range the observer sets the scale on, if not [qmin, qmax] (a symmetric scheme
+    observes [-qmax, qmax] and rounds onto [-qmax - 1, qmax]).
+    """
+    s, z = torch_qparams(ao, x, *(observed or (qmin, qmax)), symmetric, axis)
+    if axis is None:
+        return torch.fake_quantize_per_tensor_affine(x, s, z, qmin, qmax)
+    return torch.fake_quantize_per_channel_affine(x, s, z.to(torch.int32), axis % x.ndim, qmin, qmax)
+
+
 CASES = [  # (shape, axis)
     ((6, 10), 0),
     ((6, 10), 1),
@@ -99,14 +128,10 @@ def test_per_channel_uses_each_channels_own_range(shape, axis):
 
 @pytest.mark.silence_ao
 @pytest.mark.parametrize("shape, axis", CASES)
-@pytest.mark.parametrize("dtype, qmin, qmax", [("quint8", 0, 255), ("qint8", -128, 127), ("qint8", -8, 7),
-                                               ("quint8", 0, 3), ("qint32", -32768, 32767)])
-def test_per_channel_asymmetric_qparams_vs_observer(ao, shape, axis, dtype, qmin, qmax):
+@pytest.mark.parametrize("qmin, qmax", [(0, 255), (-128, 127), (-8, 7), (0, 3), (-32768, 32767)])
+def test_per_channel_asymmetric_qparams_vs_observer(ao, shape, axis, qmin, qmax):
     x = _special_channels(_tensor(shape, seed=11), axis)
-    obs = ao.PerChannelMinMaxObserver(ch_axis=axis % x.ndim, dtype=getattr(torch, dtype),
-                                      qscheme=torch.per_channel_affine, quant_min=qmin, quant_max=qmax)
-    obs(x)
-    exp_scale, exp_zp = obs.calculate_qparams()
+    exp_scale, exp_zp = torch_qparams(ao, x, qmin, qmax, symmetric=False, axis=axis)
     _, scale, zero_point = quantize_per_channel(x, axis, qmin, qmax, symmetric=False)
     assert torch.equal(scale, exp_scale)
     assert torch.equal(zero_point, exp_zp.to(torch.int64))
@@ -119,10 +144,7 @@ def test_per_channel_symmetric_qparams_vs_observer(ao, shape, axis, bits):
     # torch's symmetric scale is amax / ((qmax - qmin) / 2): equal to qlib's amax / qmax on [-qmax, qmax]
     qmin, qmax = integer_range(bits, signed=True, narrow=True)
     x = _special_channels(_tensor(shape, seed=12), axis)
-    obs = ao.PerChannelMinMaxObserver(ch_axis=axis % x.ndim, dtype=torch.qint8 if bits <= 8 else torch.qint32,
-                                      qscheme=torch.per_channel_symmetric, quant_min=qmin, quant_max=qmax)
-    obs(x)
-    exp_scale, exp_zp = obs.calculate_qparams()
+    exp_scale, exp_zp = torch_qparams(ao, x, qmin, qmax, symmetric=True, axis=axis)
     _, scale, zero_point = quantize_per_channel(x, axis, qmin - 1, qmax, symmetric=True)
     assert torch.equal(scale, exp_scale)
     assert torch.equal(zero_point, exp_zp.to(torch.int64)) and not bool(zero_point.any())
@@ -198,11 +220,8 @@ def test_per_group_equals_per_tensor_torch_on_each_group(ao, shape, axis, group_
     n_groups = 0
     for g, index in _groups(shape, axis, group_size):
         piece = x[index]
-        obs = ao.MinMaxObserver(dtype=torch.qint8, quant_min=qmin, quant_max=qmax,
-                                qscheme=torch.per_tensor_symmetric if symmetric else torch.per_tensor_affine)
-        obs(piece)
-        s, z = obs.calculate_qparams()
-        expected[index] = torch.fake_quantize_per_tensor_affine(piece, s, z, qmin, qmax)
+        s, z = torch_qparams(ao, piece, qmin, qmax, symmetric)
+        expected[index] = torch_fake_quantize(ao, piece, qmin, qmax, symmetric)
         group_index = list(index)
         group_index[axis % len(shape)] = g
         assert torch.equal(scale[tuple(group_index)], s[0])
@@ -280,16 +299,10 @@ def test_fake_quantize_tensor_per_tensor_vs_torch(ao, bits):
     x = _tensor((16, 9), seed=bits)
     qmin, qmax = integer_range(bits, signed=True)
     # symmetric (the default): torch observer on the narrow range, fake-quant kernel on the full range
-    obs = ao.MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=qmin + 1, quant_max=qmax)
-    obs(x)
-    s, z = obs.calculate_qparams()
-    expected = torch.fake_quantize_per_tensor_affine(x, s, z, qmin, qmax)
+    expected = torch_fake_quantize(ao, x, qmin, qmax, symmetric=True, observed=(qmin + 1, qmax))
     assert torch.equal(fake_quantize_tensor(x, bits, "tensor"), expected)
     # asymmetric, unsigned
-    obs = ao.MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0, quant_max=2**bits - 1)
-    obs(x)
-    s, z = obs.calculate_qparams()
-    expected = torch.fake_quantize_per_tensor_affine(x, s, z, 0, 2**bits - 1)
+    expected = torch_fake_quantize(ao, x, 0, 2**bits - 1, symmetric=False)
     assert torch.equal(fake_quantize_tensor(x, bits, "tensor", symmetric=False, signed=False), expected)
 
 
@@ -320,12 +333,8 @@ def test_per_group_equals_torch_per_channel_on_the_reshaped_matrix(ao, shape, gr
     qmin, qmax = integer_range(bits, signed=True, narrow=symmetric)
     x = _tensor(shape, seed=40 + bits + group_size)
     rows = x.reshape(-1, group_size)
-    obs = ao.PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8 if bits <= 8 else torch.qint32,
-                                      qscheme=torch.per_channel_symmetric if symmetric else torch.per_channel_affine,
-                                      quant_min=qmin, quant_max=qmax)
-    obs(rows)
-    s, z = obs.calculate_qparams()
-    expected = torch.fake_quantize_per_channel_affine(rows, s, z.to(torch.int32), 0, qmin, qmax).reshape(shape)
+    s, z = torch_qparams(ao, rows, qmin, qmax, symmetric, axis=0)
+    expected = torch_fake_quantize(ao, rows, qmin, qmax, symmetric, axis=0).reshape(shape)
     q, scale, zero_point = quantize_per_group(x, 1, group_size, qmin, qmax, symmetric=symmetric)
     assert torch.equal(scale.reshape(-1), s)
     assert torch.equal(zero_point.reshape(-1), z.to(torch.int64))

@@ -26,6 +26,8 @@ from qlib.weights import (
     weight_matrix,
 )
 
+from tests.test_granularity import torch_fake_quantize
+
 
 def _weight(shape, seed):
     """A weight whose output channels differ in range by up to 100x."""
@@ -35,23 +37,10 @@ def _weight(shape, seed):
     return w * spread.reshape(-1, *[1] * (len(shape) - 1))
 
 
-def _torch_per_channel(rows, bits, ao):
-    """torch's symmetric per-channel fake quantization of every row of a 2-D tensor."""
+def _torch_symmetric(x, bits, ao, axis=None):
+    """torch's symmetric fake quantization at ``bits``: per tensor, or per channel along ``axis`` (rows: axis 0)."""
     qmax = 2 ** (bits - 1) - 1
-    obs = ao.PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8 if bits <= 8 else torch.qint32,
-                                      qscheme=torch.per_channel_symmetric, quant_min=-qmax, quant_max=qmax)
-    obs(rows)
-    s, z = obs.calculate_qparams()
-    return torch.fake_quantize_per_channel_affine(rows, s, z.to(torch.int32), 0, -qmax - 1, qmax)
-
-
-def _torch_per_tensor(x, bits, ao):
-    qmax = 2 ** (bits - 1) - 1
-    obs = ao.MinMaxObserver(dtype=torch.qint8 if bits <= 8 else torch.qint32, qscheme=torch.per_tensor_symmetric,
-                            quant_min=-qmax, quant_max=qmax)
-    obs(x)
-    s, z = obs.calculate_qparams()
-    return torch.fake_quantize_per_tensor_affine(x, s, z, -qmax - 1, qmax)
+    return torch_fake_quantize(ao, x, -qmax - 1, qmax, symmetric=True, axis=axis, observed=(-qmax, qmax))
 
 
 SHAPES = [(16, 1, 3, 3), (32, 16, 3, 3), (64, 512), (10, 64), (6, 40)]
@@ -62,8 +51,8 @@ SHAPES = [(16, 1, 3, 3), (32, 16, 3, 3), (64, 512), (10, 64), (6, 40)]
 @pytest.mark.parametrize("shape", SHAPES)
 def test_per_tensor_and_per_channel_vs_torch(ao, shape, bits):
     w = _weight(shape, seed=bits)
-    assert torch.equal(fake_quantize_weight(w, bits, "tensor"), _torch_per_tensor(w, bits, ao))
-    expected = _torch_per_channel(w.reshape(shape[0], -1), bits, ao).reshape(shape)
+    assert torch.equal(fake_quantize_weight(w, bits, "tensor"), _torch_symmetric(w, bits, ao))
+    expected = _torch_symmetric(w.reshape(shape[0], -1), bits, ao, axis=0).reshape(shape)
     assert torch.equal(fake_quantize_weight(w, bits, "channel"), expected)
 
 
@@ -73,7 +62,7 @@ def test_per_tensor_and_per_channel_vs_torch(ao, shape, bits):
                                                ((10, 64), 64), ((8, 96), 8)])
 def test_groups_that_divide_the_row_vs_torch_per_channel_of_the_reshaped_matrix(ao, shape, group_size, bits):
     w = _weight(shape, seed=10 + bits)
-    expected = _torch_per_channel(w.reshape(-1, group_size), bits, ao).reshape(shape)
+    expected = _torch_symmetric(w.reshape(-1, group_size), bits, ao, axis=0).reshape(shape)
     assert torch.equal(fake_quantize_weight(w, bits, "group", group_size), expected)
 
 
@@ -88,7 +77,7 @@ def test_a_short_last_group_is_quantized_on_its_own(ao, shape, group_size):
     for r in range(rows.shape[0]):
         for start in range(0, rows.shape[1], group_size):
             piece = rows[r, start:start + group_size]
-            assert torch.equal(got[r, start:start + group_size], _torch_per_tensor(piece, bits, ao))
+            assert torch.equal(got[r, start:start + group_size], _torch_symmetric(piece, bits, ao))
 
 
 def _numpy_padded_mx(w2, element, block=32):
