@@ -418,3 +418,40 @@ class DesignTargetTests:
         assert graded.expected(partial, self.full_marks)[question] == points
         assert graded.scores_of(partial) == graded.expected(partial, self.full_marks), graded.scores_of(partial)
         assert "of the points. For more:" in graded.output(partial, question)
+
+
+
+def design_cheats(cell: str, question: str, design: dict, says: str, what: str = "design") -> dict[str, Cheat]:
+    """The attacks on a design answered as a dict (``{cell} = {...}`` in answer cell ``cell``), checked by ``question``.
+
+    * ``{what}_smuggles_code``: ``design`` (a right answer) with its first number or string made an
+      instance of a subclass that equals everything and lies inside every range, and its last entry
+      a function that returns it. The grader reads a design as data: the subclass arrives as its
+      plain value, the function as no value at all, which the check refuses, saying ``says``;
+    * ``{what}_is_not_a_dict``: an object that hands out ``design``'s entries by key, but is not a
+      dict: refused, "must be a dict".
+    """
+    def leaves(entries: dict, path: tuple = ()) -> list[tuple[tuple, object]]:
+        # (key path, value) of every entry that is not itself a dict, in order
+        return [leaf for key, value in entries.items()
+                for leaf in (leaves(value, path + (key,)) if isinstance(value, dict) else [(path + (key,), value)])]
+
+    def source(value, path: tuple, replaced: dict[tuple, str]) -> str:
+        # value written as Python, the entries at the paths of ``replaced`` written by their template
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{key!r}: {source(v, path + (key,), replaced)}" for key, v in value.items()) + "}"
+        return replaced[path].format(value) if path in replaced else repr(value)
+
+    entries = leaves(design)
+    liar = next(path for path, value in entries if isinstance(value, (int, float, str)) and not isinstance(value, bool))
+    base = type(dict(entries)[liar]).__name__
+    everything = (f"class Everything({base}):\n    def __eq__(self, other):\n        return True\n\n"
+                  f"    def __lt__(self, other):\n        return False\n\n"
+                  f"    __le__ = __ge__ = __eq__\n    __gt__ = __ne__ = __lt__\n    __hash__ = {base}.__hash__\n\n\n")
+    smuggled = source(design, (), {liar: "Everything({!r})", entries[-1][0]: "lambda: {!r}"})
+    not_a_dict = (f"ENTRIES = {design!r}\n\n\nclass Design:\n"
+                  f"    def __getitem__(self, key):\n        return ENTRIES[key]\n\n"
+                  f"    def keys(self):\n        return ENTRIES.keys()\n\n"
+                  f"    def items(self):\n        return ENTRIES.items()\n\n\n{cell} = Design()\n")
+    return {f"{what}_smuggles_code": Cheat({cell: f"{everything}{cell} = {smuggled}\n"}, question, says),
+            f"{what}_is_not_a_dict": Cheat({cell: not_a_dict}, question, "must be a dict")}

@@ -4,7 +4,7 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong
+from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong, design_cheats
 
 LAB = "lab01_number_formats"
 POINTS = {"test_encode_integer": 2, "test_decode_integer": 2, "test_fixed_point": 3, "test_decode_float": 3,
@@ -206,24 +206,8 @@ PARTIAL = {
 # --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
 CHEATS = {
-    "design_smuggles_code": Cheat({"fp8_design": """
-class Special(str):
-    def __eq__(self, other):
-        return True
-
-    __hash__ = str.__hash__
-
-
-fp8_design = {"exponent_bits": 4, "mantissa_bits": 3, "bias": 8, "special": Special("any special")}
-"""}, "test_fp8_design", "must be one of"),
-    "design_is_not_a_dict": Cheat({"fp8_design": """
-class Design:
-    def __getitem__(self, key):
-        return {"exponent_bits": 4, "mantissa_bits": 3, "bias": 8, "special": "fn"}[key]
-
-
-fp8_design = Design()
-"""}, "test_fp8_design", "must be a dict"),
+    **design_cheats("fp8_design", "test_fp8_design", {"exponent_bits": 4, "mantissa_bits": 3, "bias": 8,
+                                                      "special": "fn"}, "must be one of"),
     "number_that_equals_everything": Cheat({"fp32_over_int8_energy": """
 class Anything(float):
     def __eq__(self, other):

@@ -4,7 +4,7 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong
+from tests.lab_grading import Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong, design_cheats
 
 LAB = "lab02_kmeans_huffman"
 POINTS = {"test_kmeans_quantize": 5, "test_codebook_gradient": 2, "test_huffman_code_lengths": 4,
@@ -195,30 +195,11 @@ PARTIAL = {
 
 # --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
-CHEATS = {
-    "design_smuggles_code": Cheat({"design": """
-class Sparsity(float):
-    def __le__(self, other):
-        return True
-
-    def __gt__(self, other):
-        return False
-
-
-design = {"conv1": {"sparsity": 0.0, "bits": 4, "index_bits": None},
-          "conv2": {"sparsity": Sparsity(0.5), "bits": 3, "index_bits": 2},
-          "fc1": {"sparsity": 0.95, "bits": 2, "index_bits": lambda: 6},
-          "fc2": {"sparsity": 0.0, "bits": 3, "index_bits": None}}
-"""}, "test_design", "must be one of None, 1, 2"),
-    "design_is_not_a_dict": Cheat({"design": """
-class Design:
-    def __getitem__(self, key):
-        return {"sparsity": 0.0, "bits": 8, "index_bits": None}
-
-
-design = Design()
-"""}, "test_design", "must be a dict"),
-}
+CHEATS = design_cheats("design", "test_design", {"conv1": {"sparsity": 0.0, "bits": 4, "index_bits": None},
+                                                "conv2": {"sparsity": 0.5, "bits": 3, "index_bits": 2},
+                                                "fc1": {"sparsity": 0.95, "bits": 2, "index_bits": 6},
+                                                "fc2": {"sparsity": 0.0, "bits": 3, "index_bits": None}},
+                      "must be one of None, 1, 2")
 
 
 class TestLab02Grading(LabGradingTests, DesignTargetTests):

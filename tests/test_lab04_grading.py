@@ -4,7 +4,7 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong
+from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong, design_cheats
 
 LAB = "lab04_ptq_granularity"
 POINTS = {"test_quantize_per_group": 4, "test_dequantize_per_group": 2, "test_mxint_quantize": 4,
@@ -183,24 +183,8 @@ reference = __import__("ql" + "ib.granularity", fromlist=["mxint_quantize"])
 def mxint_quantize(x, bits, block_size=32):
     return reference.mxint_quantize(x, bits, block_size)
 """}, "test_mxint_quantize", "reference answer"),
-    "design_smuggles_code": Cheat({"design": """
-class Granularity(str):
-    def __eq__(self, other):
-        return True
-
-    __hash__ = str.__hash__
-
-
-design = {"granularity": Granularity("mx"), "bits": 4, "group_size": 16, "scale_bits": lambda: None}
-"""}, "test_design", "must be one of None, 16, 32"),
-    "design_is_not_a_dict": Cheat({"design": """
-class Design:
-    def __getitem__(self, key):
-        return {"granularity": "mx", "bits": 1, "group_size": 256, "scale_bits": None}[key]
-
-
-design = Design()
-"""}, "test_design", "must be a dict"),
+    **design_cheats("design", "test_design", {"granularity": "mx", "bits": 4, "group_size": 16, "scale_bits": None},
+                    "must be one of None, 16, 32"),
     "calls_qlib_via_importlib": Cheat({"scale_bits_per_weight": """
 import importlib
 

@@ -4,7 +4,7 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong
+from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong, design_cheats
 
 LAB = "lab05_calibration"
 POINTS = {"test_percentile_threshold": 2, "test_mse_threshold": 4, "test_candidate_distribution": 4,
@@ -167,16 +167,8 @@ ref = __import__("ql" + "ib.calibration", fromlist=["x"])
 def mse_threshold(x, qmin, qmax, n_candidates=100):
     return ref.mse_threshold(x, qmin, qmax, n_candidates)
 """}, "test_mse_threshold", "reference answer"),
-    "design_smuggles_code": Cheat({"design": """
-class Calibrator(str):
-    def __eq__(self, other):
-        return True
-
-    __hash__ = str.__hash__
-
-
-design = {"conv1": Calibrator("percentile"), "conv2": "kl", "fc1": "kl", "fc2": "kl", "percentile": lambda: 99.0}
-"""}, "test_design", "must be int or float"),
+    **design_cheats("design", "test_design", {"conv1": "percentile", "conv2": "kl", "fc1": "kl", "fc2": "kl",
+                                              "percentile": 99.0}, "must be int or float"),
 }
 
 

@@ -4,7 +4,7 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong
+from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong, design_cheats
 
 LAB = "lab07_qat"
 POINTS = {"test_ste_forward": 2, "test_ste_backward": 3, "test_pact_alpha_gradient": 2, "test_lsq_forward": 2,
@@ -20,6 +20,23 @@ WRAPPER = '''
 def fake_quant_ste(x, scale, zero_point, qmin, qmax):
     return FakeQuantSTE.apply(x, scale, zero_point, qmin, qmax)
 '''
+
+#: A right LSQ forward pass and the start of its backward pass (the mask of v): the mistakes in the step's
+#: gradient below add only their last lines.
+LSQ_UP_TO_THE_STEP_GRADIENT = '''
+class LSQFakeQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v, step, qmin, qmax, grad_scale):
+        q = torch.round(v / step)
+        ctx.save_for_backward(v, step, q)
+        ctx.qmin, ctx.qmax, ctx.grad_scale = qmin, qmax, grad_scale
+        return torch.clamp(q, qmin, qmax) * step
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        v, step, q = ctx.saved_tensors
+        below, above = q < ctx.qmin, q > ctx.qmax
+        inside = ~(below | above)'''
 
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
 
@@ -57,20 +74,8 @@ class FakeQuantSTE(torch.autograd.Function):
         (inside,) = ctx.saved_tensors
         return grad_output * inside, None, None, None, None
 ''' + WRAPPER),
-    "lsq_without_grad_scale": Wrong("LSQFakeQuant", "test_lsq_backward", "the gradient scale is missing", '''
-class LSQFakeQuant(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, v, step, qmin, qmax, grad_scale):
-        q = torch.round(v / step)
-        ctx.save_for_backward(v, step, q)
-        ctx.qmin, ctx.qmax = qmin, qmax
-        return torch.clamp(q, qmin, qmax) * step
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        v, step, q = ctx.saved_tensors
-        below, above = q < ctx.qmin, q > ctx.qmax
-        inside = ~(below | above)
+    "lsq_without_grad_scale": Wrong("LSQFakeQuant", "test_lsq_backward", "the gradient scale is missing",
+                                    LSQ_UP_TO_THE_STEP_GRADIENT + '''
         d = torch.where(inside, q - v / step, torch.where(below, float(ctx.qmin), float(ctx.qmax)))
         return grad_output * inside, (grad_output * d).sum().reshape(step.shape), None, None, None
 '''),
@@ -109,20 +114,8 @@ def qat_finetune(model, train_set, bits, input_max, epochs, lr, seed):
     return model
 '''),
     "lsq_step_gradient_rounding_held_fixed": Wrong("LSQFakeQuant", "test_lsq_backward",
-                                                   "you held round(v / step) constant", '''
-class LSQFakeQuant(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, v, step, qmin, qmax, grad_scale):
-        q = torch.round(v / step)
-        ctx.save_for_backward(v, step, q)
-        ctx.qmin, ctx.qmax, ctx.grad_scale = qmin, qmax, grad_scale
-        return torch.clamp(q, qmin, qmax) * step
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        v, step, q = ctx.saved_tensors
-        below, above = q < ctx.qmin, q > ctx.qmax
-        inside = ~(below | above)
+                                                   "you held round(v / step) constant",
+                                                   LSQ_UP_TO_THE_STEP_GRADIENT + '''
         d = torch.where(inside, q, torch.where(below, float(ctx.qmin), float(ctx.qmax)))
         grad_step = (grad_output * d).sum() * ctx.grad_scale
         return grad_output * inside, grad_step.reshape(step.shape), None, None, None
@@ -253,26 +246,10 @@ PARTIAL = {
     "design_ste_defaults": Partial({"design": f"design = {STE % '1e-3'}\n"}, "test_design", 2),  # mean 0.911
 }
 
-CHEATS["design_smuggles_code"] = Cheat({"design": """
-class Method(str):
-    def __eq__(self, other):
-        return True
+CHEATS |= design_cheats("design", "test_design", {"method": "lsq", "granularity": "tensor", "optimizer": "sgd",
+                                                 "lr": 0.03, "epochs": 3, "batch_size": 64},
+                        "must be one of 16, 32, 64, 128")
 
-    __hash__ = str.__hash__
-
-
-design = {"method": Method("lsq"), "granularity": "tensor", "optimizer": "sgd", "lr": lambda: 0.03, "epochs": 3,
-          "batch_size": 64}
-"""}, "test_design", "must be float or int")
-CHEATS["design_is_not_a_dict"] = Cheat({"design": """
-class Design:
-    def __getitem__(self, key):
-        return {"method": "lsq", "granularity": "tensor", "optimizer": "sgd", "lr": 0.03, "epochs": 100,
-                "batch_size": 16}[key]
-
-
-design = Design()
-"""}, "test_design", "must be a dict")
 
 class TestLab07Grading(LabGradingTests, DesignTargetTests):
     LAB, POINTS, N_STUBS, WRITTEN = LAB, POINTS, 10, WRITTEN

@@ -4,7 +4,7 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong
+from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong, design_cheats
 
 LAB = "lab08_binary_mixed"
 POINTS = {"test_binarize": 4, "test_ternarize": 6, "test_ternary_conv2_bits": 2, "test_what_the_scale_minimizes": 2,
@@ -175,27 +175,8 @@ binary = importlib.import_module("ql" + "ib.binary")
 def binarize(w, granularity="channel"):
     return binary.binarize(w, granularity)
 """}, "test_binarize", "reference answer"),
-    "allocation_smuggles_code": Cheat({"allocation": """
-class Bits(int):
-    def __eq__(self, other):
-        return True
-
-    __hash__ = int.__hash__
-
-
-allocation = {"conv1": Bits(8), "conv2": Bits(8), "fc1": Bits(8), "fc2": lambda: 8}
-"""}, "test_allocation", "must be one of 1, 2, 3, 4, 6, 8"),
-    "allocation_is_not_a_dict": Cheat({"allocation": """
-class Allocation:
-    def __getitem__(self, key):
-        return 8
-
-    def items(self):
-        return [("conv1", 8), ("conv2", 8), ("fc1", 8), ("fc2", 8)]
-
-
-allocation = Allocation()
-"""}, "test_allocation", "must be a dict"),
+    **design_cheats("allocation", "test_allocation", {"conv1": 4, "conv2": 2, "fc1": 1, "fc2": 2},
+                    "must be one of 1, 2, 3, 4, 6, 8", what="allocation"),
 }
 
 

@@ -4,7 +4,7 @@ This module holds the lab's data; the tests every lab gets (tests/lab_grading.py
 """
 from __future__ import annotations
 
-from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong
+from tests.lab_grading import Cheat, Choice, DesignTargetTests, LabGradingTests, Partial, Target, Wrong, design_cheats
 
 LAB = "lab09_capstone"
 POINTS = {"test_integer_model_bits": 4, "test_overhead_share": 2, "test_least_tolerant_layer": 2, "test_design": 6}
@@ -85,25 +85,9 @@ PARTIAL = {
 # --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
 CHEATS = {
-    "design_smuggles_code": Cheat({"design": """
-class Bits(int):
-    def __eq__(self, other):
-        return True
-
-    __hash__ = int.__hash__
-
-
-design = {"weight_bits": {"conv1": Bits(1), "conv2": Bits(1), "fc1": Bits(1), "fc2": lambda: 1},
-          "activation_bits": 8, "observer": "minmax"}
-"""}, "test_design", "must be one of"),
-    "design_is_not_a_dict": Cheat({"design": """
-class Design:
-    def __getitem__(self, key):
-        return {"weight_bits": 1, "activation_bits": 1, "observer": "minmax"}[key]
-
-
-design = Design()
-"""}, "test_design", "must be a dict"),
+    **design_cheats("design", "test_design", {"weight_bits": {"conv1": 4, "conv2": 3, "fc1": 2, "fc2": 4},
+                                              "activation_bits": 8, "observer": "moving_average"},
+                    "must be one of 'minmax', 'moving_average'"),
     "calls_qlib_via_importlib": Cheat({"integer_model_bits": """
 import importlib
 
