@@ -240,12 +240,11 @@ def test_a_design_is_measured_refused_over_its_limit_and_graded_in_tiers(capsys)
             raise ValueError("bits must be positive")
         return {"acc": design["acc"], "bits": design["bits"]}
 
-    def over_limit(measured):
-        return f"{measured['bits']} bits per weight, over the budget of 4." if measured["bits"] > 4 else None
+    budget = answers.Limit("bits", 4, lambda m: f"{m['bits']} bits per weight, over the budget of 4.")
 
     def grade(design, **options):
         return answers.measured_design("D", design, measure, TIERS, lambda m: f"{m['bits']} bits, {m['acc']:.0%}",
-                                       over_limit=over_limit, **options)
+                                       limit=budget, **options)
 
     assert grade({"acc": 0.95, "bits": 4}) is None
     assert "D: 4 bits, 95%" in capsys.readouterr().out

@@ -266,23 +266,30 @@ def tiered(task: str, measured: Mapping, tiers: Sequence[Tier], report: str = ""
 
 # --- a design task -----------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Limit:
+    """A design task's cap or budget: ``measured[key]`` at most ``most``; ``over(measured)`` tells a design over it."""
+
+    key: str
+    most: float
+    over: Callable[[dict], str]
+
+
 def measured_design(task: str, design: dict, measure: Callable[[dict], dict], tiers: Sequence[Tier],
-                    report: Callable[[dict], str], over_limit: Callable[[dict], str | None] = lambda measured: None,
+                    report: Callable[[dict], str], limit: Limit | None = None,
                     refused: str = "{error}.") -> Credit | None:
     """Grade a checked design (:func:`config_of`) the way every design task is graded: the grader measures it.
 
     ``measure(design)`` rebuilds and measures the design with qlib's references (wrap it in
     :func:`measured_once`); a ``ValueError`` from qlib, a design it cannot build, fails the task with
-    ``refused`` (``{error}`` stands for qlib's message). ``over_limit(measured)`` says how the design
-    breaks the task's cap or budget (None: within it), and fails the task with that. Otherwise the
-    design earns the credit of the highest of ``tiers`` it reaches (:func:`tiered`), with
-    ``report(measured)``: what was measured.
+    ``refused`` (``{error}`` stands for qlib's message). A design over the task's ``limit`` fails with
+    what ``limit.over`` says. Otherwise the design earns the credit of the highest of ``tiers`` it
+    reaches (:func:`tiered`), with ``report(measured)``: what was measured.
     """
     try:
         measured = measure(design)
     except ValueError as error:
         fail(f"{task}: " + refused.format(error=error))
-    problem = over_limit(measured)
-    if problem:
-        fail(f"{task}: {problem}")
+    if limit is not None and measured[limit.key] > limit.most:
+        fail(f"{task}: {limit.over(measured)}")
     return tiered(task, measured, tiers, report=report(measured))

@@ -19,7 +19,8 @@ import torch
 from qlib import huffman as ref_huffman
 from qlib import kmeans as ref_kmeans
 from qlib import storage as ref_storage
-from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_design, measured_once
+from qlib.grading.answers import (Field, Limit, Tier, check_choice, check_number,
+                                  config_of, measured_design, measured_once)
 from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import as_array, as_integers, as_pair, fail, fmt, time_limit  # noqa: F401
 
@@ -329,6 +330,10 @@ def check_what_retraining_changes(answer):
 
 #: The cap of Task 7, in bytes (1 kB = 1000 bytes), for every stored bit of the model.
 DESIGN_CAP_BYTES = 5000
+#: Task 7's cap, and what a design over it is told.
+DESIGN_CAP = Limit("bytes", DESIGN_CAP_BYTES, lambda m: (
+    f"this design takes {m['bytes']:,.0f} bytes, over the cap of {DESIGN_CAP_BYTES:,} bytes. "
+    "Task 6 tells you what each part of a layer costs: find the layer whose bits dominate."))
 DESIGN_LAYERS = ("conv1", "conv2", "fc1", "fc2")
 #: Task 7's configuration: one entry per layer, each a dict with these keys.
 DESIGN_FIELDS = {name: Field(dict) for name in DESIGN_LAYERS}
@@ -414,16 +419,7 @@ def design_measures(design) -> dict:
 def check_design(design):
     """Task 7: the grader prunes, clusters and counts the student's design itself, then grades it in tiers."""
     task = "Task 7"
-    return measured_design(task, design_of(design, task), design_measures, DESIGN_TIERS, report=_design_report,
-                           over_limit=_over_the_cap)
+    return measured_design(task, design_of(design, task), design_measures, DESIGN_TIERS,
+                           report=lambda m: f"{m['bytes']:,.0f} bytes, test accuracy {m['accuracy']:.2%}",
+                           limit=DESIGN_CAP)
 
-
-def _design_report(measured: dict) -> str:
-    return f"{measured['bytes']:,.0f} bytes, test accuracy {measured['accuracy']:.2%}"
-
-
-def _over_the_cap(measured: dict) -> str | None:
-    if measured["bytes"] <= DESIGN_CAP_BYTES:
-        return None
-    return (f"this design takes {measured['bytes']:,.0f} bytes, over the cap of {DESIGN_CAP_BYTES:,} bytes. "
-            f"Task 6 tells you what each part of a layer costs: find the layer whose bits dominate.")

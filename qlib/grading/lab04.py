@@ -21,7 +21,8 @@ import torch
 
 from qlib import granularity as ref
 from qlib import scale_storage as ref_storage
-from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_design, measured_once
+from qlib.grading.answers import (Field, Limit, Tier, check_choice, check_number,
+                                  config_of, measured_design, measured_once)
 from qlib.grading.checks_common import HIDDEN, near_tie_but_not_exact, passed, task_runner
 from qlib.grading.harness import (
     as_array,
@@ -458,16 +459,9 @@ def check_design(design):
     design = config_of(task, design, DESIGN_FIELDS, what="design")
     if design["granularity"] == "mx" and design["scale_bits"] is not None:
         fail(f"{task}: MX scales are always 8-bit powers of two (E8M0): set scale_bits to None.")
-    return measured_design(task, design, design_measures, DESIGN_TIERS, report=_design_report,
-                           over_limit=_over_the_budget)
-
-
-def _design_report(measured: dict) -> str:
-    return f"{measured['bits_per_weight']:g} bits per weight, mean row error {measured['error']:.4f}"
-
-
-def _over_the_budget(measured: dict) -> str | None:
-    if measured["bits_per_weight"] <= DESIGN_BUDGET:
-        return None
-    return (f"this design costs {measured['bits_per_weight']:g} bits per weight, over the budget of "
-            f"{DESIGN_BUDGET:g}. Task 4 tells you what its scales cost.")
+    return measured_design(task, design, design_measures, DESIGN_TIERS,
+                           report=lambda m: f"{m['bits_per_weight']:g} bits per weight, mean row error "
+                                            f"{m['error']:.4f}",
+                           limit=Limit("bits_per_weight", DESIGN_BUDGET, lambda m: (
+                               f"this design costs {m['bits_per_weight']:g} bits per weight, over the budget of "
+                               f"{DESIGN_BUDGET:g}. Task 4 tells you what its scales cost.")))

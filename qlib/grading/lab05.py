@@ -591,5 +591,6 @@ def check_design(design):
 
 
 def _design_report(measured: dict) -> str:
+    """The input threshold each calibrator chose, and the test accuracy."""
     thresholds = ", ".join(f"{name} {t:.3g}" for name, t in measured["thresholds"].items())
     return f"input thresholds {thresholds}; W4A4 test accuracy {100 * measured['accuracy']:.1f}%"

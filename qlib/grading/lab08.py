@@ -27,7 +27,8 @@ import torch
 from qlib import binary as ref_binary
 from qlib import mixed_precision as ref_mixed
 from qlib import ternary as ref_ternary
-from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_design, measured_once
+from qlib.grading.answers import (Field, Limit, Tier, check_choice, check_number,
+                                  config_of, measured_design, measured_once)
 from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import as_array, as_integers, check_shape, fail, fmt, time_limit  # noqa: F401
 
@@ -439,17 +440,13 @@ def check_allocation(allocation):
     """Task 4: the grader quantizes the CNN at the student's bit widths itself, checks the size, grades in tiers."""
     task = "Task 4"
     allocation = config_of(task, allocation, DESIGN_FIELDS, what="allocation")
-    return measured_design(task, allocation, design_measures, DESIGN_TIERS, report=_allocation_report,
-                           over_limit=_over_the_budget)
+    return measured_design(task, allocation, design_measures, DESIGN_TIERS,
+                           report=lambda m: f"{m['size']:,} bits of weights and scales, test accuracy "
+                                            f"{100 * m['accuracy']:.1f}%",
+                           limit=Limit("size", BUDGET_BITS, _over_the_budget))
 
 
-def _allocation_report(measured: dict) -> str:
-    return f"{measured['size']:,} bits of weights and scales, test accuracy {100 * measured['accuracy']:.1f}%"
-
-
-def _over_the_budget(measured: dict) -> str | None:
-    if measured["size"] <= BUDGET_BITS:
-        return None
+def _over_the_budget(measured: dict) -> str:
     also = (" Without the scales it would fit: every layer also stores one float32 scale per output channel."
             if measured["weights"] <= BUDGET_BITS else "")
     return (f"this allocation takes {measured['size']:,} bits for the weights and their scales, over the "

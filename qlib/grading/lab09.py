@@ -231,8 +231,5 @@ def design_measures(design) -> dict:
 def check_design(design):
     """Task 2: the grader converts, counts and measures the student's design itself, then grades it in tiers."""
     task = "Task 2"
-    return measured_design(task, design_of(design, task), design_measures, DESIGN_TIERS, report=_design_report)
-
-
-def _design_report(measured: dict) -> str:
-    return f"{measured['bytes']:,.0f} bytes, test accuracy {measured['accuracy']:.2%}"
+    return measured_design(task, design_of(design, task), design_measures, DESIGN_TIERS,
+                           report=lambda m: f"{m['bytes']:,.0f} bytes, test accuracy {m['accuracy']:.2%}")
