@@ -11,9 +11,9 @@ POINTS = {"test_integer_model_bits": 4, "test_overhead_share": 2, "test_least_to
 WRITTEN = {"capstone_report": 4}
 
 
-def _design(conv1, conv2, fc1, fc2, activation_bits=8, observer="minmax"):
+def _design(conv1, conv2, fc1, fc2, activation_bits=8, observer="minmax", qat_epochs=0):
     return (f'design = {{"weight_bits": {{"conv1": {conv1}, "conv2": {conv2}, "fc1": {fc1}, "fc2": {fc2}}}, '
-            f'"activation_bits": {activation_bits}, "observer": "{observer}"}}\n')
+            f'"activation_bits": {activation_bits}, "observer": "{observer}", "qat_epochs": {qat_epochs}}}\n')
 
 
 # --- plausible wrong answers: each must lose its own question, and only that one ---------------------
@@ -49,9 +49,11 @@ def integer_model_bits(layers, activation_bits=8):
     "design_every_layer_at_2_bits": Wrong("design", "test_design", "target is not reached", _design(2, 2, 2, 2)),
     "design_layer_missing": Wrong("design", "test_design", "misses 'fc2'",
                                   'design = {"weight_bits": {"conv1": 4, "conv2": 3, "fc1": 2}, '
-                                  '"activation_bits": 8, "observer": "minmax"}\n'),
+                                  '"activation_bits": 8, "observer": "minmax", "qat_epochs": 0}\n'),
     "design_one_bit": Wrong("design", "test_design", "must be one of",
                             _design(4, 3, 1, 4)),
+    "design_qat_too_long": Wrong("design", "test_design", "must be one of 0, 1, 2, 3",
+                                 _design(3, 2, 2, 3, qat_epochs=10)),
     "hard_coded_visible_cases": Wrong("integer_model_bits", "test_integer_model_bits", "A hidden check failed", '''
 def integer_model_bits(layers, activation_bits=8):
     known = {(1, 8): 3360, (4, 8): 85208, (4, 6): 91374}
@@ -72,7 +74,7 @@ def integer_model_bits(layers, activation_bits=8):
 ''',
     "overhead_share": "import numpy\noverhead_share = numpy.float32(0.1031)\n",
     "least_tolerant_layer": "least_tolerant_layer = ' (D) '\n",
-    "design": _design(4, 4, 2, 4, 6, "moving_average"),  # 11,998 bytes, 98.61%
+    "design": _design(3, 2, 2, 3, 8, "moving_average", qat_epochs=2),  # with QAT: 10,749 bytes, 98.89%
 }
 
 # --- designs that fall short of the target: the tier they reach ---------------------------------------
@@ -80,14 +82,16 @@ def integer_model_bits(layers, activation_bits=8):
 PARTIAL = {
     "fc1_at_3_bits": Partial({"design": _design(4, 3, 3, 4)}, "test_design", 4.5),  # 15,519 bytes, 99.72%
     "every_layer_at_4_bits": Partial({"design": _design(4, 4, 4, 4)}, "test_design", 3),  # 20,191 bytes, 99.44%
+    # the design that QAT takes to full marks (see OTHER_SPELLINGS), without QAT: 10,749 bytes, 96.11%
+    "small_design_without_qat": Partial({"design": _design(3, 2, 2, 3, 8, "moving_average")}, "test_design", 4.5),
 }
 
 # --- the lab's own attacks (every lab also gets the standard ones: tests/lab_grading.py) -------------
 
 CHEATS = {
     **design_cheats("design", "test_design", {"weight_bits": {"conv1": 4, "conv2": 3, "fc1": 2, "fc2": 4},
-                                              "activation_bits": 8, "observer": "moving_average"},
-                    "must be one of 'minmax', 'moving_average'"),
+                                              "activation_bits": 8, "observer": "moving_average", "qat_epochs": 0},
+                    "must be one of 0, 1, 2, 3"),
     "calls_qlib_via_importlib": Cheat({"integer_model_bits": """
 import importlib
 
