@@ -22,10 +22,16 @@ def pytest_configure(config):
                                        "(the oracle of the test)")
 
 
+def _grades_a_lab(item) -> bool:
+    return item.cls is not None and issubclass(item.cls, LabGradingTests)
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("silence_ao"):
             item.add_marker(pytest.mark.filterwarnings(*AO_DEPRECATIONS))
+    # the lab grading classes last: the session's other tests run while the labs are graded in the background
+    items[:] = [item for item in items if not _grades_a_lab(item)] + [item for item in items if _grades_a_lab(item)]
 
 
 @pytest.fixture(scope="session")
@@ -38,26 +44,26 @@ def ao():
         return torch.ao.quantization
 
 
-#: Tests that look at every sandbox process of the machine: no lab may be graded beside them.
-SEE_EVERY_SANDBOX = ("tests/test_sealed_grading.py::",)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def grading_runs(request, tmp_path_factory):
     """The grading runs of the session's lab grading classes, started in the background with its first test.
 
-    They take minutes of two cores; the tests that come first (the site build, say) mostly keep one
-    core busy, so the runs go on beside them, one lab after the other, and each lab grading class
-    waits for its own. When a test that looks at every sandbox process would run before the last lab
-    class (an order given on the command line), each class grades its lab when it needs it instead.
+    They take minutes of two cores; the session's other tests (collected first, see
+    ``pytest_collection_modifyitems``) run beside them, one lab graded after the other, and each lab
+    grading class waits for its own. A test that looks at every sandbox process pauses them
+    (``no_lab_grading``).
     """
-    items = request.session.items
-    labs = [i for i, item in enumerate(items) if item.cls is not None and issubclass(item.cls, LabGradingTests)]
-    classes = list(dict.fromkeys(items[i].cls for i in labs))
-    background = not any(item.nodeid.startswith(SEE_EVERY_SANDBOX) for item in items[:labs[-1]]) if labs else False
-    runs = GradingRuns(classes, tmp_path_factory, background)
+    classes = list(dict.fromkeys(item.cls for item in request.session.items if _grades_a_lab(item)))
+    runs = GradingRuns(classes, tmp_path_factory)
     yield runs
     runs.close()
+
+
+@pytest.fixture
+def no_lab_grading(grading_runs):
+    """No lab is graded during the test (it waits for the lab being graded to finish)."""
+    with grading_runs.paused():
+        yield
 
 
 @pytest.fixture(scope="class")

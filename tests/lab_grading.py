@@ -32,15 +32,18 @@ name (:class:`Graded`).
 
 A mistake, a design short of its target and an answer that names every choice are ordinary answers:
 each can cost its own question only. So several of them, in different cells and for different
-questions, share one submission (:func:`share_submissions`), and each is still checked on its own: its
+questions, share one submission (:func:`share_submissions`; a mistake declared ``alone`` does not),
+and each is still checked on its own: its
 question earns what it should, and every question no answer of its submission touches earns full
 marks. The attacks on the grader itself (the standard cheats and each lab's own) are graded alone.
 """
 from __future__ import annotations
 
 import ast
+import contextlib
 import html as htmllib
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +57,17 @@ STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 
 
 class Wrong(NamedTuple):
-    """A plausible mistake: ``source`` in solution cell ``cell`` costs ``question`` only; its message says ``says``."""
+    """A plausible mistake: ``source`` in solution cell ``cell`` costs ``question`` only; its message says ``says``.
+
+    ``alone``: grade it in a submission of its own, for a mistake whose message depends on what
+    another answer computes (it reads a value that the lab's experiment learns with the student's code).
+    """
 
     cell: str
     question: str
     says: str
     source: str
+    alone: bool = False
 
 
 class Cheat(NamedTuple):
@@ -192,10 +200,13 @@ class Graded:
         return course.cell_output(self.course, self.lab, self.submission.get(name, name), grade_id)
 
     def feedback(self, name: str) -> str:
-        """The feedback page of submission ``name`` (``nbgrader generate_feedback``), as HTML."""
+        """The feedback page of submission ``name`` (``nbgrader generate_feedback``, made once), as HTML."""
         student = self.submission.get(name, name)
-        course.nbgrader("generate_feedback", self.lab, "--student", student, "--force", cwd=self.course)
-        return next((self.course / "feedback" / student / self.lab).glob("*.html")).read_text()
+        pages = list((self.course / "feedback" / student / self.lab).glob("*.html"))
+        if not pages:
+            course.nbgrader("generate_feedback", self.lab, "--student", student, "--force", cwd=self.course)
+            pages = list((self.course / "feedback" / student / self.lab).glob("*.html"))
+        return pages[0].read_text()
 
 
 def page_text(html: str) -> str:
@@ -227,32 +238,38 @@ def cheats_of(cls, released: nbformat.NotebookNode, answers: dict[str, str]) -> 
 
 
 class Answer(NamedTuple):
-    """An ordinary answer (a mistake, a design short of its target, a choice): ``question`` earns ``points``."""
+    """An ordinary answer (a mistake, a design short of its target, a choice): ``question`` earns ``points``.
+
+    ``alone``: it shares its submission with no other answer.
+    """
 
     cells: dict[str, str]
     question: str
     points: float
+    alone: bool = False
 
 
 def answers_of(cls, cheats: dict[str, Cheat]) -> dict[str, Answer]:
     """The lab's mistakes, its designs short of their targets and the choice cheats, as answers."""
-    answers = {name: Answer({wrong.cell: wrong.source}, wrong.question, 0) for name, wrong in cls.WRONG.items()}
+    answers = {name: Answer({wrong.cell: wrong.source}, wrong.question, 0, wrong.alone)
+               for name, wrong in cls.WRONG.items()}
     answers |= {name: Answer(partial.cells, partial.question, partial.points) for name, partial in cls.PARTIAL.items()}
     answers |= {name: Answer(cheats[name].cells, cheats[name].question, 0) for name in CHOICE_CHEATS if name in cheats}
     return answers
 
 
 def share_submissions(answers: dict[str, Answer]) -> dict[str, list[str]]:
-    """Submission name -> the answers it holds: no two of one submission share a cell or a question.
+    """Submission name -> the answers it holds: no two of one submission share a cell or a question,
+    and an answer ``alone`` shares with none.
 
     First fit, in the order of the answers' names, so the grouping is the same in every run.
     """
     groups: list[list[str]] = []
     for name in sorted(answers):
         mine = answers[name]
-        group = next((g for g in groups if all(
-            mine.question != answers[other].question and not set(mine.cells) & set(answers[other].cells)
-            for other in g)), None)
+        group = next((g for g in groups if not mine.alone and all(
+            not answers[other].alone and mine.question != answers[other].question
+            and not set(mine.cells) & set(answers[other].cells) for other in g)), None)
         if group is None:
             groups.append([name])
         else:
@@ -289,23 +306,59 @@ def grade_submissions(cls, folder: Path, workers: int = 2) -> Graded:
     return Graded(lab, tmp, released, scores, cheats, course.waiting_for_a_person(tmp, lab), answers, submission)
 
 
+#: Labs graded at the same time, each by the class command with two workers. One: the session's
+#: other tests keep the rest of two cores busy, and more at once would only slow every cell down.
+LABS_AT_ONCE = 1
+
+
 class GradingRuns:
     """The grading runs of the lab classes of a session: one class command run per lab, two workers each.
 
-    In the background (the default) the runs start at once and go on one after the other beside the
-    session's other tests (most of which keep one core busy); each lab class waits for its own.
-    Otherwise a lab is graded when its class first asks for the result.
+    The runs start at once, in the background, :data:`LABS_AT_ONCE` at a time beside the session's
+    other tests; each lab class waits for its own (a class not given here is graded when it asks).
+    A test that must see no grading at all (one that looks at every sandbox process of the machine)
+    holds :meth:`paused`.
     """
 
-    def __init__(self, classes: list, tmp_path_factory, background: bool = True):
+    def __init__(self, classes: list, tmp_path_factory):
+        self._tmp = tmp_path_factory
         self._folders = {cls: tmp_path_factory.mktemp("course") for cls in classes}
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lab-grading")
+        self._pool = ThreadPoolExecutor(LABS_AT_ONCE, thread_name_prefix="lab-grading")
+        self._state = threading.Condition()  # guards the two below
+        self._grading, self._paused = 0, False  # labs being graded; whether a test holds them back
         self._runs: dict = {}
-        for cls in classes if background else ():
+        for cls in classes:
             self._start(cls)
 
+    def _grade(self, cls) -> Graded:
+        with self._state:
+            self._state.wait_for(lambda: not self._paused)
+            self._grading += 1
+        try:
+            graded = grade_submissions(cls, self._folders[cls])
+            graded.feedback(cls.HIDDEN_ONLY)  # nbgrader's feedback page takes seconds: make it here too
+            return graded
+        finally:
+            with self._state:
+                self._grading -= 1
+                self._state.notify_all()
+
     def _start(self, cls) -> None:
-        self._runs[cls] = self._pool.submit(grade_submissions, cls, self._folders[cls])
+        self._folders.setdefault(cls, self._tmp.mktemp("course"))
+        self._runs[cls] = self._pool.submit(self._grade, cls)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """No lab is graded inside: waits for the labs being graded, and holds the next ones back."""
+        with self._state:
+            self._paused = True
+            self._state.wait_for(lambda: self._grading == 0)
+        try:
+            yield
+        finally:
+            with self._state:
+                self._paused = False
+                self._state.notify_all()
 
     def result(self, cls) -> Graded:
         if cls not in self._runs:

@@ -130,7 +130,8 @@ zero_share_minmax = (torch.round(w_fc1 / w_fc1.abs().max()) == 0).double().mean(
     "zero_share_as_percent": Wrong("zero_share_initial", "test_zero_share_initial", "not a percentage",
                                    "zero_share_initial = 100 * (torch.round(w / init_step) == 0).double().mean().item()\n"),
     "zero_share_learned_step": Wrong("zero_share_initial", "test_zero_share_initial", "the step the experiment learned",
-                                     "zero_share_initial = (torch.round(w / step.detach()) == 0).double().mean().item()\n"),
+                                     "zero_share_initial = (torch.round(w / step.detach()) == 0).double().mean().item()\n",
+                                     alone=True),  # step: what the experiment learns with the student's LSQ
     "design_over_budget": Wrong("design", "test_design", "over the budget of 72", f"design = {DESIGN % 4}\n"),
     "design_diverges": Wrong("design", "test_design", "training diverged",
                              f"design = {DESIGN.replace('0.03', '1.0') % 3}\n"),

@@ -22,3 +22,10 @@ def test_no_two_answers_of_a_submission_share_a_cell_or_a_question():
 def test_the_grouping_is_first_fit_by_name():
     # a, c together; b cannot join (cell f, question test_f); d shares test_f with a and b; e shares cell g with c
     assert share_submissions(_answers()) == {"answers_1": ["a", "c"], "answers_2": ["b", "e"], "answers_3": ["d"]}
+
+
+def test_an_answer_alone_shares_with_none():
+    answers = {**_answers(), "f": Answer({"m": "x"}, "test_m", 0, alone=True), "g": Answer({"n": "y"}, "test_n", 0)}
+    shared = share_submissions(answers)
+    assert ["f"] in shared.values()
+    assert shared["answers_1"] == ["a", "c", "g"]
