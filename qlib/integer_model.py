@@ -206,23 +206,28 @@ class IntegerModel(nn.Module):
         if not isinstance(q_x, torch.Tensor) or q_x.is_floating_point() or q_x.dtype == torch.bool:
             raise TypeError("forward_integer takes an integer tensor (use quantize_input first)")
         q = q_x
+        own_kernels = self.kernels == Kernels()
         for i, step in enumerate(self.steps):
-            q = self._checked(step.run(q, self.kernels), q.dtype, step, i)
+            q = self._checked(step.run(q, self.kernels), q.dtype, step, i, own_kernels)
             if trace is not None:
                 trace[step.name] = q
         return q
 
-    def _checked(self, q, input_dtype: torch.dtype, step, index: int) -> torch.Tensor:
+    def _checked(self, q, input_dtype: torch.dtype, step, index: int, own_kernels: bool = False) -> torch.Tensor:
         """Check a step's output and store it in the activation's integer dtype.
 
         A layer's output goes to the dtype of its output range; pooling and reshaping keep
-        the values, and so the dtype, of their input.
+        the values, and so the dtype, of their input. The values are checked against that range
+        unless ``own_kernels`` (qlib's kernels, which clamp every output to it: tested), so a
+        kernel given by ``with_kernels`` that forgets to clamp is named, not wrapped around.
         """
         label = step.name
         if not isinstance(q, torch.Tensor):
             raise TypeError(f"step {index} ({label}) returned a {type(q).__name__}, not a tensor")
         if q.is_floating_point() or q.dtype == torch.bool or q.is_complex():
             raise TypeError(f"step {index} ({label}) returned dtype {q.dtype}: an integer-only model needs integers")
+        if own_kernels:
+            return q.to(step.output.dtype if isinstance(step, IntegerLayer) else input_dtype)
         if isinstance(step, IntegerLayer):
             p = step.output
             lo, hi = (int(v) for v in torch.aminmax(q))
