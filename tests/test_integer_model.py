@@ -370,3 +370,22 @@ def test_each_layer_can_have_its_own_weight_bits(data):
         convert(observed, {"conv1": 8})
     with pytest.raises(ValueError, match="between 2 and 16, got 1 for fc2"):
         convert(observed, {"conv1": 8, "conv2": 8, "fc1": 8, "fc2": 1})
+
+
+def test_a_kernel_that_forgets_to_clamp_is_named(integer_cnn, data):
+    _, test = data
+
+    def unclamped_conv(*args):
+        return integer_cnn.kernels.conv2d(*args) + 300  # beyond the uint8 output range [0, 255]
+
+    with pytest.raises(ValueError, match=r"step 0 \(conv1\) returned values in \[300, .*must be clamped"):
+        integer_cnn.with_kernels(conv2d=unclamped_conv)(test.images[:8])
+    # qlib's own kernels clamp (the model skips the check for them): passed through a wrapper, which
+    # the model checks, every step's output lies in its range and the predictions are the same
+    def wrapped(kernel):
+        return lambda *args: kernel(*args)
+
+    checked = integer_cnn.with_kernels(linear=wrapped(integer_cnn.kernels.linear),
+                                       conv2d=wrapped(integer_cnn.kernels.conv2d),
+                                       max_pool2d=wrapped(integer_cnn.kernels.max_pool2d))
+    assert torch.equal(checked.predict(test.images), integer_cnn.predict(test.images))
