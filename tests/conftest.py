@@ -26,12 +26,36 @@ def _grades_a_lab(item) -> bool:
     return item.cls is not None and issubclass(item.cls, LabGradingTests)
 
 
+def _reads_the_site(item) -> bool:
+    return item.module.__name__ == "tests.test_book"
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("silence_ao"):
             item.add_marker(pytest.mark.filterwarnings(*AO_DEPRECATIONS))
-    # the lab grading classes last: the session's other tests run while the labs are graded in the background
-    items[:] = [item for item in items if not _grades_a_lab(item)] + [item for item in items if _grades_a_lab(item)]
+    # the site's tests, then the lab grading classes, last: the session's other tests run while the site
+    # is built and the labs are graded in the background
+    site = [item for item in items if _reads_the_site(item)]
+    labs = [item for item in items if _grades_a_lab(item)]
+    items[:] = [item for item in items if not _reads_the_site(item) and not _grades_a_lab(item)] + site + labs
+
+
+@pytest.fixture(scope="session", autouse=True)
+def book_build(request, tmp_path_factory):
+    """The site's build, started with the session's first test when the session reads the site:
+    (process, log) or None (no site test, or a site built beforehand: see tests/test_book.py)."""
+    if not any(_reads_the_site(item) for item in request.session.items):
+        yield None
+        return
+    from tests.test_book import start_build
+
+    log = tmp_path_factory.mktemp("site") / "jupyter-book.log"
+    process = start_build(log)
+    yield None if process is None else (process, log)
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """The course site builds offline with warnings as errors, and shows what it promises.
 
-The site is built once, in the repository (`jupyter-book build -W`); with BOOK_BUILT_ROOT=DIR the
-tests read DIR/_build/html instead, a copy of the repository built there beforehand.
+The site is built once, in the repository (`jupyter-book build -W`), started with the test session
+(tests/conftest.py); with BOOK_BUILT_ROOT=DIR the tests read DIR/_build/html instead, a copy of the
+repository built there beforehand.
 """
 from __future__ import annotations
 
@@ -30,16 +31,30 @@ HTML = BUILT / "_build" / "html"
 LABS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir())
 
 
-@pytest.fixture(scope="module")
-def site():
-    """Build the site once (cached execution: only changed chapters re-run)."""
+def start_build(log: Path) -> subprocess.Popen | None:
+    """Start building the site in the repository (cached execution: only changed chapters re-run), its
+    output going to ``log``; ``None`` when BOOK_BUILT_ROOT names a site built beforehand.
+
+    tests/conftest.py starts it with the session, so that the build runs beside the session's other
+    tests; the ``site`` fixture waits for it.
+    """
     if BUILT != ROOT:
+        return None
+    jb = Path(sys.executable).parent / "jupyter-book"
+    with open(log, "w") as out:
+        return subprocess.Popen([str(jb), "build", "-W", "--keep-going", str(ROOT)], cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def site(book_build):
+    """The built site, once its build (started with the session, see tests/conftest.py) has ended."""
+    if book_build is None:
         assert (HTML / "book" / "intro.html").exists(), f"BOOK_BUILT_ROOT={BUILT} holds no built site"
         return HTML
-    jb = Path(sys.executable).parent / "jupyter-book"
-    proc = subprocess.run([str(jb), "build", "-W", "--keep-going", str(ROOT)], cwd=ROOT,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, f"jupyter-book build failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    process, log = book_build
+    returncode = process.wait()
+    assert returncode == 0, f"jupyter-book build failed:\n{log.read_text()[-9000:]}"
     return HTML
 
 
