@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +28,8 @@ from qlib.models import (
     rescale_depthwise_channels,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import load_script
+
 #: The depthwise CNN's (convolution, batch norm) pairs, read off its definition by hand.
 DEPTHWISE_PAIRS = [("conv1", "bn1"), ("dw1", "bn2"), ("pw1", "bn3"), ("dw2", "bn4"), ("pw2", "bn5")]
 #: sha256 of the shipped state (names and float32 bytes, in state-dict order), recorded once from
@@ -194,10 +193,7 @@ def test_rescaling_refuses_bad_input(model):
 # --- the training script ----------------------------------------------------------------------
 
 def _training_script():
-    spec = importlib.util.spec_from_file_location("train_depthwise", ROOT / "scripts" / "train_depthwise.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_depthwise")
 
 
 def test_training_is_deterministic():

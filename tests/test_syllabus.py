@@ -3,12 +3,13 @@ time as scripts/lab_effort.py estimates it; the points follow the time."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import re
 import statistics
 from pathlib import Path
 
 import nbformat
+
+from tests import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^\| (\d+) \|.*\[`(lab\d\d_\w+)`\].*\| (\d+)(?: \((\d+) by hand\))? \| about [\d.]+ h \|$")
@@ -35,10 +36,7 @@ def test_every_lab_is_in_the_syllabus_with_its_points():
 
 
 def _lab_effort():
-    spec = importlib.util.spec_from_file_location("lab_effort", ROOT / "scripts" / "lab_effort.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("lab_effort")
 
 
 def test_every_lab_states_its_expected_time():
