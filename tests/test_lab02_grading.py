@@ -8,14 +8,13 @@ from tests.lab_grading import Choice, DesignTargetTests, LabGradingTests, Partia
 
 LAB = "lab02_kmeans_huffman"
 POINTS = {"test_kmeans_quantize": 5, "test_codebook_gradient": 2, "test_huffman_code_lengths": 4,
-          "test_canonical_code": 2, "test_huffman_coding": 4, "test_layer_storage_bits": 3,
-          "test_index_bits_for_gap": 2, "test_why_huffman_helps": 2, "test_design": 5,
-          "test_what_retraining_changes": 2}
+          "test_huffman_coding": 4, "test_layer_storage_bits": 3, "test_index_bits_for_gap": 2,
+          "test_why_huffman_helps": 2, "test_design": 5, "test_what_retraining_changes": 2}
 WRITTEN = {"design_reasoning": 3}
 
 
 def design(conv1, conv2, fc1, fc2):
-    """The source of an answer to Task 7: (sparsity, bits, index_bits) per layer."""
+    """The source of an answer to Task 6: (sparsity, bits, index_bits) per layer."""
     layers = {"conv1": conv1, "conv2": conv2, "fc1": fc1, "fc2": fc2}
     return "design = " + repr({name: {"sparsity": s, "bits": b, "index_bits": i}
                                 for name, (s, b, i) in layers.items()}) + "\n"
@@ -46,17 +45,6 @@ def huffman_code_lengths(counts):
     used = np.asarray(counts) > 0
     return np.where(used, max(1, math.ceil(math.log2(used.sum()))), 0)
 '''),
-    "canonical_without_shift": Wrong("canonical_code", "test_canonical_code",
-                                     "shifted left by the increase in length", '''
-def canonical_code(lengths):
-    codes = [0] * len(lengths)
-    code = 0
-    for s in sorted(range(len(lengths)), key=lambda s: (lengths[s], s)):
-        if lengths[s]:
-            codes[s] = code
-            code += 1
-    return np.array(codes)
-'''),
     "bits_packed_lsb_first": Wrong("huffman_coding", "test_huffman_coding", "first bit in the byte's top bit", '''
 def huffman_encode(symbols, lengths):
     codes = canonical_code(lengths)
@@ -64,18 +52,6 @@ def huffman_encode(symbols, lengths):
     for s in np.asarray(symbols).reshape(-1):
         bits.extend((int(codes[s]) >> (int(lengths[s]) - 1 - i)) & 1 for i in range(int(lengths[s])))
     return np.packbits(np.array(bits, dtype=np.uint8), bitorder="little"), len(bits)
-
-
-def huffman_decode(packed, n_bits, lengths, n_symbols):
-    codes = canonical_code(lengths)
-    table = {(int(lengths[s]), int(codes[s])): s for s in range(len(lengths)) if lengths[s] > 0}
-    out, code, length = [], 0, 0
-    for bit in np.unpackbits(np.asarray(packed, dtype=np.uint8), bitorder="little")[:n_bits]:
-        code, length = (code << 1) | int(bit), length + 1
-        if (length, code) in table:
-            out.append(table[(length, code)])
-            code, length = 0, 0
-    return np.array(out[:n_symbols])
 '''),
     "no_fillers": Wrong("layer_storage_bits", "test_layer_storage_bits", "filler", '''
 def layer_storage_bits(n_weights, bits, n_clusters=None, mask=None, index_bits=None):
@@ -118,7 +94,7 @@ def kmeans_quantize(x, centroids, max_iter=100):
 }
 
 # Correct, written differently: numpy K-means, a sorted-list Huffman with another tie-break,
-# a bit-string encoder and a prefix-matching decoder.
+# a bit-string encoder.
 DIFFERENT = {
     "kmeans_quantize": '''
 def kmeans_quantize(x, centroids, max_iter=100):
@@ -154,23 +130,11 @@ def huffman_encode(symbols, lengths):
     text = "".join(format(int(codes[s]), f"0{int(lengths[s])}b") for s in np.asarray(symbols).reshape(-1))
     padded = text + "0" * (-len(text) % 8)
     return np.array([int(padded[i:i + 8], 2) for i in range(0, len(padded), 8)], dtype=np.uint8), len(text)
-
-
-def huffman_decode(packed, n_bits, lengths, n_symbols):
-    codes = canonical_code(lengths)
-    words = {format(int(codes[s]), f"0{int(lengths[s])}b"): s for s in range(len(lengths)) if lengths[s]}
-    text = "".join(format(int(b), "08b") for b in packed)[:n_bits]
-    out, start = [], 0
-    for end in range(1, len(text) + 1):
-        if text[start:end] in words:
-            out.append(words[text[start:end]])
-            start = end
-    return np.array(out[:n_symbols])
 ''',
 }
 
 
-# The answers to the questions and Task 7 written otherwise: other types, another design as good.
+# The answers to the questions and Task 6 written otherwise: other types, another design as good.
 OTHER_SPELLINGS = {
     "index_bits_for_gap": "import numpy\nindex_bits_for_gap = numpy.float64(6.0)\n",
     "why_huffman_helps": 'why_huffman_helps = " (B) "\n',
@@ -203,7 +167,7 @@ CHEATS = design_cheats("design", "test_design", {"conv1": {"sparsity": 0.0, "bit
 
 
 class TestLab02Grading(LabGradingTests, DesignTargetTests):
-    LAB, POINTS, N_STUBS, WRITTEN = LAB, POINTS, 11, WRITTEN
+    LAB, POINTS, N_STUBS, WRITTEN = LAB, POINTS, 9, WRITTEN
     WRONG, DIFFERENT, HIDDEN_ONLY = WRONG, {**DIFFERENT, **OTHER_SPELLINGS}, "ignores_max_iter"
     CHOICE = Choice("why_huffman_helps", "test_why_huffman_helps", "why_huffman_helps")
     PARTIAL = PARTIAL

@@ -6,8 +6,8 @@ the input. Where several answers are equally right (Huffman codes with tied
 counts), the checks test the property that defines a right answer (optimal
 total length, Kraft sum), not one particular tie-break.
 
-The questions (a number, two letters) and Task 7 (a design under a storage cap) are graded with
-:mod:`qlib.grading.answers`. Task 7's design is rebuilt here with qlib's references (magnitude
+The questions (a number, two letters) and Task 6 (a design under a storage cap) are graded with
+:mod:`qlib.grading.answers`. Task 6's design is rebuilt here with qlib's references (magnitude
 pruning, K-means on the kept weights, the storage count), without retraining, and its test accuracy
 earns points in tiers.
 """
@@ -25,12 +25,10 @@ from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import as_array, as_integers, as_pair, fail, fmt, time_limit  # noqa: F401
 
 REFERENCES = (
-    "kmeans_quantize", "codebook_gradient", "huffman_code_lengths", "canonical_code", "huffman_encode",
-    "huffman_decode", "layer_storage_bits", "relative_index_entries", "linear_init",
+    "kmeans_quantize", "codebook_gradient", "huffman_code_lengths", "huffman_encode",
+    "layer_storage_bits", "relative_index_entries", "linear_init",
 )
-EARLIER_TASKS = {"huffman_encode": ("canonical_code",), "huffman_decode": ("canonical_code",)}
-STAND_INS = {"canonical_code": ref_huffman.canonical_code}
-_run = task_runner(REFERENCES, EARLIER_TASKS, STAND_INS)
+_run = task_runner(REFERENCES)
 
 LECTURE_W = torch.tensor([[2.09, -0.98, 1.48, 0.09], [0.05, -0.14, -1.08, 2.12],
                           [-0.91, 1.92, 0.0, -1.03], [1.87, 0.0, 1.53, 1.49]])
@@ -168,26 +166,7 @@ def check_huffman_code_lengths(huffman_code_lengths, seed=None):
     passed(task, len(cases), hidden=seed is not None)
 
 
-# --- Task 4: canonical code ------------------------------------------------------------------------
-
-def check_canonical_code(canonical_code, seed=None):
-    """Task 4: canonical codewords from lengths."""
-    task = "canonical_code"
-    cases = [np.array([2, 1, 3, 3]), np.array([1, 2, 2])] if seed is None else [
-        ref_huffman.huffman_code_lengths(c) for c in _count_cases(seed)]
-    for lengths in cases:
-        expected = ref_huffman.canonical_code(lengths)
-        got = as_integers(_run(task, canonical_code, lengths.copy()), "codes", task).reshape(-1)
-        if got.shape != expected.shape or not np.array_equal(got[lengths > 0], expected[lengths > 0]):
-            hint = ("take symbols by (length, symbol); the first codeword is 0; each next one is the previous + 1, "
-                    "shifted left by the increase in length.")
-            if seed is None:
-                fail(f"{task}({lengths.tolist()}): expected {expected.tolist()}, got {got.tolist()}. Hint: {hint}")
-            fail(f"{HIDDEN} for {task}. Hint: {hint}")
-    passed(task, len(cases), hidden=seed is not None)
-
-
-# --- Task 5: encode and decode ---------------------------------------------------------------------
+# --- Task 4: encode (canonical_code and huffman_decode are given) -----------------------------------
 
 def _stream_cases(seed):
     if seed is None:
@@ -202,42 +181,32 @@ def _stream_cases(seed):
     return cases
 
 
-def check_huffman_coding(huffman_encode, huffman_decode, seed=None):
-    """Task 5: pack codewords MSB-first, and decode them back."""
-    for task, fn in (("huffman_encode", huffman_encode), ("huffman_decode", huffman_decode)):
-        cases = _stream_cases(seed)
-        for symbols, lengths in cases:
-            packed_ref, n_ref = ref_huffman.huffman_encode(symbols, lengths)
-            if task == "huffman_encode":
-                got = as_pair(_run(task, fn, symbols.copy(), lengths.copy()), task, task)
-                packed = as_integers(got[0], "packed", task).reshape(-1)
-                n_bits = int(as_integers(got[1], "n_bits", task).reshape(()))
-                ok = n_bits == n_ref and np.array_equal(packed, packed_ref)
-                if not ok:
-                    if n_bits != n_ref:
-                        hint = f"n_bits is the sum of the codeword lengths of the symbols ({n_ref} here)."
-                    elif len(packed) != len(packed_ref):
-                        hint = "pack into ceil(n_bits / 8) bytes, padding the last byte with zeros."
-                    else:
-                        hint = ("write each codeword's bits from its most significant bit, and pack them "
-                                "8 to a byte, first bit in the byte's top bit (np.packbits does this).")
-                    if seed is None:
-                        fail(f"{task}(symbols={symbols.tolist()}, lengths={lengths.tolist()}): expected "
-                             f"({packed_ref.tolist()}, {n_ref}), got ({packed.tolist()}, {n_bits}). Hint: {hint}")
-                    fail(f"{HIDDEN} for {task}. Hint: {hint}")
-            else:
-                got = as_integers(_run(task, fn, packed_ref.copy(), n_ref, lengths.copy(), len(symbols)),
-                                  "symbols", task).reshape(-1)
-                if not np.array_equal(got, symbols):
-                    hint = ("read bits one at a time until they match a codeword (a dict from (length, code) to "
-                            "symbol works), emit its symbol, and start again; stop after n_symbols symbols.")
-                    if seed is None:
-                        fail(f"{task}: expected {symbols.tolist()}, got {got.tolist()}. Hint: {hint}")
-                    fail(f"{HIDDEN} for {task}. Hint: {hint}")
-    passed("huffman_encode and huffman_decode", 2 * len(_stream_cases(seed)), hidden=seed is not None)
+def check_huffman_encode(huffman_encode, seed=None):
+    """Task 4: pack the canonical codewords MSB-first, 8 to a byte."""
+    task = "huffman_encode"
+    cases = _stream_cases(seed)
+    for symbols, lengths in cases:
+        packed_ref, n_ref = ref_huffman.huffman_encode(symbols, lengths)
+        got = as_pair(_run(task, huffman_encode, symbols.copy(), lengths.copy()), task, task)
+        packed = as_integers(got[0], "packed", task).reshape(-1)
+        n_bits = int(as_integers(got[1], "n_bits", task).reshape(()))
+        if n_bits == n_ref and np.array_equal(packed, packed_ref):
+            continue
+        if n_bits != n_ref:
+            hint = f"n_bits is the sum of the codeword lengths of the symbols ({n_ref} here)."
+        elif len(packed) != len(packed_ref):
+            hint = "pack into ceil(n_bits / 8) bytes, padding the last byte with zeros."
+        else:
+            hint = ("write each codeword's bits from its most significant bit, and pack them "
+                    "8 to a byte, first bit in the byte's top bit (np.packbits does this).")
+        if seed is None:
+            fail(f"{task}(symbols={symbols.tolist()}, lengths={lengths.tolist()}): expected "
+                 f"({packed_ref.tolist()}, {n_ref}), got ({packed.tolist()}, {n_bits}). Hint: {hint}")
+        fail(f"{HIDDEN} for {task}. Hint: {hint}")
+    passed(task, len(cases), hidden=seed is not None)
 
 
-# --- Task 6: bit accounting ---------------------------------------------------------------------
+# --- Task 5: bit accounting ---------------------------------------------------------------------
 
 def _storage_cases(seed):
     if seed is None:
@@ -259,7 +228,7 @@ def _storage_cases(seed):
 
 
 def check_layer_storage_bits(layer_storage_bits, seed=None):
-    """Task 6: every component of a compressed layer, in bits."""
+    """Task 5: every component of a compressed layer, in bits."""
     task = "layer_storage_bits"
     cases = _storage_cases(seed)
     for case in cases:
@@ -302,7 +271,7 @@ def check_index_bits_for_gap(answer):
         (gap, "The question asks for the width of the field in bits, not for the gap."),
         (gap - 1, "The question asks for the width of the field in bits, not for the gap."),
     ], hint="A kept weight stores its gap in the field; find the largest gap a b-bit field can store in the "
-            "course's convention (Task 6), then the smallest b for which that reaches 32.")
+            "course's convention (Task 5), then the smallest b for which that reaches 32.")
 
 
 def check_why_huffman_helps(answer):
@@ -326,16 +295,16 @@ def check_what_retraining_changes(answer):
     })
 
 
-# --- Task 7: prune and cluster the digits CNN under a storage cap ----------------------------------
+# --- Task 6: prune and cluster the digits CNN under a storage cap ----------------------------------
 
-#: The cap of Task 7, in bytes (1 kB = 1000 bytes), for every stored bit of the model.
+#: The cap of Task 6, in bytes (1 kB = 1000 bytes), for every stored bit of the model.
 DESIGN_CAP_BYTES = 5000
-#: Task 7's cap, and what a design over it is told.
+#: Task 6's cap, and what a design over it is told.
 DESIGN_CAP = Limit("bytes", DESIGN_CAP_BYTES, lambda m: (
     f"this design takes {m['bytes']:,.0f} bytes, over the cap of {DESIGN_CAP_BYTES:,} bytes. "
-    "Task 6 tells you what each part of a layer costs: find the layer whose bits dominate."))
+    "Task 5 tells you what each part of a layer costs: find the layer whose bits dominate."))
 DESIGN_LAYERS = ("conv1", "conv2", "fc1", "fc2")
-#: Task 7's configuration: one entry per layer, each a dict with these keys.
+#: Task 6's configuration: one entry per layer, each a dict with these keys.
 DESIGN_FIELDS = {name: Field(dict) for name in DESIGN_LAYERS}
 LAYER_FIELDS = {
     "sparsity": Field((int, float), low=0.0, high=0.99),
@@ -353,7 +322,7 @@ DESIGN_TIERS = [
 ]
 
 
-def design_of(design, task: str = "Task 7") -> dict:
+def design_of(design, task: str = "Task 6") -> dict:
     """``design`` checked key by key: ``{layer: {"sparsity", "bits", "index_bits"}}`` for the four layers."""
     design = config_of(task, design, DESIGN_FIELDS, what="design")
     plan = {}
@@ -417,8 +386,8 @@ def design_measures(design) -> dict:
 
 
 def check_design(design):
-    """Task 7: the grader prunes, clusters and counts the student's design itself, then grades it in tiers."""
-    task = "Task 7"
+    """Task 6: the grader prunes, clusters and counts the student's design itself, then grades it in tiers."""
+    task = "Task 6"
     return measured_design(task, design_of(design, task), design_measures, DESIGN_TIERS,
                            report=lambda m: f"{m['bytes']:,.0f} bytes, test accuracy {m['accuracy']:.2%}",
                            limit=DESIGN_CAP)
