@@ -20,12 +20,11 @@ from qlib.grading.checks_common import HIDDEN, passed, task_runner
 from qlib.grading.harness import as_integers, call_catching, fail, time_limit  # noqa: F401 (used by the lab)
 
 REFERENCES = (
-    "encode_integer", "decode_integer", "encode_fixed", "decode_fixed", "decode_float", "encode_float",
-    "decode_floats", "encode_floats", "round_to_format", "mx_quantize", "mx_dequantize", "mx_shared_exponent",
-    "mx_fake_quantize",
+    "encode_integer", "decode_integer", "encode_fixed", "decode_fixed", "encode_float", "encode_floats",
+    "round_to_format", "mx_quantize", "mx_dequantize", "mx_shared_exponent", "mx_fake_quantize",
 )
-EARLIER_TASKS = {"mx_quantize": ("encode_float", "decode_float")}
-STAND_INS = {"encode_float": ref_float.encode_float, "decode_float": ref_float.decode_float}
+EARLIER_TASKS = {"mx_quantize": ("encode_float",)}
+STAND_INS = {"encode_float": ref_float.encode_float}
 _run = task_runner(REFERENCES, EARLIER_TASKS, STAND_INS)
 
 
@@ -186,63 +185,9 @@ def check_fixed_point(encode_fixed, decode_fixed, seed=None):
     passed("fixed point", len(cases) + 5, hidden=seed is not None)
 
 
-# --- Tasks 4 and 5: floating point -------------------------------------------------------------
+# --- Task 4: floating point -------------------------------------------------------------------
 
 SMALL_FORMATS = ("fp8_e4m3", "fp8_e5m2", "fp6_e2m3", "fp6_e3m2", "fp4_e2m1")
-
-
-def _same_float(a: float, b: float) -> bool:
-    """Equal as floats, NaN equal to NaN, and the sign of zero respected."""
-    if math.isnan(a) or math.isnan(b):
-        return math.isnan(a) and math.isnan(b)
-    return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
-
-
-def _kind_of_code(code: int, fmt) -> str:
-    sign, e, m = ref_float.float_fields(code, fmt)
-    value = ref_float.decode_float(code, fmt)
-    if math.isnan(value) or math.isinf(value):
-        return "special (inf or NaN) codes"
-    if e == 0:
-        return "zero" if m == 0 else "subnormal codes (exponent field 0)"
-    return "normal codes"
-
-
-_DECODE_HINTS = {
-    "special (inf or NaN) codes": "for 'ieee' formats an all-ones exponent is inf (mantissa 0) or NaN; for 'fn' "
-                                  "formats only all-ones exponent and mantissa is NaN; 'finite' formats have no specials.",
-    "subnormal codes (exponent field 0)": "exponent field 0 means no hidden 1: value = m * 2^(1 - bias - M).",
-    "zero": "a code with exponent and mantissa 0 is zero; keep its sign (-0.0).",
-    "normal codes": "normal value = (-1)^s * (1 + m / 2^M) * 2^(e - bias).",
-}
-
-
-def check_decode_float(decode_float, seed=None):
-    """Task 4: any format's bits to its value."""
-    task = "decode_float"
-    F = ref_float.FORMATS
-    if seed is None:
-        cases = [(0b0_01111101_00010000000000000000000, F["fp32"]), (0b1_10000111_00111010101000000000000, F["fp32"]),
-                 (0b0_1111_110, F["fp8_e4m3"]), (0b0_0000_001, F["fp8_e4m3"]), (0b1_11111_00, F["fp8_e5m2"])]
-    else:
-        gen = np.random.default_rng(seed)
-        cases = [(c, F[name]) for name in SMALL_FORMATS for c in range(2 ** F[name].total_bits)]
-        cases += [(int(c), F[name]) for name in ("fp16", "bf16", "tf32", "fp32")
-                  for c in gen.integers(0, 2 ** F[name].total_bits, size=300)]
-    for code, fmt in cases:
-        expected = ref_float.decode_float(code, fmt)
-        got = _run(task, decode_float, code, fmt)
-        try:
-            got = float(got)
-        except (TypeError, ValueError):
-            fail(f"{task}: should return a float, got {type(got).__name__}.")
-        if not _same_float(got, expected):
-            kind = _kind_of_code(code, fmt)
-            if seed is None:
-                fail(f"{task}({ref_float.bit_string(code, fmt)!r} in {fmt.name}): expected {expected!r}, got {got!r}. "
-                     f"Hint: {_DECODE_HINTS[kind]}")
-            fail(f"{HIDDEN} for decode_float on {kind} of {fmt.name}. Hint: {_DECODE_HINTS[kind]}")
-    passed(task, len(cases), hidden=seed is not None)
 
 
 def _encode_cases(seed):
@@ -284,7 +229,7 @@ _ENCODE_HINTS = {
 
 
 def check_encode_float(encode_float, seed=None):
-    """Task 5: a real number to the nearest code, round half to even."""
+    """Task 4: a real number to the nearest code, round half to even."""
     task = "encode_float"
     cases = _encode_cases(seed)
     for x, fmt, kind in cases:
@@ -307,10 +252,10 @@ def check_encode_float(encode_float, seed=None):
     passed(task, len(cases), hidden=seed is not None)
 
 
-# --- Task 6: one MX block ----------------------------------------------------------------------
+# --- Task 5: one MX block ----------------------------------------------------------------------
 
 def check_mx_quantize(mx_quantize, seed=None):
-    """Task 6: shared exponent and element codes of MX blocks with float elements."""
+    """Task 5: shared exponent and element codes of MX blocks with float elements."""
     task = "mx_quantize"
     gen = np.random.default_rng(2024 if seed is None else seed)
     elements = [ref_mx.MXFP8_E4M3, ref_mx.MXFP4_E2M1] if seed is None else [
@@ -350,7 +295,7 @@ def check_mx_quantize(mx_quantize, seed=None):
     passed(task, len(cases), hidden=seed is not None)
 
 
-# --- Questions 2 to 4 and Task 7: reasoning about formats and their cost -------------------------------
+# --- Questions 2 to 4 and Task 6: reasoning about formats and their cost -------------------------------
 
 def check_format_for_gradients(answer):
     """Question 2: magnitudes from 1e-6 to 1e5 within 1% relative error, no scale: BF16 is the smallest format."""
@@ -366,9 +311,9 @@ def check_format_for_gradients(answer):
     })
 
 
-#: Task 7: every magnitude from 0.01 to 200 (the grader measures 20001 of them, evenly spaced in log scale).
+#: Task 6: every magnitude from 0.01 to 200 (the grader measures 20001 of them, evenly spaced in log scale).
 DESIGN_RANGE = (0.01, 200.0)
-#: Task 7's configuration: key -> allowed values (sign bit + exponent_bits + mantissa_bits = 8).
+#: Task 6's configuration: key -> allowed values (sign bit + exponent_bits + mantissa_bits = 8).
 DESIGN_FIELDS = {
     "exponent_bits": Field(int, choices=(1, 2, 3, 4, 5, 6, 7)),
     "mantissa_bits": Field(int, choices=(0, 1, 2, 3, 4, 5, 6)),
@@ -402,8 +347,8 @@ def design_measures(design: dict) -> dict:
 
 
 def check_fp8_design(design):
-    """Task 7: the grader builds the student's 8-bit float format and measures it with qlib's codec, in tiers."""
-    task = "Task 7"
+    """Task 6: the grader builds the student's 8-bit float format and measures it with qlib's codec, in tiers."""
+    task = "Task 6"
     design = config_of(task, design, DESIGN_FIELDS, what="format")
     if design["exponent_bits"] + design["mantissa_bits"] != 7:
         fail(f"{task}: 1 sign bit + {design['exponent_bits']} exponent bits + {design['mantissa_bits']} mantissa bits "
