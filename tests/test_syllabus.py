@@ -65,3 +65,11 @@ def test_the_estimate_counts_each_labs_design_tasks():
         cls = next(c for c in vars(module).values()
                    if isinstance(c, type) and issubclass(c, LabGradingTests) and c is not LabGradingTests)
         assert effort.lab_effort(lab).designs == len({p.question for p in cls.PARTIAL.values()}), lab
+
+
+def test_the_course_does_not_open_with_its_heaviest_labs():
+    # labs 1 and 2 introduce the course: each takes less than lab 3 (linear quantization, the foundation
+    # of every later lab) and less than the longest lab after them
+    effort = _lab_effort()
+    minutes = [effort.lab_effort(lab).minutes for lab in effort.labs()]
+    assert max(minutes[:2]) < minutes[2] <= max(minutes[2:]), [round(m) for m in minutes]
