@@ -28,6 +28,10 @@ def lab_points(lab: str) -> tuple[int, int]:
 def test_every_lab_is_in_the_syllabus_with_its_points():
     rows = [ROW.match(line) for line in (ROOT / "book" / "intro.md").read_text().splitlines()]
     rows = [m for m in rows if m]
+    header = next(line for line in (ROOT / "book" / "intro.md").read_text().splitlines() if line.startswith("| # |"))
+    for m in rows:  # every row has the header's columns (an empty cell would shift points into "Time")
+        cells = [cell.strip() for cell in m.group(0).strip("|").split("|")]
+        assert len(cells) == header.count("|") - 1 and all(cells), m.group(0)
     labs = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir() and p.name.startswith("lab"))
     assert [m.group(2) for m in rows] == labs
     for m in rows:
