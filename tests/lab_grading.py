@@ -344,7 +344,8 @@ class GradingRuns:
                 self._state.notify_all()
 
     def _start(self, cls) -> None:
-        self._folders.setdefault(cls, self._tmp.mktemp("course"))
+        if cls not in self._folders:  # a class not given at the start
+            self._folders[cls] = self._tmp.mktemp("course")
         self._runs[cls] = self._pool.submit(self._grade, cls)
 
     @contextlib.contextmanager
