@@ -42,9 +42,10 @@ from __future__ import annotations
 import ast
 import contextlib
 import html as htmllib
+import multiprocessing
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -311,6 +312,14 @@ def grade_submissions(cls, folder: Path, workers: int = 2) -> Graded:
 LABS_AT_ONCE = 1
 
 
+def grade_lab(cls, folder: Path) -> Graded:
+    """Every submission of lab class ``cls`` graded (:func:`grade_submissions`), and the feedback page
+    of its answer that fails a hidden check made (nbgrader's feedback takes seconds)."""
+    graded = grade_submissions(cls, folder)
+    graded.feedback(cls.HIDDEN_ONLY)
+    return graded
+
+
 class GradingRuns:
     """The grading runs of the lab classes of a session: one class command run per lab, two workers each.
 
@@ -318,12 +327,18 @@ class GradingRuns:
     other tests; each lab class waits for its own (a class not given here is graded when it asks).
     A test that must see no grading at all (one that looks at every sandbox process of the machine)
     holds :meth:`paused`.
+
+    The work of a run (building the submissions, reading the gradebook) is done in another process
+    (:func:`grade_lab`), and the threads here only wait for it: CPython 3.11 keeps the state of
+    ``ast.parse`` per interpreter, not per thread, and two threads that parse at once can fail with
+    "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905).
     """
 
     def __init__(self, classes: list, tmp_path_factory):
         self._tmp = tmp_path_factory
         self._folders = {cls: tmp_path_factory.mktemp("course") for cls in classes}
         self._pool = ThreadPoolExecutor(LABS_AT_ONCE, thread_name_prefix="lab-grading")
+        self._workers = ProcessPoolExecutor(LABS_AT_ONCE, mp_context=multiprocessing.get_context("spawn"))
         self._state = threading.Condition()  # guards the two below
         self._grading, self._paused = 0, False  # labs being graded; whether a test holds them back
         self._runs: dict = {}
@@ -335,9 +350,7 @@ class GradingRuns:
             self._state.wait_for(lambda: not self._paused)
             self._grading += 1
         try:
-            graded = grade_submissions(cls, self._folders[cls])
-            graded.feedback(cls.HIDDEN_ONLY)  # nbgrader's feedback page takes seconds: make it here too
-            return graded
+            return self._workers.submit(grade_lab, cls, self._folders[cls]).result()
         finally:
             with self._state:
                 self._grading -= 1
@@ -368,6 +381,7 @@ class GradingRuns:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._workers.shutdown(wait=True, cancel_futures=True)
 
 
 class LabGradingTests:
