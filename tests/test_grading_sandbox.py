@@ -203,6 +203,21 @@ def test_output_is_capped_and_hangs_and_crashes_cost_one_call():
         assert StudentObject(session, "inc")() == 42
 
 
+def test_a_kernel_that_has_exited_is_not_signalled_by_its_old_pid(monkeypatch):
+    # once reaped, the sandbox's pid may be another process's group id: shutting down must not kill that
+    with SandboxedKernel() as kernel:
+        kernel.execute("import os\nos._exit(0)", 30)
+        kernel.process.wait(timeout=30)
+        signalled, killpg = [], os.killpg
+        monkeypatch.setattr(os, "killpg", lambda pid, sig: (signalled.append(pid), killpg(pid, sig)))
+        kernel.shutdown()
+    assert signalled == []
+    with SandboxedKernel() as kernel:  # a kernel that is still running is killed with its whole group
+        pid = kernel.process.pid
+        kernel.shutdown()
+    assert signalled == [pid]
+
+
 # --- the student's own check -------------------------------------------------------------------------
 
 

@@ -186,10 +186,15 @@ class SandboxedKernel:
             self.client.stop_channels()
             self.client = None
         if self.process is not None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            # A sandbox is killed only while it has not been reaped: a reaped process's pid (its group's
+            # id) may by now be another's, another submission's sandbox even; and once the sandbox has
+            # exited, its pid namespace has taken everything it started down with it. A kernel without
+            # a sandbox has no such namespace: its group is killed whatever became of the kernel.
+            if self.process.poll() is None or not self.sandboxed:
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -21,7 +21,7 @@ from qlib import kmeans as ref_kmeans
 from qlib import storage as ref_storage
 from qlib.grading.answers import (Field, Limit, Tier, check_choice, check_number,
                                   config_of, measured_design, measured_once)
-from qlib.grading.checks_common import HIDDEN, passed, task_runner
+from qlib.grading.checks_common import fail_case, passed, task_runner
 from qlib.grading.harness import as_array, as_integers, as_pair, fail, fmt, time_limit  # noqa: F401
 
 REFERENCES = (
@@ -78,15 +78,13 @@ def check_kmeans_quantize(kmeans_quantize, seed=None):
             else:
                 hint = ("repeat: assign each value to its nearest centroid, then move every centroid to the mean "
                         "of its values, at most max_iter times (stop early when no assignment changes).")
-            if seed is None:
-                fail(f"{task} ({where}): expected codebook {fmt(c_ref)}, got {fmt(codebook)}. Hint: {hint}")
-            fail(f"{HIDDEN} for {task} ({where}): the codebook differs. Hint: {hint}")
+            fail_case(seed, f"{task} ({where}): the codebook differs", hint,
+                      lambda: f"{task} ({where}): expected codebook {fmt(c_ref)}, got {fmt(codebook)}.")
         differ = indices != idx_ref
         if differ.mean() > 0.005:
             hint = "indices[i] is the position in the codebook of the centroid nearest to x[i] (ties: the lower one)."
-            if seed is None:
-                fail(f"{task} ({where}): expected indices\n{fmt(idx_ref)}\ngot\n{fmt(indices)}\nHint: {hint}")
-            fail(f"{HIDDEN} for {task} ({where}): {int(differ.sum())} indices differ. Hint: {hint}")
+            fail_case(seed, f"{task} ({where}): {int(differ.sum())} indices differ", hint,
+                      lambda: f"{task} ({where}): expected indices\n{fmt(idx_ref)}\ngot\n{fmt(indices)}")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -115,9 +113,8 @@ def check_codebook_gradient(codebook_gradient, seed=None):
             hint = "a cluster with no weights gets gradient 0."
         else:
             hint = "gradient of centroid k = sum of grad[i] over the weights i with indices[i] == k."
-        if seed is None:
-            fail(f"{task}: expected {fmt(expected)}, got {fmt(got)}. Hint: {hint}")
-        fail(f"{HIDDEN} for {task}. Hint: {hint}")
+        fail_case(seed, task, hint,
+                  lambda: f"{task}: expected {fmt(expected)}, got {fmt(got)}.")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -159,10 +156,9 @@ def check_huffman_code_lengths(huffman_code_lengths, seed=None):
             problem = ("the code is not optimal: repeatedly merge the two least frequent nodes (a heap); "
                        "a symbol's length is its depth in the tree.")
         if problem:
-            if seed is None:
-                fail(f"{task}({counts.tolist()}): got lengths {got.tolist()}; an optimal code has lengths like "
-                     f"{expected.tolist()} ({int(np.sum(counts * expected))} bits in all). Hint: {problem}")
-            fail(f"{HIDDEN} for {task}. Hint: {problem}")
+            fail_case(seed, task, problem,
+                      lambda: f"{task}({counts.tolist()}): got lengths {got.tolist()}; an optimal code has lengths "
+                              f"like {expected.tolist()} ({int(np.sum(counts * expected))} bits in all).")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -199,10 +195,9 @@ def check_huffman_encode(huffman_encode, seed=None):
         else:
             hint = ("write each codeword's bits from its most significant bit, and pack them "
                     "8 to a byte, first bit in the byte's top bit (np.packbits does this).")
-        if seed is None:
-            fail(f"{task}(symbols={symbols.tolist()}, lengths={lengths.tolist()}): expected "
-                 f"({packed_ref.tolist()}, {n_ref}), got ({packed.tolist()}, {n_bits}). Hint: {hint}")
-        fail(f"{HIDDEN} for {task}. Hint: {hint}")
+        fail_case(seed, task, hint,
+                  lambda: f"{task}(symbols={symbols.tolist()}, lengths={lengths.tolist()}): expected "
+                          f"({packed_ref.tolist()}, {n_ref}), got ({packed.tolist()}, {n_bits}).")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -252,10 +247,8 @@ def check_layer_storage_bits(layer_storage_bits, seed=None):
                 }
                 desc = {k: (v if not isinstance(v, np.ndarray) else f"mask with {int(v.sum())} of {v.size} kept")
                         for k, v in case.items()}
-                if seed is None:
-                    fail(f"{task}({desc}): {key} should be {expected[key]} bits, got {value}. Hint: {hints[key]}")
-                fail(f"{HIDDEN} for {task} ({'pruned' if 'mask' in case else 'dense'} layer): the {key} entry "
-                     f"differs. Hint: {hints[key]}")
+                fail_case(seed, f"{task} ({'pruned' if 'mask' in case else 'dense'} layer): the {key} entry differs",
+                          hints[key], lambda: f"{task}({desc}): {key} should be {expected[key]} bits, got {value}.")
     passed(task, len(cases), hidden=seed is not None)
 
 

@@ -19,7 +19,7 @@ from qlib import granularity as ref_granularity
 from qlib import linear as ref
 from qlib import weights as ref_weights
 from qlib.grading.answers import Field, Tier, answer_of, check_choice, check_number, tiered
-from qlib.grading.checks_common import HIDDEN, near_tie_but_not_exact, passed, task_runner
+from qlib.grading.checks_common import HIDDEN, fail_case, near_tie_but_not_exact, passed, task_runner
 from qlib.grading.harness import (
     as_array,
     as_integers,
@@ -83,10 +83,9 @@ def check_integer_range(integer_range, seed=None):
         got = tuple(int(v) for v in as_integers(np.array([as_array(g, "qmin/qmax", task) for g in got]), "(qmin, qmax)", task))
         if got != expected:
             hint = _integer_range_hint(got, bits, signed, narrow)
-            if seed is None:
-                fail(f"{task}({bits}, signed={signed}, narrow={narrow}): expected {expected}, got {got}. {hint}")
-            fail(f"{HIDDEN} for integer_range with {'signed' if signed else 'unsigned'}"
-                 f"{' narrow' if narrow else ''} ranges. {hint}")
+            kind = f"{'signed' if signed else 'unsigned'}{' narrow' if narrow else ''}"
+            fail_case(seed, f"integer_range with {kind} ranges", hint,
+                      lambda: f"{task}({bits}, signed={signed}, narrow={narrow}): expected {expected}, got {got}.")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -161,11 +160,10 @@ def check_asymmetric_qparams(asymmetric_qparams, seed=None):
         scale, zp = _qparams_got(asymmetric_qparams, task, rmin, rmax, qmin, qmax)
         if not (np.isclose(scale, s_ref, rtol=1e-5) and zp == z_ref):
             hint = _asymmetric_hint(rmin, rmax, qmin, qmax, scale, zp)
-            if seed is None:
-                fail(f"{task}({rmin}, {rmax}, qmin={qmin}, qmax={qmax}): expected scale {s_ref:.6g} and "
-                     f"zero_point {z_ref}, got scale {scale:.6g} and zero_point {zp}. Hint: {hint}")
-            fail(f"{HIDDEN} for asymmetric_qparams on a range that is {kind}"
-                 f"{' (all values of one sign)' if kind != 'mixed' else ''}. Hint: {hint}")
+            fail_case(seed, f"asymmetric_qparams on a range that is {kind}"
+                      f"{' (all values of one sign)' if kind != 'mixed' else ''}", hint,
+                      lambda: f"{task}({rmin}, {rmax}, qmin={qmin}, qmax={qmax}): expected scale {s_ref:.6g} and "
+                              f"zero_point {z_ref}, got scale {scale:.6g} and zero_point {zp}.")
     # A range of zero width (an all-zero tensor) must not produce NaN or infinity.
     scale, zp = _qparams_got(asymmetric_qparams, task, 0.0, 0.0, -128, 127)
     if not scale > 0 or not -128 <= zp <= 127:
@@ -198,10 +196,9 @@ def check_symmetric_qparams(symmetric_qparams, seed=None):
             fail(f"{task}: the zero point of symmetric quantization is always 0, got {zp}.")
         if not np.isclose(scale, s_ref, rtol=1e-5):
             hint = _symmetric_hint(rmin, rmax, qmin, qmax, scale)
-            if seed is None:
-                fail(f"{task}({rmin}, {rmax}, qmin={qmin}, qmax={qmax}): expected scale {s_ref:.6g}, "
-                     f"got {scale:.6g}. Hint: {hint}")
-            fail(f"{HIDDEN} for symmetric_qparams on a range that is {kind}. Hint: {hint}")
+            fail_case(seed, f"symmetric_qparams on a range that is {kind}", hint,
+                      lambda: f"{task}({rmin}, {rmax}, qmin={qmin}, qmax={qmax}): expected scale {s_ref:.6g}, "
+                              f"got {scale:.6g}.")
     scale, _ = _qparams_got(symmetric_qparams, task, 0.0, 0.0, -128, 127)
     if not scale > 0:
         fail(f"{task}(0.0, 0.0, -128, 127): an all-zero tensor needs a positive scale, got {scale:.6g}. "
@@ -270,13 +267,11 @@ def check_quantize(quantize, seed=None):
             continue
         hint = next((h for h, v in _quantize_variants(x, scale, zp, qmin, qmax).items()
                      if np.array_equal(got, v)), "compare your steps with the formula in the docstring.")
-        if seed is None:
-            i = int(np.flatnonzero(~ok)[0])
-            fail(f"{task}(x, scale={scale}, zero_point={zp}, qmin={qmin}, qmax={qmax}) with x = {fmt(x)}:\n"
-                 f"expected {fmt(expected)}\ngot      {fmt(got)}\n"
-                 f"first difference: x = {float(x[i])!r} should give {expected[i]}, got {got[i]}. Hint: {hint}")
-        fail(f"{HIDDEN} for quantize: {int((~ok).sum())} of {x.size} values differ on inputs that are {kind}. "
-             f"Hint: {hint}")
+        i = int(np.flatnonzero(~ok)[0])
+        fail_case(seed, f"quantize: {int((~ok).sum())} of {x.size} values differ on inputs that are {kind}", hint,
+                  lambda: f"{task}(x, scale={scale}, zero_point={zp}, qmin={qmin}, qmax={qmax}) with x = {fmt(x)}:\n"
+                          f"expected {fmt(expected)}\ngot      {fmt(got)}\n"
+                          f"first difference: x = {float(x[i])!r} should give {expected[i]}, got {got[i]}.")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -306,10 +301,9 @@ def check_dequantize(dequantize, seed=None):
             hint = "multiply (q - zero_point) by the scale."
         else:
             hint = "x_hat = scale * (q - zero_point)."
-        if seed is None:
-            fail(f"{task}(q={fmt(q)}, scale={scale}, zero_point={zp}): expected {fmt(expected)}, got {fmt(got)}. "
-                 f"Hint: {hint}")
-        fail(f"{HIDDEN} for dequantize on random integers. Hint: {hint}")
+        fail_case(seed, "dequantize on random integers", hint,
+                  lambda: f"{task}(q={fmt(q)}, scale={scale}, zero_point={zp}): expected {fmt(expected)}, "
+                          f"got {fmt(got)}.")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -365,24 +359,20 @@ def check_quantize_per_channel(quantize_per_channel, seed=None):
             other = [d for d in range(x.ndim) if d != axis % x.ndim]
             hint = ("the ranges must be taken over every dimension except axis; each channel is x.select(axis, c)."
                     if other else "compute one range per channel.")
-            if seed is None:
-                fail(f"{task} ({where}): expected scales {fmt(s_ref)}, got {fmt(scale)}. Hint: {hint}")
-            fail(f"{HIDDEN} for quantize_per_channel ({scheme}, axis={axis}): the scales differ. Hint: {hint}")
+            fail_case(seed, f"quantize_per_channel ({scheme}, axis={axis}): the scales differ", hint,
+                      lambda: f"{task} ({where}): expected scales {fmt(s_ref)}, got {fmt(scale)}.")
         bad_zp = zp != z_ref
         if bad_zp.any():
-            if seed is None:
-                fail(f"{task} ({where}): expected zero points {fmt(z_ref)}, got {fmt(zp)}. "
-                     "Hint: use the zero point of your Task 2 or Task 3 function.")
-            fail(f"{HIDDEN} for quantize_per_channel ({scheme}): the zero points differ. "
-                 "Hint: symmetric means zero_point 0; asymmetric uses your Task 2 function.")
+            fail_case(seed, f"quantize_per_channel ({scheme}): the zero points differ",
+                      "symmetric means zero_point 0; asymmetric uses the zero point of your Task 2 function.",
+                      lambda: f"{task} ({where}): expected zero points {fmt(z_ref)}, got {fmt(zp)}.")
         v = np.moveaxis(np.moveaxis(x, axis, -1).astype(np.float64) / s_ref, -1, axis)
         ok = (q == q_ref) | (near_tie_but_not_exact(v) & (np.abs(q - q_ref) <= 1))
         if not ok.all():
-            if seed is None:
-                fail(f"{task} ({where}): expected q =\n{fmt(q_ref)}\ngot\n{fmt(q)}\n"
-                     "Hint: quantize each channel with its own scale and zero point (broadcast them along axis).")
-            fail(f"{HIDDEN} for quantize_per_channel ({scheme}, axis={axis}): {int((~ok).sum())} values of q differ. "
-                 "Hint: reshape the scales so that they broadcast along axis.")
+            fail_case(seed, f"quantize_per_channel ({scheme}, axis={axis}): {int((~ok).sum())} values of q differ",
+                      "quantize each channel with its own scale and zero point: reshape them so that they "
+                      "broadcast along axis.",
+                      lambda: f"{task} ({where}): expected q =\n{fmt(q_ref)}\ngot\n{fmt(q)}")
     passed(task, len(cases), hidden=seed is not None)
 
 

@@ -33,7 +33,7 @@ import torch
 
 from qlib import calibration as ref
 from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_design, measured_once
-from qlib.grading.checks_common import HIDDEN, passed, task_runner
+from qlib.grading.checks_common import fail_case, passed, task_runner
 from qlib.grading.harness import as_array, check_shape, fail, fmt, time_limit  # noqa: F401
 
 #: The qlib functions that this lab asks students to write; unavailable while their code runs.
@@ -125,9 +125,8 @@ def check_percentile_threshold(percentile_threshold, seed=None):
         if abs(got - expected) <= 1e-6 * max(1.0, abs(expected)) + 0.01 * (above - below):
             continue
         hint = _percentile_hint(x, p, got)
-        if seed is None:
-            fail(f"{task}(x, {p}) with x = {fmt(x)}: expected {expected:.7g}, got {got:.7g}. Hint: {hint}")
-        fail(f"{HIDDEN} for percentile_threshold on values that are {kind}. Hint: {hint}")
+        fail_case(seed, f"percentile_threshold on values that are {kind}", hint,
+                  lambda: f"{task}(x, {p}) with x = {fmt(x)}: expected {expected:.7g}, got {got:.7g}.")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -205,10 +204,9 @@ def check_mse_threshold(mse_threshold, seed=None):
             hint = ("the threshold should be one of the candidates max|x| * k / n." if not on_grid else
                     "quantize with scale = T / qmax, round half to even, clamp to [qmin, qmax], then "
                     "compare mean((x_hat - x)**2) across candidates.")
-        if seed is None:
-            fail(f"{where} with x = {fmt(x)}: expected {expected:.6g} (error {float(errors.min()):.4g}), got {got:.6g}"
-                 + (f" (error {float(errors[k]):.4g})" if on_grid else "") + f". Hint: {hint}")
-        fail(f"{HIDDEN} for mse_threshold on values that are {kind}. Hint: {hint}")
+        fail_case(seed, f"mse_threshold on values that are {kind}", hint,
+                  lambda: f"{where} with x = {fmt(x)}: expected {expected:.6g} (error {float(errors.min()):.4g}), "
+                          f"got {got:.6g}" + (f" (error {float(errors[k]):.4g})" if on_grid else "") + ".")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -273,10 +271,9 @@ def check_candidate_distribution(candidate_distribution, seed=None):
         hint = next((h for h, v in _candidate_variants(counts, levels).items() if np.allclose(got, v, rtol=1e-9)),
                     "bin j goes to quantized bin floor(j * levels / i); each group's total is shared equally by "
                     "its non-empty bins.")
-        if seed is None:
-            fail(f"{task}(counts={fmt(counts.astype(np.int64))}, levels={levels}):\nexpected {fmt(expected)}\n"
-                 f"got      {fmt(got)}\nHint: {hint}")
-        fail(f"{HIDDEN} for candidate_distribution on histograms {kind}. Hint: {hint}")
+        fail_case(seed, f"candidate_distribution on histograms {kind}", hint,
+                  lambda: f"{task}(counts={fmt(counts.astype(np.int64))}, levels={levels}):\nexpected {fmt(expected)}\n"
+                          f"got      {fmt(got)}")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -371,11 +368,10 @@ def check_kl_threshold(kl_threshold, seed=None):
                 divergences[k] <= divergences.min() * (1 + 1e-6) + 1e-9):  # float32 sums pass too
             continue
         hint = _kl_hint(counts, levels, width, got)
-        if seed is None:
-            fail(f"{task}(counts of {counts.size} bins, bin_width={width:.6g}, levels={levels}): expected "
-                 f"{expected:.6g} (i = {round(expected / width)} bins, divergence {divergences.min():.4g}), got "
-                 f"{got:.6g} (i = {i_got:.6g}). Hint: {hint}")
-        fail(f"{HIDDEN} for kl_threshold on a histogram that is {kind}. Hint: {hint}")
+        fail_case(seed, f"kl_threshold on a histogram that is {kind}", hint,
+                  lambda: f"{task}(counts of {counts.size} bins, bin_width={width:.6g}, levels={levels}): expected "
+                          f"{expected:.6g} (i = {round(expected / width)} bins, divergence {divergences.min():.4g}), "
+                          f"got {got:.6g} (i = {i_got:.6g}).")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -392,8 +388,9 @@ def _draw(round_stochastic, task, x: torch.Tensor, seed: int, global_seed: int =
 def check_round_stochastic(round_stochastic, seed=None):
     """Task 5: stochastic rounding, graded on its properties (see the module docstring)."""
     task = "round_stochastic"
-    fail_ = (lambda msg, hint: fail(f"{task}: {msg} Hint: {hint}")) if seed is None else \
-        (lambda msg, hint: fail(f"{HIDDEN} for round_stochastic. Hint: {hint}"))
+    def fail_(msg, hint):
+        fail_case(seed, task, hint, lambda: f"{task}: {msg}")
+
     base = seed or 0
     gen = np.random.default_rng(base)
     # 1. only floor(x) or floor(x) + 1, integers unchanged

@@ -26,7 +26,7 @@ import torch
 from qlib import integer_layers as ref_layers
 from qlib import requantize as ref
 from qlib.grading.answers import check_choice, check_number
-from qlib.grading.checks_common import HIDDEN, passed, task_runner
+from qlib.grading.checks_common import fail_case, passed, task_runner
 from qlib.grading.harness import (
     as_integers,
     as_pair,
@@ -126,9 +126,8 @@ def check_quantize_multiplier(quantize_multiplier, seed=None):
         got = (int(m0.reshape(())), int(shift.reshape(())))
         if got != expected:
             hint = _quantize_multiplier_hint(m, *got)
-            if seed is None:
-                fail(f"{task}({m!r}): expected (m0, shift) = {expected}, got {got}. Hint: {hint}")
-            fail(f"{HIDDEN} for quantize_multiplier on a multiplier {kind}. Hint: {hint}")
+            fail_case(seed, f"quantize_multiplier on a multiplier {kind}", hint,
+                      lambda: f"{task}({m!r}): expected (m0, shift) = {expected}, got {got}.")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -204,11 +203,10 @@ def check_saturating_rounding_doubling_high_mul(saturating_rounding_doubling_hig
         if dtype == torch.int32 and hint.startswith("compare"):
             hint = ("with int32 tensors a * b overflows: the product of two int32 values needs 64 bits, "
                     "so convert to torch.int64 first.")
-        if seed is None:
-            fail(f"{task}(a, b) with {dtype} tensors\na = {fmt(a)}\nb = {fmt(b)}:\n"
-                 f"expected {fmt(expected)}\ngot      {fmt(got)}\n"
-                 f"{_first_difference({'a': a, 'b': b}, expected, got)}. Hint: {hint}")
-        fail(f"{HIDDEN} for {task} on {kind} ({dtype} tensors). Hint: {hint}")
+        fail_case(seed, f"{task} on {kind} ({dtype} tensors)", hint,
+                  lambda: f"{task}(a, b) with {dtype} tensors\na = {fmt(a)}\nb = {fmt(b)}:\n"
+                          f"expected {fmt(expected)}\ngot      {fmt(got)}\n"
+                          f"{_first_difference({'a': a, 'b': b}, expected, got)}.")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -254,10 +252,9 @@ def check_rounding_divide_by_pot(rounding_divide_by_pot, seed=None):
             continue
         hint = _hint_from(got, _rdbpot_variants(x, np.asarray(e)),
                           "compare your steps with the formula in the docstring.")
-        if seed is None:
-            fail(f"{task}(x, exponent={e}) with x = {fmt(x)}:\nexpected {fmt(expected)}\ngot      {fmt(got)}\n"
-                 f"{_first_difference({'x': x}, expected, got)}. Hint: {hint}")
-        fail(f"{HIDDEN} for {task} on {kind}. Hint: {hint}")
+        fail_case(seed, f"{task} on {kind}", hint,
+                  lambda: f"{task}(x, exponent={e}) with x = {fmt(x)}:\nexpected {fmt(expected)}\ngot      {fmt(got)}\n"
+                          f"{_first_difference({'x': x}, expected, got)}.")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -334,11 +331,11 @@ def check_requantize(requantize, seed=None):
         hint = _hint_from(got, _requantize_variants(acc.astype(np.int64), m0, shift, zp, qmin, qmax),
                           "q = clamp(rounding_divide_by_pot(saturating_rounding_doubling_high_mul(acc, m0), shift) "
                           "+ zero_point, qmin, qmax).")
-        if seed is None:
-            fail(f"{task}(acc, m0={fmt(np.asarray(m0))}, shift={fmt(np.asarray(shift))}, zero_point={zp}, "
-                 f"qmin={qmin}, qmax={qmax}) with acc = {fmt(acc)}:\nexpected {fmt(expected)}\ngot      {fmt(got)}\n"
-                 f"{_first_difference({'acc': acc}, expected, got)}. Hint: {hint}")
-        fail(f"{HIDDEN} for {task} with {kind}. Hint: {hint}")
+        fail_case(seed, f"{task} with {kind}", hint,
+                  lambda: f"{task}(acc, m0={fmt(np.asarray(m0))}, shift={fmt(np.asarray(shift))}, zero_point={zp}, "
+                          f"qmin={qmin}, qmax={qmax}) with acc = {fmt(acc)}:\n"
+                          f"expected {fmt(expected)}\ngot      {fmt(got)}\n"
+                          f"{_first_difference({'acc': acc}, expected, got)}.")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -468,11 +465,8 @@ def check_quantized_linear(quantized_linear, seed=None):
                               "W = S_W (q_W - Z_W) and b = S_W S_X q_b into y = W x + b. Then "
                               "requantize(acc, m0, shift, Z_Y, qmin', qmax), qmin' = max(qmin, Z_Y) under a "
                               "fused ReLU.")
-        if seed is None:
-            shown = ", ".join(f"{k}={fmt(np.asarray(v)) if isinstance(v, torch.Tensor) else v}"
-                              for k, v in args.items())
-            fail(f"{task}({shown}):\nexpected {fmt(expected)}\ngot      {fmt(got)}\nHint: {hint}")
-        fail(f"{HIDDEN} for {task} on a layer with {kind}. Hint: {hint}")
+        fail_case(seed, f"{task} on a layer with {kind}", hint,
+                  lambda: f"{task}({_shown(args)}):\nexpected {fmt(expected)}\ngot      {fmt(got)}")
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -519,15 +513,20 @@ def _visible_conv_layer(seed: int) -> dict:
                 x_zero_point=100, m0=m0, shift=shift, y_zero_point=128, qmin=0, qmax=255, relu=False)
 
 
-def _visible_conv_failure(task: str, args: dict, got: np.ndarray, expected: np.ndarray, hint: str) -> None:
-    """Fail a visible convolution case: its layer, how many outputs differ, and the first of them."""
+def _shown(args: dict) -> str:
+    """The arguments of a visible case, as the message shows them."""
+    return ", ".join(f"{k}={fmt(np.asarray(v)) if isinstance(v, torch.Tensor) else v}" for k, v in args.items())
+
+
+def _conv_case(task: str, args: dict, got: np.ndarray, expected: np.ndarray) -> str:
+    """A visible convolution case that fails: its layer, how many outputs differ, and the first of them."""
     differ = got != expected
     index = tuple(int(i) for i in np.argwhere(differ)[0])
-    fail(f"{task} on an input of shape {tuple(args['q_x'].shape)} with q_weight of shape "
-         f"{tuple(args['q_weight'].shape)}, stride={args['stride']}, padding={args['padding']}, "
-         f"relu={args['relu']}, x_zero_point={args['x_zero_point']}: {int(differ.sum())} of "
-         f"{got.size} outputs differ; the first at (n, c_out, i, j) = {index}: expected {expected[index]}, "
-         f"got {got[index]}.\nHint: {hint}")
+    return (f"{task} on an input of shape {tuple(args['q_x'].shape)} with q_weight of shape "
+            f"{tuple(args['q_weight'].shape)}, stride={args['stride']}, padding={args['padding']}, "
+            f"relu={args['relu']}, x_zero_point={args['x_zero_point']}: {int(differ.sum())} of "
+            f"{got.size} outputs differ; the first at (n, c_out, i, j) = {index}: expected {expected[index]}, "
+            f"got {got[index]}.")
 
 
 CONV_KINDS = ["int64 inputs and one multiplier", "a fused ReLU", "one multiplier per output channel",
@@ -562,9 +561,7 @@ def check_quantized_conv2d(quantized_conv2d, seed=None):
             hint = _hint_from(got, _conv_variants(args),
                               "cut the padded input into patches (in the same channel, row, column order as "
                               "q_weight.reshape(C_out, -1)) and apply your quantized_linear to them.")
-        if seed is None:
-            _visible_conv_failure(task, args, got, expected, hint)
-        fail(f"{HIDDEN} for {task} on a layer with {kind}. Hint: {hint}")
+        fail_case(seed, f"{task} on a layer with {kind}", hint, lambda: _conv_case(task, args, got, expected))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -693,9 +690,7 @@ def check_fast_quantized_conv2d(fast_quantized_conv2d, seed=None):
         else:
             hint = ("compare it with your quantized_conv2d from Task 6 on the same layer: the folded form must give "
                     "the same integers.")
-        if seed is None:
-            _visible_conv_failure(task, args, got, expected, hint)
-        fail(f"{HIDDEN} for {task} on a layer with {kind}. Hint: {hint}")
+        fail_case(seed, f"{task} on a layer with {kind}", hint, lambda: _conv_case(task, args, got, expected))
     passed(task, len(cases), hidden=seed is not None)
 
 

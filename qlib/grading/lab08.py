@@ -29,7 +29,7 @@ from qlib import mixed_precision as ref_mixed
 from qlib import ternary as ref_ternary
 from qlib.grading.answers import (Field, Limit, Tier, check_choice, check_number,
                                   config_of, measured_design, measured_once)
-from qlib.grading.checks_common import HIDDEN, passed, task_runner
+from qlib.grading.checks_common import HIDDEN, fail_case, passed, task_runner
 from qlib.grading.harness import as_array, as_integers, check_shape, fail, fmt, time_limit  # noqa: F401
 
 #: The qlib functions that this lab asks students to write; unavailable while their code runs.
@@ -79,12 +79,12 @@ def _codes(value, what, task, w, seed):
 
 def _mismatch(task, kind, w, granularity, seed, expected: dict, got: dict, hint: str):
     """Fail with the input, the expected and the returned values (visible case) or only the hint (hidden)."""
-    if seed is None:
-        def values(d):
-            return ", ".join(f"{name} = {fmt(v)}" for name, v in d.items())
-        fail(f"{task}({_where(w, granularity)}) on {kind}, w = {fmt(w.numpy())}:\n"
-             f"expected {values(expected)}\ngot      {values(got)}\nHint: {hint}")
-    fail(f'{HIDDEN} for {task} on {kind} (granularity="{granularity}"). Hint: {hint}')
+    def values(d):
+        return ", ".join(f"{name} = {fmt(v)}" for name, v in d.items())
+
+    fail_case(seed, f'{task} on {kind} (granularity="{granularity}")', hint,
+              lambda: f"{task}({_where(w, granularity)}) on {kind}, w = {fmt(w.numpy())}:\n"
+                      f"expected {values(expected)}\ngot      {values(got)}")
 
 
 def _where(w, granularity):

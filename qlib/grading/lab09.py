@@ -20,7 +20,7 @@ import torch
 
 from qlib import integer_storage as ref
 from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_design, measured_once
-from qlib.grading.checks_common import HIDDEN, passed, task_runner
+from qlib.grading.checks_common import fail_case, passed, task_runner
 from qlib.grading.harness import as_array, fail, time_limit  # noqa: F401  (the lab's cells use grader.time_limit)
 
 #: The qlib function this lab asks students to write.
@@ -130,10 +130,9 @@ def check_integer_model_bits(integer_model_bits, seed=None):
         if got == expected:
             continue
         hint = _storage_hint(layers, a, got)
-        if seed is None:
-            shown = [(tuple(s), b) for s, b in layers]
-            fail(f"{task}({shown}, activation_bits={a}): expected {expected}, got {got:.10g}. Hint: {hint}")
-        fail(f"{HIDDEN} for integer_model_bits on {len(layers)} layer(s). Hint: {hint}")
+        fail_case(seed, f"integer_model_bits on {len(layers)} layer(s)", hint,
+                  lambda: f"{task}({[(tuple(s), b) for s, b in layers]}, activation_bits={a}): expected {expected}, "
+                          f"got {got:.10g}.")
     passed(task, len(cases), hidden=seed is not None)
 
 
