@@ -11,20 +11,22 @@ A lab's module (``qlib/grading/labNN.py``) declares its own data and gets its ru
   student's function (:func:`qlib.grading.harness.run_submission`, with that lab's blocked
   references and stand-ins).
 
-Every check ends with :func:`passed`, and a case that fails ends it with :func:`fail_case`: the
-call and its result for a visible case, only the kind of input for a hidden one (every such message
-begins with :data:`HIDDEN`). A check whose answer is a rounded value accepts either neighbour where float
-arithmetic cannot decide the tie: :func:`near_tie_but_not_exact` where an exact tie must still
+Every check ends with :func:`passed`. A case that fails ends it with
+``fail(with_hint(...) if seed is None else hidden_case(...))``: the call and its result for a visible
+case (:func:`with_hint`), only the kind of input for a hidden one (:func:`hidden_case`, which begins
+with :data:`HIDDEN`). The choice is written at the call, where the student edition can fold it.
+
+A check whose answer is a rounded value accepts either neighbour where float arithmetic cannot
+decide the tie: :func:`near_tie_but_not_exact` where an exact tie must still
 follow the rounding rule, :func:`tie_or_near_tie` where it need not.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import NoReturn
 
 import numpy as np
 
-from qlib.grading.harness import fail, run_submission
+from qlib.grading.harness import run_submission
 
 #: How every message about a hidden case begins (it names the kind of input and the likely mistake, never the input).
 HIDDEN = "A hidden check failed"
@@ -50,18 +52,16 @@ def task_runner(references: tuple[str, ...], earlier_tasks: Mapping[str, tuple[s
     return run
 
 
-def fail_case(seed: int | None, hidden: str, hint: str, visible: Callable[[], str]) -> NoReturn:
-    """Fail the task at a case its answer gets wrong, with a message that helps and gives nothing away.
+def with_hint(text: str, hint: str) -> str:
+    """The message of a visible case that fails: ``text`` (the call, what it should return and what it
+    returned), then ``Hint: {hint}``, on a line of its own after a message of several lines."""
+    return f"{text}{chr(10) if chr(10) in text else ' '}Hint: {hint}"
 
-    A visible case (``seed is None``) shows ``visible()``: the call, what it should return and what
-    it returned. A hidden case says only ``f"{HIDDEN} for {hidden}"``, the kind of input (never the
-    input). Both end with ``Hint: {hint}``, on a line of its own after a message of several lines.
-    ``visible`` is a function so that a hidden case never builds (or shows) the visible text.
-    """
-    if seed is None:
-        text = visible()
-        fail(f"{text}{chr(10) if chr(10) in text else ' '}Hint: {hint}")
-    fail(f"{HIDDEN} for {hidden}. Hint: {hint}")
+
+def hidden_case(kind: str, hint: str) -> str:
+    """The message of a hidden case that fails: ``f"{HIDDEN} for {kind}. Hint: {hint}"``, the kind of
+    input (never the input) and the hint."""
+    return f"{HIDDEN} for {kind}. Hint: {hint}"
 
 
 def passed(task: str, n_cases: int, hidden: bool) -> None:

@@ -16,7 +16,7 @@ from qlib import floating_point as ref_float
 from qlib import integers as ref_int
 from qlib import microscaling as ref_mx
 from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_design, measured_once
-from qlib.grading.checks_common import fail_case, passed, task_runner
+from qlib.grading.checks_common import hidden_case, passed, task_runner, with_hint
 from qlib.grading.harness import as_integers, call_catching, fail, time_limit  # noqa: F401 (used by the lab)
 
 REFERENCES = (
@@ -78,9 +78,10 @@ def check_encode_integer(encode_integer, seed=None):
             hint = _integer_hint(encoding, value)
             if len(got) != bits:
                 hint = f"the string must have exactly {bits} characters (pad with leading zeros)."
-            fail_case(seed, f"encode_integer ({encoding}, {'negative' if value < 0 else 'non-negative'} "
-                      f"values)", hint,
-                      lambda: f"{task}({value}, {bits}, {encoding!r}): expected {expected!r}, got {got!r}.")
+            fail(with_hint(f"{task}({value}, {bits}, {encoding!r}): expected {expected!r}, got {got!r}.", hint)
+                 if seed is None else
+                 hidden_case(f"encode_integer ({encoding}, {'negative' if value < 0 else 'non-negative'} values)",
+                             hint))
     # out of range must raise ValueError
     for value, bits, encoding in [(128, 8, "twos_complement"), (-1, 8, "unsigned"), (-128, 8, "sign_magnitude"),
                                   (256, 8, "unsigned")]:
@@ -123,8 +124,8 @@ def check_decode_integer(decode_integer, seed=None):
                 hint = "a leading 1 in two's complement is worth -2^(bits-1): subtract 2^bits from the unsigned value."
             if bit_string == "10000000":
                 hint = "in sign-magnitude, 1000...0 is negative zero, which is the integer 0."
-            fail_case(seed, f"decode_integer ({encoding})", hint,
-                      lambda: f"{task}({bit_string!r}, {encoding!r}): expected {expected}, got {got}.")
+            fail(with_hint(f"{task}({bit_string!r}, {encoding!r}): expected {expected}, got {got}.", hint)
+                 if seed is None else hidden_case(f"decode_integer ({encoding})", hint))
     passed(task, len(pairs), hidden=seed is not None)
 
 
@@ -167,8 +168,8 @@ def check_fixed_point(encode_fixed, decode_fixed, seed=None):
                 hint = f"saturate: clamp the result to [-2^(w-1), 2^(w-1) - 1]."
             else:
                 hint = "raw = clamp(round(x * 2^frac_bits), -2^(total_bits-1), 2^(total_bits-1) - 1)."
-            fail_case(seed, f"encode_fixed on values {case[3]}", hint,
-                      lambda: f"{task}({x}, total_bits={w}, frac_bits={f}): expected {expected}, got {got}.")
+            fail(with_hint(f"{task}({x}, total_bits={w}, frac_bits={f}): expected {expected}, got {got}.", hint)
+                 if seed is None else hidden_case(f"encode_fixed on values {case[3]}", hint))
     task = "decode_fixed"
     for raw, f in [(49, 4), (-49, 4), (127, 0), (-128, 7), (1, 20)]:
         expected = ref_fixed.decode_fixed(raw, f)
@@ -241,10 +242,10 @@ def check_encode_float(encode_float, seed=None):
             if kind in ("normal", "tie", "subnormal") and math.isfinite(v_got) and abs(v_got) < abs(x) < abs(v_exp):
                 hint = ("the significand was truncated (rounded toward zero): round to the nearest code, "
                         "ties to even (Python's round() of a float does this).")
-            fail_case(seed, f"encode_float in {fmt.name} on {kind} values", hint,
-                      lambda: f"{task}({x!r}, {fmt.name}): expected {ref_float.bit_string(expected, fmt)!r} "
-                              f"({ref_float.decode_float(expected, fmt)!r}), got {ref_float.bit_string(got, fmt)!r} "
-                              f"({ref_float.decode_float(got, fmt)!r}).")
+            fail(with_hint(f"{task}({x!r}, {fmt.name}): expected {ref_float.bit_string(expected, fmt)!r} "
+                           f"({ref_float.decode_float(expected, fmt)!r}), got {ref_float.bit_string(got, fmt)!r} "
+                           f"({ref_float.decode_float(got, fmt)!r}).", hint)
+                 if seed is None else hidden_case(f"encode_float in {fmt.name} on {kind} values", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -277,15 +278,15 @@ def check_mx_quantize(mx_quantize, seed=None):
         if s.size != 1 or int(s[0]) != int(s_ref[0]):
             hint = ("shared exponent = floor(log2(max|x|)) - emax of the element format "
                     f"({fmt.name}: emax = {fmt.emax}); take floor(log2) exactly (math.frexp), not from a rounded log.")
-            fail_case(seed, f"mx_quantize ({element.name}): the shared exponent differs", hint,
-                      lambda: f"{task}(block, {element.name}): expected shared exponent {int(s_ref[0])}, "
-                              f"got {s.tolist()}.")
+            fail(with_hint(f"{task}(block, {element.name}): expected shared exponent {int(s_ref[0])}, "
+                           f"got {s.tolist()}.", hint)
+                 if seed is None else hidden_case(f"mx_quantize ({element.name}): the shared exponent differs", hint))
         if codes.shape != (32,) or not np.array_equal(codes, codes_ref.reshape(-1)):
             hint = ("each element is encode_float(x / 2^s, element format), saturated to +-max_value of the "
                     "element format (MX never produces inf).")
-            fail_case(seed, f"mx_quantize ({element.name}): element codes differ", hint,
-                      lambda: f"{task}(block, {element.name}): the element codes differ from the expected "
-                              f"{codes_ref.tolist()} (got {codes.tolist()}).")
+            fail(with_hint(f"{task}(block, {element.name}): the element codes differ from the expected "
+                           f"{codes_ref.tolist()} (got {codes.tolist()}).", hint)
+                 if seed is None else hidden_case(f"mx_quantize ({element.name}): element codes differ", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 

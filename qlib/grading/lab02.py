@@ -21,7 +21,7 @@ from qlib import kmeans as ref_kmeans
 from qlib import storage as ref_storage
 from qlib.grading.answers import (Field, Limit, Tier, check_choice, check_number,
                                   config_of, measured_design, measured_once)
-from qlib.grading.checks_common import fail_case, passed, task_runner
+from qlib.grading.checks_common import hidden_case, passed, task_runner, with_hint
 from qlib.grading.harness import as_array, as_integers, as_pair, fail, fmt, time_limit  # noqa: F401
 
 REFERENCES = (
@@ -78,13 +78,13 @@ def check_kmeans_quantize(kmeans_quantize, seed=None):
             else:
                 hint = ("repeat: assign each value to its nearest centroid, then move every centroid to the mean "
                         "of its values, at most max_iter times (stop early when no assignment changes).")
-            fail_case(seed, f"{task} ({where}): the codebook differs", hint,
-                      lambda: f"{task} ({where}): expected codebook {fmt(c_ref)}, got {fmt(codebook)}.")
+            fail(with_hint(f"{task} ({where}): expected codebook {fmt(c_ref)}, got {fmt(codebook)}.", hint)
+                 if seed is None else hidden_case(f"{task} ({where}): the codebook differs", hint))
         differ = indices != idx_ref
         if differ.mean() > 0.005:
             hint = "indices[i] is the position in the codebook of the centroid nearest to x[i] (ties: the lower one)."
-            fail_case(seed, f"{task} ({where}): {int(differ.sum())} indices differ", hint,
-                      lambda: f"{task} ({where}): expected indices\n{fmt(idx_ref)}\ngot\n{fmt(indices)}")
+            fail(with_hint(f"{task} ({where}): expected indices\n{fmt(idx_ref)}\ngot\n{fmt(indices)}", hint)
+                 if seed is None else hidden_case(f"{task} ({where}): {int(differ.sum())} indices differ", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -113,8 +113,8 @@ def check_codebook_gradient(codebook_gradient, seed=None):
             hint = "a cluster with no weights gets gradient 0."
         else:
             hint = "gradient of centroid k = sum of grad[i] over the weights i with indices[i] == k."
-        fail_case(seed, task, hint,
-                  lambda: f"{task}: expected {fmt(expected)}, got {fmt(got)}.")
+        fail(with_hint(f"{task}: expected {fmt(expected)}, got {fmt(got)}.", hint)
+             if seed is None else hidden_case(task, hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -156,9 +156,9 @@ def check_huffman_code_lengths(huffman_code_lengths, seed=None):
             problem = ("the code is not optimal: repeatedly merge the two least frequent nodes (a heap); "
                        "a symbol's length is its depth in the tree.")
         if problem:
-            fail_case(seed, task, problem,
-                      lambda: f"{task}({counts.tolist()}): got lengths {got.tolist()}; an optimal code has lengths "
-                              f"like {expected.tolist()} ({int(np.sum(counts * expected))} bits in all).")
+            fail(with_hint(f"{task}({counts.tolist()}): got lengths {got.tolist()}; an optimal code has lengths "
+                           f"like {expected.tolist()} ({int(np.sum(counts * expected))} bits in all).", problem)
+                 if seed is None else hidden_case(task, problem))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -195,9 +195,9 @@ def check_huffman_encode(huffman_encode, seed=None):
         else:
             hint = ("write each codeword's bits from its most significant bit, and pack them "
                     "8 to a byte, first bit in the byte's top bit (np.packbits does this).")
-        fail_case(seed, task, hint,
-                  lambda: f"{task}(symbols={symbols.tolist()}, lengths={lengths.tolist()}): expected "
-                          f"({packed_ref.tolist()}, {n_ref}), got ({packed.tolist()}, {n_bits}).")
+        fail(with_hint(f"{task}(symbols={symbols.tolist()}, lengths={lengths.tolist()}): expected "
+                       f"({packed_ref.tolist()}, {n_ref}), got ({packed.tolist()}, {n_bits}).", hint)
+             if seed is None else hidden_case(task, hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -247,8 +247,10 @@ def check_layer_storage_bits(layer_storage_bits, seed=None):
                 }
                 desc = {k: (v if not isinstance(v, np.ndarray) else f"mask with {int(v.sum())} of {v.size} kept")
                         for k, v in case.items()}
-                fail_case(seed, f"{task} ({'pruned' if 'mask' in case else 'dense'} layer): the {key} entry differs",
-                          hints[key], lambda: f"{task}({desc}): {key} should be {expected[key]} bits, got {value}.")
+                fail(with_hint(f"{task}({desc}): {key} should be {expected[key]} bits, got {value}.", hints[key])
+                     if seed is None else
+                     hidden_case(f"{task} ({'pruned' if 'mask' in case else 'dense'} layer): the {key} entry differs",
+                                 hints[key]))
     passed(task, len(cases), hidden=seed is not None)
 
 

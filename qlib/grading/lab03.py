@@ -19,7 +19,7 @@ from qlib import granularity as ref_granularity
 from qlib import linear as ref
 from qlib import weights as ref_weights
 from qlib.grading.answers import Field, Tier, answer_of, check_choice, check_number, tiered
-from qlib.grading.checks_common import HIDDEN, fail_case, near_tie_but_not_exact, passed, task_runner
+from qlib.grading.checks_common import HIDDEN, hidden_case, near_tie_but_not_exact, passed, task_runner, with_hint
 from qlib.grading.harness import (
     as_array,
     as_integers,
@@ -84,8 +84,8 @@ def check_integer_range(integer_range, seed=None):
         if got != expected:
             hint = _integer_range_hint(got, bits, signed, narrow)
             kind = f"{'signed' if signed else 'unsigned'}{' narrow' if narrow else ''}"
-            fail_case(seed, f"integer_range with {kind} ranges", hint,
-                      lambda: f"{task}({bits}, signed={signed}, narrow={narrow}): expected {expected}, got {got}.")
+            fail(with_hint(f"{task}({bits}, signed={signed}, narrow={narrow}): expected {expected}, got {got}.", hint)
+                 if seed is None else hidden_case(f"integer_range with {kind} ranges", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -160,10 +160,10 @@ def check_asymmetric_qparams(asymmetric_qparams, seed=None):
         scale, zp = _qparams_got(asymmetric_qparams, task, rmin, rmax, qmin, qmax)
         if not (np.isclose(scale, s_ref, rtol=1e-5) and zp == z_ref):
             hint = _asymmetric_hint(rmin, rmax, qmin, qmax, scale, zp)
-            fail_case(seed, f"asymmetric_qparams on a range that is {kind}"
-                      f"{' (all values of one sign)' if kind != 'mixed' else ''}", hint,
-                      lambda: f"{task}({rmin}, {rmax}, qmin={qmin}, qmax={qmax}): expected scale {s_ref:.6g} and "
-                              f"zero_point {z_ref}, got scale {scale:.6g} and zero_point {zp}.")
+            fail(with_hint(f"{task}({rmin}, {rmax}, qmin={qmin}, qmax={qmax}): expected scale {s_ref:.6g} and "
+                           f"zero_point {z_ref}, got scale {scale:.6g} and zero_point {zp}.", hint)
+                 if seed is None else hidden_case(f"asymmetric_qparams on a range that is {kind}"
+                                                  f"{' (all values of one sign)' if kind != 'mixed' else ''}", hint))
     # A range of zero width (an all-zero tensor) must not produce NaN or infinity.
     scale, zp = _qparams_got(asymmetric_qparams, task, 0.0, 0.0, -128, 127)
     if not scale > 0 or not -128 <= zp <= 127:
@@ -196,9 +196,9 @@ def check_symmetric_qparams(symmetric_qparams, seed=None):
             fail(f"{task}: the zero point of symmetric quantization is always 0, got {zp}.")
         if not np.isclose(scale, s_ref, rtol=1e-5):
             hint = _symmetric_hint(rmin, rmax, qmin, qmax, scale)
-            fail_case(seed, f"symmetric_qparams on a range that is {kind}", hint,
-                      lambda: f"{task}({rmin}, {rmax}, qmin={qmin}, qmax={qmax}): expected scale {s_ref:.6g}, "
-                              f"got {scale:.6g}.")
+            fail(with_hint(f"{task}({rmin}, {rmax}, qmin={qmin}, qmax={qmax}): expected scale {s_ref:.6g}, "
+                           f"got {scale:.6g}.", hint)
+                 if seed is None else hidden_case(f"symmetric_qparams on a range that is {kind}", hint))
     scale, _ = _qparams_got(symmetric_qparams, task, 0.0, 0.0, -128, 127)
     if not scale > 0:
         fail(f"{task}(0.0, 0.0, -128, 127): an all-zero tensor needs a positive scale, got {scale:.6g}. "
@@ -268,10 +268,11 @@ def check_quantize(quantize, seed=None):
         hint = next((h for h, v in _quantize_variants(x, scale, zp, qmin, qmax).items()
                      if np.array_equal(got, v)), "compare your steps with the formula in the docstring.")
         i = int(np.flatnonzero(~ok)[0])
-        fail_case(seed, f"quantize: {int((~ok).sum())} of {x.size} values differ on inputs that are {kind}", hint,
-                  lambda: f"{task}(x, scale={scale}, zero_point={zp}, qmin={qmin}, qmax={qmax}) with x = {fmt(x)}:\n"
-                          f"expected {fmt(expected)}\ngot      {fmt(got)}\n"
-                          f"first difference: x = {float(x[i])!r} should give {expected[i]}, got {got[i]}.")
+        fail(with_hint(f"{task}(x, scale={scale}, zero_point={zp}, qmin={qmin}, qmax={qmax}) with x = {fmt(x)}:\n"
+                       f"expected {fmt(expected)}\ngot      {fmt(got)}\n"
+                       f"first difference: x = {float(x[i])!r} should give {expected[i]}, got {got[i]}.", hint)
+             if seed is None else
+             hidden_case(f"quantize: {int((~ok).sum())} of {x.size} values differ on inputs that are {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -301,9 +302,9 @@ def check_dequantize(dequantize, seed=None):
             hint = "multiply (q - zero_point) by the scale."
         else:
             hint = "x_hat = scale * (q - zero_point)."
-        fail_case(seed, "dequantize on random integers", hint,
-                  lambda: f"{task}(q={fmt(q)}, scale={scale}, zero_point={zp}): expected {fmt(expected)}, "
-                          f"got {fmt(got)}.")
+        fail(with_hint(f"{task}(q={fmt(q)}, scale={scale}, zero_point={zp}): expected {fmt(expected)}, "
+                       f"got {fmt(got)}.", hint)
+             if seed is None else hidden_case("dequantize on random integers", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -359,20 +360,23 @@ def check_quantize_per_channel(quantize_per_channel, seed=None):
             other = [d for d in range(x.ndim) if d != axis % x.ndim]
             hint = ("the ranges must be taken over every dimension except axis; each channel is x.select(axis, c)."
                     if other else "compute one range per channel.")
-            fail_case(seed, f"quantize_per_channel ({scheme}, axis={axis}): the scales differ", hint,
-                      lambda: f"{task} ({where}): expected scales {fmt(s_ref)}, got {fmt(scale)}.")
+            fail(with_hint(f"{task} ({where}): expected scales {fmt(s_ref)}, got {fmt(scale)}.", hint)
+                 if seed is None else hidden_case(f"quantize_per_channel ({scheme}, axis={axis}): the scales differ",
+                                                  hint))
         bad_zp = zp != z_ref
         if bad_zp.any():
-            fail_case(seed, f"quantize_per_channel ({scheme}): the zero points differ",
-                      "symmetric means zero_point 0; asymmetric uses the zero point of your Task 2 function.",
-                      lambda: f"{task} ({where}): expected zero points {fmt(z_ref)}, got {fmt(zp)}.")
+            hint = "symmetric means zero_point 0; asymmetric uses the zero point of your Task 2 function."
+            fail(with_hint(f"{task} ({where}): expected zero points {fmt(z_ref)}, got {fmt(zp)}.", hint)
+                 if seed is None else hidden_case(f"quantize_per_channel ({scheme}): the zero points differ", hint))
         v = np.moveaxis(np.moveaxis(x, axis, -1).astype(np.float64) / s_ref, -1, axis)
         ok = (q == q_ref) | (near_tie_but_not_exact(v) & (np.abs(q - q_ref) <= 1))
         if not ok.all():
-            fail_case(seed, f"quantize_per_channel ({scheme}, axis={axis}): {int((~ok).sum())} values of q differ",
-                      "quantize each channel with its own scale and zero point: reshape them so that they "
-                      "broadcast along axis.",
-                      lambda: f"{task} ({where}): expected q =\n{fmt(q_ref)}\ngot\n{fmt(q)}")
+            hint = ("quantize each channel with its own scale and zero point: reshape them so that they broadcast "
+                    "along axis.")
+            fail(with_hint(f"{task} ({where}): expected q =\n{fmt(q_ref)}\ngot\n{fmt(q)}", hint)
+                 if seed is None else
+                 hidden_case(f"quantize_per_channel ({scheme}, axis={axis}): {int((~ok).sum())} values of q differ",
+                             hint))
     passed(task, len(cases), hidden=seed is not None)
 
 

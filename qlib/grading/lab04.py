@@ -23,7 +23,7 @@ from qlib import granularity as ref
 from qlib import scale_storage as ref_storage
 from qlib.grading.answers import (Field, Limit, Tier, check_choice, check_number,
                                   config_of, measured_design, measured_once)
-from qlib.grading.checks_common import fail_case, near_tie_but_not_exact, passed, task_runner
+from qlib.grading.checks_common import hidden_case, near_tie_but_not_exact, passed, task_runner, with_hint
 from qlib.grading.harness import (
     as_array,
     as_integers,
@@ -140,20 +140,22 @@ def check_quantize_per_group(quantize_per_group, seed=None):
         check_shape(zp, z_ref.shape, "zero_point", task)
         if not np.allclose(scale, s_ref, rtol=1e-6, atol=0):
             hint = _per_group_hint(x, axis, group_size, qmin, qmax, symmetric, scale, s_ref)
-            fail_case(seed, f"quantize_per_group ({kind}, axis={axis}): the scales differ", hint,
-                      lambda: f"{task} ({where}) with x =\n{fmt(x)}\nexpected scales\n{fmt(s_ref)}\ngot\n{fmt(scale)}")
+            fail(with_hint(f"{task} ({where}) with x =\n{fmt(x)}\nexpected scales\n{fmt(s_ref)}\n"
+                           f"got\n{fmt(scale)}", hint)
+                 if seed is None else hidden_case(f"quantize_per_group ({kind}, axis={axis}): the scales differ", hint))
         if not np.array_equal(zp, z_ref):
             hint = ("symmetric quantization has zero point 0." if symmetric else
                     "each group's zero point comes from asymmetric_qparams on the group's own range.")
-            fail_case(seed, f"quantize_per_group ({kind}): the zero points differ", hint,
-                      lambda: f"{task} ({where}): expected zero points\n{fmt(z_ref)}\ngot\n{fmt(zp)}")
+            fail(with_hint(f"{task} ({where}): expected zero points\n{fmt(z_ref)}\ngot\n{fmt(zp)}", hint)
+                 if seed is None else hidden_case(f"quantize_per_group ({kind}): the zero points differ", hint))
         ratio = x.astype(np.float64) / ref.expand_groups(s_ref, axis, group_size).numpy()
         ok = (q == q_ref) | (near_tie_but_not_exact(ratio) & (np.abs(q - q_ref) <= 1))
         if not ok.all():
             hint = ("quantize each value with its own group's scale and zero point: repeat them group_size times "
                     "along axis (or keep the (..., n_groups, group_size) view) so that they line up with x.")
-            fail_case(seed, f"quantize_per_group ({kind}, axis={axis}): {int((~ok).sum())} values of q differ",
-                      hint, lambda: f"{task} ({where}): expected q =\n{fmt(q_ref)}\ngot\n{fmt(q)}")
+            fail(with_hint(f"{task} ({where}): expected q =\n{fmt(q_ref)}\ngot\n{fmt(q)}", hint)
+                 if seed is None else
+                 hidden_case(f"quantize_per_group ({kind}, axis={axis}): {int((~ok).sum())} values of q differ", hint))
     # a group size that does not divide the axis must be refused, not silently mishandled
     outcome = _run(task, call_catching, quantize_per_group, torch.ones(4, 12), 1, 5, -8, 7)
     if outcome[0] != "raised" or "ValueError" not in outcome[1]:
@@ -206,9 +208,9 @@ def check_dequantize_per_group(dequantize_per_group, seed=None):
                     "use repeat_interleave / np.repeat along axis.")
         else:
             hint = "x_hat = scale * (q - zero_point), with each group's scale and zero point repeated group_size times along axis."
-        fail_case(seed, f"dequantize_per_group on {kind} (axis={axis})", hint,
-                  lambda: f"{task}(q=\n{fmt(q)}, scale={fmt(scale)}, zero_point={fmt(zp)}, axis={axis}, "
-                          f"group_size={group_size}):\nexpected {fmt(expected)}\ngot      {fmt(got)}")
+        fail(with_hint(f"{task}(q=\n{fmt(q)}, scale={fmt(scale)}, zero_point={fmt(zp)}, axis={axis}, "
+                       f"group_size={group_size}):\nexpected {fmt(expected)}\ngot      {fmt(got)}", hint)
+             if seed is None else hidden_case(f"dequantize_per_group on {kind} (axis={axis})", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -293,10 +295,10 @@ def check_mxint_quantize(mxint_quantize, seed=None):
         if np.array_equal(s, s_ref) and np.array_equal(q, q_ref):
             continue
         hint = _mxint_hint(x, bits, block_size, s, q, s_ref)
-        fail_case(seed, f"mxint_quantize on {kind} (bits={bits})", hint,
-                  lambda: f"{task} ({where}) with x =\n{np.array2string(x, precision=8, threshold=20, separator=', ')}\n"
-                          f"expected shared_exponents {fmt(s_ref)} and q =\n{fmt(q_ref)}\n"
-                          f"got shared_exponents {fmt(s)} and q =\n{fmt(q)}")
+        fail(with_hint(f"{task} ({where}) with x =\n{np.array2string(x, precision=8, threshold=20, separator=', ')}\n"
+                       f"expected shared_exponents {fmt(s_ref)} and q =\n{fmt(q_ref)}\n"
+                       f"got shared_exponents {fmt(s)} and q =\n{fmt(q)}", hint)
+             if seed is None else hidden_case(f"mxint_quantize on {kind} (bits={bits})", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -354,8 +356,8 @@ def check_scale_bits_per_weight(scale_bits_per_weight, seed=None):
         hint = _storage_hint(shape, granularity, group_size, scale_bits, zero_point_bits, got)
         call = (f"{task}({shape}, {granularity!r}, group_size={group_size}, scale_bits={scale_bits}, "
                 f"zero_point_bits={zero_point_bits})")
-        fail_case(seed, f"scale_bits_per_weight with granularity {granularity!r}", hint,
-                  lambda: f"{call}: expected {expected!r}, got {got!r}.")
+        fail(with_hint(f"{call}: expected {expected!r}, got {got!r}.", hint)
+             if seed is None else hidden_case(f"scale_bits_per_weight with granularity {granularity!r}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 

@@ -33,7 +33,7 @@ import torch
 
 from qlib import calibration as ref
 from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_design, measured_once
-from qlib.grading.checks_common import fail_case, passed, task_runner
+from qlib.grading.checks_common import hidden_case, passed, task_runner, with_hint
 from qlib.grading.harness import as_array, check_shape, fail, fmt, time_limit  # noqa: F401
 
 #: The qlib functions that this lab asks students to write; unavailable while their code runs.
@@ -125,8 +125,8 @@ def check_percentile_threshold(percentile_threshold, seed=None):
         if abs(got - expected) <= 1e-6 * max(1.0, abs(expected)) + 0.01 * (above - below):
             continue
         hint = _percentile_hint(x, p, got)
-        fail_case(seed, f"percentile_threshold on values that are {kind}", hint,
-                  lambda: f"{task}(x, {p}) with x = {fmt(x)}: expected {expected:.7g}, got {got:.7g}.")
+        fail(with_hint(f"{task}(x, {p}) with x = {fmt(x)}: expected {expected:.7g}, got {got:.7g}.", hint)
+             if seed is None else hidden_case(f"percentile_threshold on values that are {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -204,9 +204,9 @@ def check_mse_threshold(mse_threshold, seed=None):
             hint = ("the threshold should be one of the candidates max|x| * k / n." if not on_grid else
                     "quantize with scale = T / qmax, round half to even, clamp to [qmin, qmax], then "
                     "compare mean((x_hat - x)**2) across candidates.")
-        fail_case(seed, f"mse_threshold on values that are {kind}", hint,
-                  lambda: f"{where} with x = {fmt(x)}: expected {expected:.6g} (error {float(errors.min()):.4g}), "
-                          f"got {got:.6g}" + (f" (error {float(errors[k]):.4g})" if on_grid else "") + ".")
+        fail(with_hint(f"{where} with x = {fmt(x)}: expected {expected:.6g} (error {float(errors.min()):.4g}), "
+                       f"got {got:.6g}" + (f" (error {float(errors[k]):.4g})" if on_grid else "") + ".", hint)
+             if seed is None else hidden_case(f"mse_threshold on values that are {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -271,9 +271,9 @@ def check_candidate_distribution(candidate_distribution, seed=None):
         hint = next((h for h, v in _candidate_variants(counts, levels).items() if np.allclose(got, v, rtol=1e-9)),
                     "bin j goes to quantized bin floor(j * levels / i); each group's total is shared equally by "
                     "its non-empty bins.")
-        fail_case(seed, f"candidate_distribution on histograms {kind}", hint,
-                  lambda: f"{task}(counts={fmt(counts.astype(np.int64))}, levels={levels}):\nexpected {fmt(expected)}\n"
-                          f"got      {fmt(got)}")
+        fail(with_hint(f"{task}(counts={fmt(counts.astype(np.int64))}, levels={levels}):\nexpected {fmt(expected)}\n"
+                       f"got      {fmt(got)}", hint)
+             if seed is None else hidden_case(f"candidate_distribution on histograms {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -368,10 +368,10 @@ def check_kl_threshold(kl_threshold, seed=None):
                 divergences[k] <= divergences.min() * (1 + 1e-6) + 1e-9):  # float32 sums pass too
             continue
         hint = _kl_hint(counts, levels, width, got)
-        fail_case(seed, f"kl_threshold on a histogram that is {kind}", hint,
-                  lambda: f"{task}(counts of {counts.size} bins, bin_width={width:.6g}, levels={levels}): expected "
-                          f"{expected:.6g} (i = {round(expected / width)} bins, divergence {divergences.min():.4g}), "
-                          f"got {got:.6g} (i = {i_got:.6g}).")
+        fail(with_hint(f"{task}(counts of {counts.size} bins, bin_width={width:.6g}, levels={levels}): expected "
+                       f"{expected:.6g} (i = {round(expected / width)} bins, divergence {divergences.min():.4g}), "
+                       f"got {got:.6g} (i = {i_got:.6g}).", hint)
+             if seed is None else hidden_case(f"kl_threshold on a histogram that is {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -389,7 +389,8 @@ def check_round_stochastic(round_stochastic, seed=None):
     """Task 5: stochastic rounding, graded on its properties (see the module docstring)."""
     task = "round_stochastic"
     def fail_(msg, hint):
-        fail_case(seed, task, hint, lambda: f"{task}: {msg}")
+        fail(with_hint(f"{task}: {msg}", hint)
+             if seed is None else hidden_case(task, hint))
 
     base = seed or 0
     gen = np.random.default_rng(base)

@@ -26,7 +26,7 @@ import torch
 from qlib import integer_layers as ref_layers
 from qlib import requantize as ref
 from qlib.grading.answers import check_choice, check_number
-from qlib.grading.checks_common import fail_case, passed, task_runner
+from qlib.grading.checks_common import hidden_case, passed, task_runner, with_hint
 from qlib.grading.harness import (
     as_integers,
     as_pair,
@@ -126,8 +126,8 @@ def check_quantize_multiplier(quantize_multiplier, seed=None):
         got = (int(m0.reshape(())), int(shift.reshape(())))
         if got != expected:
             hint = _quantize_multiplier_hint(m, *got)
-            fail_case(seed, f"quantize_multiplier on a multiplier {kind}", hint,
-                      lambda: f"{task}({m!r}): expected (m0, shift) = {expected}, got {got}.")
+            fail(with_hint(f"{task}({m!r}): expected (m0, shift) = {expected}, got {got}.", hint)
+                 if seed is None else hidden_case(f"quantize_multiplier on a multiplier {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -203,10 +203,10 @@ def check_saturating_rounding_doubling_high_mul(saturating_rounding_doubling_hig
         if dtype == torch.int32 and hint.startswith("compare"):
             hint = ("with int32 tensors a * b overflows: the product of two int32 values needs 64 bits, "
                     "so convert to torch.int64 first.")
-        fail_case(seed, f"{task} on {kind} ({dtype} tensors)", hint,
-                  lambda: f"{task}(a, b) with {dtype} tensors\na = {fmt(a)}\nb = {fmt(b)}:\n"
-                          f"expected {fmt(expected)}\ngot      {fmt(got)}\n"
-                          f"{_first_difference({'a': a, 'b': b}, expected, got)}.")
+        fail(with_hint(f"{task}(a, b) with {dtype} tensors\na = {fmt(a)}\nb = {fmt(b)}:\n"
+                       f"expected {fmt(expected)}\ngot      {fmt(got)}\n"
+                       f"{_first_difference({'a': a, 'b': b}, expected, got)}.", hint)
+             if seed is None else hidden_case(f"{task} on {kind} ({dtype} tensors)", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -252,9 +252,9 @@ def check_rounding_divide_by_pot(rounding_divide_by_pot, seed=None):
             continue
         hint = _hint_from(got, _rdbpot_variants(x, np.asarray(e)),
                           "compare your steps with the formula in the docstring.")
-        fail_case(seed, f"{task} on {kind}", hint,
-                  lambda: f"{task}(x, exponent={e}) with x = {fmt(x)}:\nexpected {fmt(expected)}\ngot      {fmt(got)}\n"
-                          f"{_first_difference({'x': x}, expected, got)}.")
+        fail(with_hint(f"{task}(x, exponent={e}) with x = {fmt(x)}:\nexpected {fmt(expected)}\ngot      {fmt(got)}\n"
+                       f"{_first_difference({'x': x}, expected, got)}.", hint)
+             if seed is None else hidden_case(f"{task} on {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -331,11 +331,11 @@ def check_requantize(requantize, seed=None):
         hint = _hint_from(got, _requantize_variants(acc.astype(np.int64), m0, shift, zp, qmin, qmax),
                           "q = clamp(rounding_divide_by_pot(saturating_rounding_doubling_high_mul(acc, m0), shift) "
                           "+ zero_point, qmin, qmax).")
-        fail_case(seed, f"{task} with {kind}", hint,
-                  lambda: f"{task}(acc, m0={fmt(np.asarray(m0))}, shift={fmt(np.asarray(shift))}, zero_point={zp}, "
-                          f"qmin={qmin}, qmax={qmax}) with acc = {fmt(acc)}:\n"
-                          f"expected {fmt(expected)}\ngot      {fmt(got)}\n"
-                          f"{_first_difference({'acc': acc}, expected, got)}.")
+        fail(with_hint(f"{task}(acc, m0={fmt(np.asarray(m0))}, shift={fmt(np.asarray(shift))}, zero_point={zp}, "
+                       f"qmin={qmin}, qmax={qmax}) with acc = {fmt(acc)}:\n"
+                       f"expected {fmt(expected)}\ngot      {fmt(got)}\n"
+                       f"{_first_difference({'acc': acc}, expected, got)}.", hint)
+             if seed is None else hidden_case(f"{task} with {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -465,8 +465,8 @@ def check_quantized_linear(quantized_linear, seed=None):
                               "W = S_W (q_W - Z_W) and b = S_W S_X q_b into y = W x + b. Then "
                               "requantize(acc, m0, shift, Z_Y, qmin', qmax), qmin' = max(qmin, Z_Y) under a "
                               "fused ReLU.")
-        fail_case(seed, f"{task} on a layer with {kind}", hint,
-                  lambda: f"{task}({_shown(args)}):\nexpected {fmt(expected)}\ngot      {fmt(got)}")
+        fail(with_hint(f"{task}({_shown(args)}):\nexpected {fmt(expected)}\ngot      {fmt(got)}", hint)
+             if seed is None else hidden_case(f"{task} on a layer with {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -561,7 +561,8 @@ def check_quantized_conv2d(quantized_conv2d, seed=None):
             hint = _hint_from(got, _conv_variants(args),
                               "cut the padded input into patches (in the same channel, row, column order as "
                               "q_weight.reshape(C_out, -1)) and apply your quantized_linear to them.")
-        fail_case(seed, f"{task} on a layer with {kind}", hint, lambda: _conv_case(task, args, got, expected))
+        fail(with_hint(_conv_case(task, args, got, expected), hint)
+             if seed is None else hidden_case(f"{task} on a layer with {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -690,7 +691,8 @@ def check_fast_quantized_conv2d(fast_quantized_conv2d, seed=None):
         else:
             hint = ("compare it with your quantized_conv2d from Task 6 on the same layer: the folded form must give "
                     "the same integers.")
-        fail_case(seed, f"{task} on a layer with {kind}", hint, lambda: _conv_case(task, args, got, expected))
+        fail(with_hint(_conv_case(task, args, got, expected), hint)
+             if seed is None else hidden_case(f"{task} on a layer with {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 

@@ -36,7 +36,7 @@ from qlib import lsq as ref_lsq
 from qlib import ste as ref_ste
 from qlib._reference import reference
 from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_design, measured_once
-from qlib.grading.checks_common import HIDDEN, fail_case, passed, task_runner, tie_or_near_tie
+from qlib.grading.checks_common import HIDDEN, hidden_case, passed, task_runner, tie_or_near_tie, with_hint
 from qlib.grading.harness import as_array, fail, fmt, run_submission, time_limit  # noqa: F401 (time_limit: the lab)
 
 #: The qlib functions whose work this lab asks for; unavailable while a student's code runs.
@@ -235,10 +235,10 @@ def check_fake_quant_ste_forward(FakeQuantSTE, seed=None):
                      if np.allclose(got, np.broadcast_to(v, got.shape), rtol=1e-6, atol=1e-9)),
                     "q = clamp(round(x / scale) + zero_point, qmin, qmax); return (q - zero_point) * scale.")
         i = np.unravel_index(int(np.flatnonzero(~ok.reshape(-1))[0]), ok.shape)
-        fail_case(seed, f"the forward pass on inputs that are {kind}", hint,
-                  lambda: f"{task} with {_where(kind, x, scale, zp, qmin, qmax)}:\nexpected {fmt(expected)}\n"
-                          f"got      {fmt(got)}\nfirst difference: x = {float(x[i])!r} should give "
-                          f"{expected[i]:.6g}, got {got[i]:.6g}.")
+        fail(with_hint(f"{task} with {_where(kind, x, scale, zp, qmin, qmax)}:\nexpected {fmt(expected)}\n"
+                       f"got      {fmt(got)}\nfirst difference: x = {float(x[i])!r} should give "
+                       f"{expected[i]:.6g}, got {got[i]:.6g}.", hint)
+             if seed is None else hidden_case(f"the forward pass on inputs that are {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -295,10 +295,10 @@ def check_fake_quant_ste_backward(FakeQuantSTE, seed=None):
                                        np.broadcast_to(v, got.shape)[~tie_or_near_tie(_ratio(x, scale))])),
                     "return grad_output * mask, mask = (q >= qmin) & (q <= qmax) with "
                     "q = round(x / scale) + zero_point.")
-        fail_case(seed, f"the backward pass on inputs that are {kind}", hint,
-                  lambda: f"{task} with {_where(kind, x, scale, zp, qmin, qmax)} and "
-                          f"grad_output = {fmt(upstream.numpy())}:\n"
-                          f"expected gradient {fmt(expected)}\ngot               {fmt(got)}")
+        fail(with_hint(f"{task} with {_where(kind, x, scale, zp, qmin, qmax)} and "
+                       f"grad_output = {fmt(upstream.numpy())}:\n"
+                       f"expected gradient {fmt(expected)}\ngot               {fmt(got)}", hint)
+             if seed is None else hidden_case(f"the backward pass on inputs that are {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -401,9 +401,9 @@ def check_lsq_forward(LSQFakeQuant, seed=None):
             hint = "multiply the clamped integer by step: the output is a real value, not the integer."
         else:
             hint = "v_hat = clamp(round(v / step), qmin, qmax) * step, with torch.round (half to even)."
-        fail_case(seed, f"the LSQ forward pass on {kind}", hint,
-                  lambda: f"{task}(v, step={step}, qmin={qmin}, qmax={qmax}) with v = {fmt(v.numpy())}:\n"
-                          f"expected {fmt(expected)}\ngot      {fmt(got)}")
+        fail(with_hint(f"{task}(v, step={step}, qmin={qmin}, qmax={qmax}) with v = {fmt(v.numpy())}:\n"
+                       f"expected {fmt(expected)}\ngot      {fmt(got)}", hint)
+             if seed is None else hidden_case(f"the LSQ forward pass on {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -434,9 +434,9 @@ def check_lsq_backward(LSQFakeQuant, seed=None):
         if not ((gv == e_gv) | tie).all():
             hint = ("the gradient for v is grad_output where qmin <= round(v / step) <= qmax and 0 elsewhere "
                     "(the straight-through estimator, as in Task 1).")
-            fail_case(seed, f"the gradient of v on {kind}", hint,
-                      lambda: f"{task} with {where}:\nexpected gradient for v {fmt(e_gv)}\ngot                     "
-                              f"{fmt(gv)}")
+            fail(with_hint(f"{task} with {where}:\nexpected gradient for v {fmt(e_gv)}\ngot                     "
+                           f"{fmt(gv)}", hint)
+                 if seed is None else hidden_case(f"the gradient of v on {kind}", hint))
         scale_of_terms = float(np.abs(upstream.double().numpy()).sum()) * g * max(1.0, abs(qmin), qmax)
         if abs(gs - e_gs) > 1e-5 * scale_of_terms + 1e-7:
             hint = next((h for h, val in _step_gradient_variants(v, step, qmin, qmax, g, upstream).items()
@@ -444,8 +444,8 @@ def check_lsq_backward(LSQFakeQuant, seed=None):
                         "derive d v_hat / d step in each of the three cases (q below, inside and above [qmin, qmax]) "
                         "from v_hat = clamp(q, qmin, qmax) * step, with the straight-through estimator for the "
                         "rounding; multiply by grad_output, sum over the elements, and multiply by grad_scale.")
-            fail_case(seed, f"the gradient of step on {kind}", hint,
-                      lambda: f"{task} with {where}:\nexpected gradient for step {e_gs:.6g}, got {gs:.6g}.")
+            fail(with_hint(f"{task} with {where}:\nexpected gradient for step {e_gs:.6g}, got {gs:.6g}.", hint)
+                 if seed is None else hidden_case(f"the gradient of step on {kind}", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
@@ -569,11 +569,11 @@ def check_qat_finetune(qat_finetune, seed=None):
             hint = ("the weights did not change: run the optimizer on the copy's parameters." if unchanged else
                     "train with quantized_forward in every step (the quantizers must be in the loop), Adam "
                     "with the given lr, batches of 64 in a random order drawn from the seed.")
-            fail_case(seed, f"{task}: at {bits} bits after {epochs} epochs the quantized test accuracy is "
-                      f"{acc:.4f}, below {threshold:.2f}", hint,
-                      lambda: f"{task} ({where}): test accuracy of the returned weights, quantized to {bits} bits, is "
-                              f"{acc:.4f}; it should reach {threshold:.2f} (a correct solution reaches about "
-                              f"{typical:.2f}; without fine-tuning it is {ptq:.2f}).")
+            fail(with_hint(f"{task} ({where}): test accuracy of the returned weights, quantized to {bits} bits, is "
+                           f"{acc:.4f}; it should reach {threshold:.2f} (a correct solution reaches about "
+                           f"{typical:.2f}; without fine-tuning it is {ptq:.2f}).", hint)
+                 if seed is None else hidden_case(f"{task}: at {bits} bits after {epochs} epochs the quantized test "
+                                                  f"accuracy is {acc:.4f}, below {threshold:.2f}", hint))
         if seed is None:
             print(f"{task}: quantized test accuracy {acc:.4f} (at least {threshold:.2f} needed; {ptq:.4f} before "
                   "fine-tuning)")

@@ -29,7 +29,7 @@ from qlib import mixed_precision as ref_mixed
 from qlib import ternary as ref_ternary
 from qlib.grading.answers import (Field, Limit, Tier, check_choice, check_number,
                                   config_of, measured_design, measured_once)
-from qlib.grading.checks_common import HIDDEN, fail_case, passed, task_runner
+from qlib.grading.checks_common import HIDDEN, hidden_case, passed, task_runner, with_hint
 from qlib.grading.harness import as_array, as_integers, check_shape, fail, fmt, time_limit  # noqa: F401
 
 #: The qlib functions that this lab asks students to write; unavailable while their code runs.
@@ -82,9 +82,9 @@ def _mismatch(task, kind, w, granularity, seed, expected: dict, got: dict, hint:
     def values(d):
         return ", ".join(f"{name} = {fmt(v)}" for name, v in d.items())
 
-    fail_case(seed, f'{task} on {kind} (granularity="{granularity}")', hint,
-              lambda: f"{task}({_where(w, granularity)}) on {kind}, w = {fmt(w.numpy())}:\n"
-                      f"expected {values(expected)}\ngot      {values(got)}")
+    fail(with_hint(f"{task}({_where(w, granularity)}) on {kind}, w = {fmt(w.numpy())}:\n"
+                   f"expected {values(expected)}\ngot      {values(got)}", hint)
+         if seed is None else hidden_case(f'{task} on {kind} (granularity="{granularity}")', hint))
 
 
 def _where(w, granularity):

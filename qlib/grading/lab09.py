@@ -20,7 +20,7 @@ import torch
 
 from qlib import integer_storage as ref
 from qlib.grading.answers import Field, Tier, check_choice, check_number, config_of, measured_design, measured_once
-from qlib.grading.checks_common import fail_case, passed, task_runner
+from qlib.grading.checks_common import hidden_case, passed, task_runner, with_hint
 from qlib.grading.harness import as_array, fail, time_limit  # noqa: F401  (the lab's cells use grader.time_limit)
 
 #: The qlib function this lab asks students to write.
@@ -130,9 +130,9 @@ def check_integer_model_bits(integer_model_bits, seed=None):
         if got == expected:
             continue
         hint = _storage_hint(layers, a, got)
-        fail_case(seed, f"integer_model_bits on {len(layers)} layer(s)", hint,
-                  lambda: f"{task}({[(tuple(s), b) for s, b in layers]}, activation_bits={a}): expected {expected}, "
-                          f"got {got:.10g}.")
+        fail(with_hint(f"{task}({[(tuple(s), b) for s, b in layers]}, activation_bits={a}): expected {expected}, "
+                       f"got {got:.10g}.", hint)
+             if seed is None else hidden_case(f"integer_model_bits on {len(layers)} layer(s)", hint))
     passed(task, len(cases), hidden=seed is not None)
 
 
