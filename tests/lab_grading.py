@@ -157,7 +157,10 @@ def standard_cheats(target: Target, answer: str, check: str) -> dict[str, Cheat]
                                     + returns_input}, target.question),
         "edits_test_cell": Cheat({target.cell: STUB}, target.question, "defines no", "edit"),
         "deletes_test_cell": Cheat({target.cell: STUB}, target.question, "defines no", "delete"),
-        "infinite_loop": Cheat({target.cell: f"def {name}({params}):\n    while True:\n        pass\n"},
+        # it waits rather than spins: the grader's limit is on the clock, and a loop that burns a core for
+        # each lab would only slow the rest of the session (tests/test_sealed_grading.py has one that spins)
+        "infinite_loop": Cheat({target.cell: f"import time\n\ndef {name}({params}):\n    while True:\n"
+                                             "        time.sleep(1)\n"},
                                target.question, "did not return within"),
     }
 

@@ -177,4 +177,4 @@ class TestLab02Grading(LabGradingTests, DesignTargetTests):
                     "heapq.heappush(heap, (c1 + c2, tie_break, group1 + group2))",
                     'what_retraining_changes = "b"', "index_bits_for_gap = 6",
                     "**Rubric (3 points).** 1 point: names `fc1` as the layer pruned most")
-    CELL_SECONDS = 15  # the slowest cell of a correct submission (retraining the chapter's plan) takes about 1.2 s
+    CELL_SECONDS = 10  # the slowest cell of a correct submission (retraining the chapter's plan) takes about 1.2 s

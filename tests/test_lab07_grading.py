@@ -264,4 +264,4 @@ class TestLab07Grading(LabGradingTests, DesignTargetTests):
                     "d = torch.where(inside, q - v / step", 'pact_alpha_gradient = "b"',
                     '"method": "lsq", "granularity": "tensor", "optimizer": "sgd", "lr": 0.03',
                     "**Rubric (3 points).** 1 point: the numbers")
-    CELL_SECONDS = 15  # the slowest cells of a correct submission (the experiment, the fine-tuning check) take 1.4 s
+    CELL_SECONDS = 10  # the slowest cells of a correct submission (the experiment, the fine-tuning check) take 1.4 s

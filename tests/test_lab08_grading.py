@@ -192,7 +192,7 @@ class TestLab08Grading(LabGradingTests, DesignTargetTests):
                     'allocation = {"conv1": 4, "conv2": 2, "fc1": 1, "fc2": 2}',
                     'what_the_scale_minimizes = "a"',
                     "**Rubric (2 points).** 1 point: names `conv1` as the most sensitive and `fc1` as the least")
-    CELL_SECONDS = 15  # the slowest cell of a correct submission (the sensitivity check) takes 1.5 s
+    CELL_SECONDS = 10  # the slowest cell of a correct submission (the sensitivity check) takes 1.5 s
 
     def test_a_hidden_failure_does_not_even_show_the_shape_of_the_input(self, graded):
         assert "(16, 1, 3, 3)" not in graded.output("hard_coded_visible_cases", "test_ternarize")

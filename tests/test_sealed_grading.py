@@ -10,6 +10,7 @@ sandbox outlives grading, and nothing reaches a server on the grader's loopback.
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 import subprocess
 import sys
@@ -28,8 +29,22 @@ WRONG_QUANTIZE = "\ndef quantize(x, scale, zero_point, qmin, qmax):\n    return 
 WRONG_DEQUANTIZE = "\ndef dequantize(q, scale, zero_point):\n    return q\n"
 
 
-def attack(task_cell: str, source: str):
-    return {"cells": {task_cell: source}}
+#: How an attack searches the whole file system the sandbox shows, for the files whose path ends with
+#: ``ending``: for three seconds at most, then it attacks what it found (a search of every path,
+#: /proc included, would use up the cell's time before the attack began).
+SEARCH = '''
+import os, time
+
+def search(ending, seconds=3.0):
+    found, start = [], time.monotonic()
+    for top, dirs, files in os.walk("/"):
+        if top == "/":
+            dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
+        found += [os.path.join(top, f) for f in files if os.path.join(top, f).endswith(ending)]
+        if time.monotonic() - start > seconds:
+            break
+    return found
+'''
 
 
 # Each entry: name -> (how the submission differs from the reference answers, the task it attacks).
@@ -117,12 +132,11 @@ def quantize(x, scale, zero_point, qmin, qmax):
         "edit": {"setup": ("import torch, numpy as np, copy, math\n"
                            "class grader:\n    def __getattr__(self, n): return lambda *a, **k: None\n"
                            "grader = grader()\n", {})}}, "test_quantize"),
-    "writes_to_the_course": ({"cells": {"quantize": '''
-import glob, os
+    "writes_to_the_course": ({"cells": {"quantize": SEARCH + '''
 COURSE = "{course}"
 for path in [COURSE + "/gradebook.db", COURSE + "/nbgrader_config.py", COURSE + "/solutions/{lab}/{lab}.ipynb",
              COURSE + "/submitted/victim/{lab}/{lab}.ipynb", COURSE + "/autograded/victim/{lab}/{lab}.ipynb",
-             "{qlib}/grading/lab03.py", "{qlib}/grading/harness.py"] + glob.glob("/**/gradebook.db", recursive=True):
+             "{qlib}/grading/lab03.py", "{qlib}/grading/harness.py"] + search("/gradebook.db"):
     try:
         with open(path, "ab") as handle:
             handle.write(b"\\nimport os; os.system('echo owned')\\n")
@@ -130,9 +144,8 @@ for path in [COURSE + "/gradebook.db", COURSE + "/nbgrader_config.py", COURSE + 
     except OSError as err:
         print("could not write", path, type(err).__name__)
 ''' + WRONG_QUANTIZE}}, "test_quantize"),
-    "reads_solutions_and_secret": ({"cells": {"dequantize": '''
-import glob, json
-SOURCES = ["{course}/solutions/{lab}/{lab}.ipynb", "{secret}"] + glob.glob("/**/solutions/**/*.ipynb", recursive=True)
+    "reads_solutions_and_secret": ({"cells": {"dequantize": SEARCH + '''
+SOURCES = ["{course}/solutions/{lab}/{lab}.ipynb", "{secret}"] + [p for p in search(".ipynb") if "/solutions/" in p]
 
 def dequantize(q, scale, zero_point):
     for path in SOURCES:
@@ -166,6 +179,11 @@ def quantize(x, scale, zero_point, qmin, qmax):
     os._exit(0)
 '''}}, "test_quantize"),
     "os_exit_in_a_cell": ({"cells": {"quantize": "import os\nos._exit(3)\n"}}, "test_quantize"),
+    "spins_forever": ({"cells": {"asymmetric_qparams": '''
+def asymmetric_qparams(rmin, rmax, qmin, qmax):
+    while True:
+        pass
+'''}}, "test_asymmetric_qparams"),
     "swallows_every_time_limit": ({"cells": {"quantize": '''
 import time
 
@@ -247,7 +265,7 @@ def attacked(tmp_path_factory):
     root = course.make_course(tmp_path_factory.mktemp("redteam") / "course", LAB)
     # lab 3's cells take about a second; an attack that hangs the experiment cell need not cost 120 s
     with open(root / "nbgrader_config.py", "a") as config:
-        config.write("\nc.SealedExecute.timeout = 15\n")
+        config.write("\nc.SealedExecute.timeout = 10\n")
     released = course.read_notebook(course.notebook_path(root, "labs", LAB))
     answers = course.solution_code(course.read_notebook(course.ROOT / "solutions" / LAB / f"{LAB}.ipynb"))
     course.autograde(root, LAB, {"victim": course.fill(released, answers)}, workers=1)
@@ -289,6 +307,9 @@ def test_attack_earns_nothing_and_costs_only_its_task(attacked, name):
 
 
 def test_course_files_and_other_students_are_untouched(attacked):
+    name = "writes_to_the_course"
+    tried = course.cell_output(attacked["dirs"][name], LAB, name, "quantize")
+    assert tried.count("could not write") >= 7 and not re.search(r"^wrote ", tried, re.M), tried  # it tried, and failed
     assert attacked["after"] == attacked["before"]
     assert attacked["victim_after"] == attacked["victim_before"]
     assert not (attacked["root"] / "owned").exists()
