@@ -74,20 +74,12 @@ def grading_runs(request, tmp_path_factory):
 
     They take minutes of two cores; the session's other tests (collected first, see
     ``pytest_collection_modifyitems``) run beside them, one lab graded after the other, and each lab
-    grading class waits for its own. A test that looks at every sandbox process pauses them
-    (``no_lab_grading``).
+    grading class waits for its own.
     """
     classes = list(dict.fromkeys(item.cls for item in request.session.items if _grades_a_lab(item)))
     runs = GradingRuns(classes, tmp_path_factory)
     yield runs
     runs.close()
-
-
-@pytest.fixture
-def no_lab_grading(grading_runs):
-    """No lab is graded during the test (it waits for the lab being graded to finish)."""
-    with grading_runs.paused():
-        yield
 
 
 @pytest.fixture(scope="class")

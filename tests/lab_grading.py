@@ -40,12 +40,10 @@ marks. The attacks on the grader itself (the standard cheats and each lab's own)
 from __future__ import annotations
 
 import ast
-import contextlib
 import html as htmllib
 import multiprocessing
 import re
-import threading
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -328,54 +326,25 @@ class GradingRuns:
 
     The runs start at once, in the background, :data:`LABS_AT_ONCE` at a time beside the session's
     other tests; each lab class waits for its own (a class not given here is graded when it asks).
-    A test that must see no grading at all (one that looks at every sandbox process of the machine)
-    holds :meth:`paused`.
 
-    The work of a run (building the submissions, reading the gradebook) is done in another process
-    (:func:`grade_lab`), and the threads here only wait for it: CPython 3.11 keeps the state of
-    ``ast.parse`` per interpreter, not per thread, and two threads that parse at once can fail with
-    "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905).
+    The runs (:func:`grade_lab`) are made in another process, not in a thread of the session's:
+    CPython 3.11 keeps the state of ``ast.parse`` per interpreter, not per thread, and two threads
+    that parse at once can fail with "SystemError: AST constructor recursion depth mismatch"
+    (python/cpython#106905).
     """
 
     def __init__(self, classes: list, tmp_path_factory):
         self._tmp = tmp_path_factory
         self._folders = {cls: tmp_path_factory.mktemp("course") for cls in classes}
-        self._pool = ThreadPoolExecutor(LABS_AT_ONCE, thread_name_prefix="lab-grading")
         self._workers = ProcessPoolExecutor(LABS_AT_ONCE, mp_context=multiprocessing.get_context("spawn"))
-        self._state = threading.Condition()  # guards the two below
-        self._grading, self._paused = 0, False  # labs being graded; whether a test holds them back
         self._runs: dict = {}
         for cls in classes:
             self._start(cls)
 
-    def _grade(self, cls) -> Graded:
-        with self._state:
-            self._state.wait_for(lambda: not self._paused)
-            self._grading += 1
-        try:
-            return self._workers.submit(grade_lab, cls, self._folders[cls]).result()
-        finally:
-            with self._state:
-                self._grading -= 1
-                self._state.notify_all()
-
     def _start(self, cls) -> None:
         if cls not in self._folders:  # a class not given at the start
             self._folders[cls] = self._tmp.mktemp("course")
-        self._runs[cls] = self._pool.submit(self._grade, cls)
-
-    @contextlib.contextmanager
-    def paused(self):
-        """No lab is graded inside: waits for the labs being graded, and holds the next ones back."""
-        with self._state:
-            self._paused = True
-            self._state.wait_for(lambda: self._grading == 0)
-        try:
-            yield
-        finally:
-            with self._state:
-                self._paused = False
-                self._state.notify_all()
+        self._runs[cls] = self._workers.submit(grade_lab, cls, self._folders[cls])
 
     def result(self, cls) -> Graded:
         if cls not in self._runs:
@@ -383,7 +352,6 @@ class GradingRuns:
         return self._runs[cls].result()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
         self._workers.shutdown(wait=True, cancel_futures=True)
 
 

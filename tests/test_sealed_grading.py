@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import nbformat
 import pytest
 
 from qlib.grading import sandbox
+from qlib.grading.kernel import SandboxedKernel
 from tests import nbgrader_course as course
 from tests.test_lab03_grading import POINTS, WRITTEN
 
@@ -253,11 +255,16 @@ def _victim_rows(root: Path) -> list:
             sorted((c.name, c.auto_comment, c.manual_comment) for c in sub.comments)
 
 
-def _sandbox_processes() -> list[str]:
-    """Sandboxed processes of this checkout's environment (another course graded on the machine is not ours)."""
-    ps = subprocess.run(["ps", "-eo", "uid=,pid=,args="], capture_output=True, text=True).stdout
+def _sandbox_processes(folder: Path) -> list[str]:
+    """Sandboxed processes of this checkout's environment whose kernel's folder is in ``folder``.
+
+    The attackers are graded with ``TMPDIR`` there, so every kernel of theirs, and every process
+    forked from one, names it (``-f folder/qlib-kernel-.../kernel.json``); the labs graded beside
+    them in the session are not theirs.
+    """
+    ps = subprocess.run(["ps", "-ww", "-eo", "uid=,pid=,args="], capture_output=True, text=True).stdout
     return [line for line in ps.splitlines() if line.split() and int(line.split()[0]) in sandbox.UID_RANGE
-            and sys.prefix in line]
+            and sys.prefix in line and str(folder) in line]
 
 
 @pytest.fixture(scope="module")
@@ -293,11 +300,15 @@ def attacked(tmp_path_factory):
 
     subs = {name: _build(released, answers, spec, fill) for name, (spec, _) in ATTACKS.items()}
     files = {name: spec["files"] for name, (spec, _) in ATTACKS.items() if "files" in spec}
-    scores, dirs = course.autograde(root, LAB, subs, workers=2, force=False, files=files)  # the victim: not again
+    kernels = tmp_path_factory.mktemp("redteam-kernels")  # where the attackers' kernels live (see _sandbox_processes)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(kernels))
+        scores, dirs = course.autograde(root, LAB, subs, workers=2, force=False, files=files)  # not the victim again
     stop.set()
     server.close()
     return {"root": root, "scores": scores, "dirs": dirs, "before": before, "after": _course_files(root),
-            "victim_before": victim_before, "victim_after": _victim_rows(root), "connections": connections}
+            "victim_before": victim_before, "victim_after": _victim_rows(root), "connections": connections,
+            "kernels": kernels}
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
@@ -315,8 +326,15 @@ def test_course_files_and_other_students_are_untouched(attacked):
     assert not (attacked["root"] / "owned").exists()
 
 
-def test_no_sandbox_process_outlives_grading(attacked, no_lab_grading):
-    assert _sandbox_processes() == []
+def test_no_sandbox_process_outlives_grading(attacked):
+    assert _sandbox_processes(attacked["kernels"]) == []
+
+
+def test_the_process_check_sees_a_running_sandbox(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where SandboxedKernel makes its folder
+    with SandboxedKernel():
+        assert len(_sandbox_processes(tmp_path)) == 1
+    assert _sandbox_processes(tmp_path) == []
 
 
 def test_nothing_reaches_the_graders_loopback(attacked):
